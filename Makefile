@@ -1,0 +1,31 @@
+# reenact_jax — the two commands of the README (`make demo`, `make test`) and their setup.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MODELS_DIR := $(VENV)/share/reenact_jax/mediapipe
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo lint clean-demo
+
+setup: $(STAMP) $(MODELS_DIR)/.done
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+# The face detector and face-mesh .tflite models ship inside the mediapipe==0.10.21 wheel.
+# We take only those files (mediapipe itself pins numpy<2); fetched from PyPI once, here.
+$(MODELS_DIR)/.done: $(STAMP) data/mediapipe_models.py
+	$(PY) -m data.mediapipe_models --output $(MODELS_DIR)
+	touch $@
+
+test: setup
+	XLA_FLAGS="$(XLA_FLAGS)" $(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+demo: setup
+	$(PY) -m reenact_jax.demo --output demo_out

@@ -1,0 +1,119 @@
+"""Every configuration key of reenact_jax, with its default and meaning.
+
+Other configs start from `get_config()` here and change values; they never add keys, so a
+misspelt key on the command line (`--config.trian.lr=...`) is an error, not a silent no-op.
+Sizes below are for 256×256 training (DESIGN.md §2).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.image_size = 256  # H = W of every training frame, pixels.
+
+  # ---------------------------------------------------------------- model (generator)
+  config.model = model = ml_collections.ConfigDict()
+  model.num_landmarks = 478  # MediaPipe face mesh with irises.
+  model.compute_dtype = 'float32'  # 'float32' or 'bfloat16' (parameters stay float32).
+  model.remat = False  # Rematerialise the big blocks (flow hourglass, renderer) on backward.
+  # Appearance encoder: S (H, W, 3) -> (H/4, W/4, volume_channels * volume_depth).
+  model.encoder_channels = (64, 128, 256)  # Stem, then one 2× downsampling block each after.
+  model.volume_channels = 32  # C of the 3D feature volume.
+  model.volume_depth = 16  # D of the 3D feature volume.
+  # Geometric flow prior.
+  model.landmark_sigma = 0.08  # Gaussian radius of the non-rigid residual, normalised units.
+  # 3D flow hourglass.
+  model.flow_compress_channels = 4  # Channels of the compressed source volume fed to F.
+  model.flow_channels = (32, 64, 128)  # Per encoder level of the 3D U-Net.
+  model.flow_residual_scale = 0.1  # tanh-bounded residual flow amplitude, normalised units.
+  # Projection 3D -> 2D and the projected-RGB head.
+  model.projection_channels = 256
+  # Foreground renderer (TransUNet-style).
+  model.renderer_channels = (128, 64)  # Decoder widths after the bottleneck (each one 2× up).
+  model.renderer_bottleneck = 'transformer'  # 'transformer' or 'resblocks'.
+  model.renderer_num_layers = 2  # Transformer layers (or residual blocks) in the bottleneck.
+  model.renderer_num_heads = 4
+  model.renderer_token_patch = 2  # Patchify the bottleneck map by this before attention.
+  # Background inpainter (gated-conv U-Net).
+  model.inpainter_channels = (32, 64, 128, 256)
+  # Discriminator.
+  model.disc_channels = (64, 128, 256, 512)
+  model.disc_num_scales = 2
+
+  # ---------------------------------------------------------------- losses
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.cyclic_warp = 10.0
+  loss.cyclic_backward = 1.0  # Relative weight of the backward (D->S) half of L_cyc.
+  loss.perceptual = 10.0  # On the composite output.
+  loss.perceptual_projected = 10.0  # On the projected RGB of the warped volume.
+  loss.l1 = 10.0
+  loss.alpha = 1.0
+  loss.inpaint = 5.0
+  loss.gan = 1.0
+  loss.feature_matching = 10.0
+
+  config.perceptual = perceptual = ml_collections.ConfigDict()
+  # 'vgg19' needs `weights_path` (converted with `python -m reenact_jax.perceptual convert`).
+  # 'none' disables the perceptual terms; the run says so once in its log.
+  perceptual.backbone = 'vgg19'
+  perceptual.weights_path = ''
+  perceptual.scales = (1.0, 0.5, 0.25, 0.125)
+  perceptual.layer_weights = (1.0, 1.0, 1.0, 1.0, 1.0)  # relu1_1 ... relu5_1.
+
+  # ---------------------------------------------------------------- optimisation
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.generator_lr = 2e-4
+  optim.discriminator_lr = 2e-4
+  optim.b1 = 0.5
+  optim.b2 = 0.999
+  optim.warmup_steps = 1000
+  optim.schedule = 'cosine'  # 'cosine' or 'constant' (after warmup).
+  optim.grad_clip_norm = 1.0
+  optim.ema_decay = 0.999
+
+  # ---------------------------------------------------------------- training loop
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 32  # Global, across all devices and hosts.
+  train.total_steps = 300_000
+  train.phase1_steps = 20_000  # Warp-only phase (E, F, P with L_cyc + projected perceptual).
+  train.log_every = 100
+  train.image_log_every = 2000
+  train.checkpoint_every = 2000
+  train.max_to_keep = 3
+  train.eval_every = 0  # 0: no periodic evaluation inside training.
+  train.transfer_guard = True  # jax_transfer_guard='disallow' around the step.
+  train.compilation_cache_dir = ''  # Persistent XLA cache ('' = off).
+
+  # ---------------------------------------------------------------- mesh
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # -1: fill with all devices not used by other axes.
+  mesh.fsdp = 1  # Parameter / optimizer-state sharding axis.
+
+  # ---------------------------------------------------------------- data
+  config.data = data = ml_collections.ConfigDict()
+  data.source = 'arrayrecord'  # 'arrayrecord' (prepared shards) or 'synthetic'.
+  data.dir = ''  # Folder written by `python -m data.prepare`.
+  data.num_workers = 0  # grain worker processes (0: in-process).
+  data.num_threads = 2  # Reader threads per process (decoding and augmentation release the GIL).
+  data.prefetch = 2  # Batches prefetched to device.
+  data.skip_corrupt = False  # True: count, log and skip records that fail to decode.
+  data.flip = True
+  data.color_jitter = 0.1  # Max relative brightness/contrast/saturation change.
+  data.scale_jitter = 0.05  # Max relative scale change (same for source and driving).
+  data.translate_jitter = 0.05  # Max translation, fraction of the image size.
+  data.max_frame_gap = 0  # 0: any two frames of a clip; N: |i - j| <= N.
+  data.pseudo_pair_fraction = 0.0  # Fraction of pairs made from re-posed still portraits.
+  data.synthetic_num_clips = 64
+  data.synthetic_frames_per_clip = 32
+
+  # ---------------------------------------------------------------- evaluation
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.split = 'test'
+  ev.max_clips = 0  # 0: every test clip.
+  ev.batch_size = 16
+  ev.lpips_weights_path = ''
+  ev.identity_weights_path = ''
+  ev.inception_weights_path = ''
+  return config

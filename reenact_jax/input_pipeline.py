@@ -1,0 +1,314 @@
+"""grain input pipeline: frames -> (source, driving) pairs -> augmented, batched, per process.
+
+Every pair is a pure function of (seed, pair index): the index picks an identity uniformly
+(identity-balanced sampling), a clip of it, and two frames of the clip; augmentation draws from
+an RNG seeded by the same index. So the data order depends only on the seed and the position in
+the stream, worker processes do not change it, and a restored iterator state continues it
+exactly. Each process reads only its own slice of the index stream (ShardByJaxProcess).
+"""
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import cv2
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from reenact_jax import face_topology
+
+# Virtual length of the infinite pair stream; the trainer stops long before it ends.
+STREAM_LENGTH = 10**12
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  identity: str
+  name: str
+  first: int  # Index of the clip's first frame in its frame source.
+  num_frames: int
+
+
+class FrameSource(Protocol):
+  """Random access to prepared frames, grouped into clips."""
+
+  clips: Sequence[Clip]
+
+  def frame(self, index: int) -> dict[str, np.ndarray]:
+    """'image' (H, W, 3) float32 [0, 1], 'landmarks' (N, 3) float32, 'mask' (H, W, 1)."""
+    ...
+
+
+class SyntheticFrames:
+  """Procedural talking-head clips (reenact_jax.synthetic), one identity per clip."""
+
+  def __init__(self, *, num_clips: int, frames_per_clip: int, image_size: int, seed: int):
+    self.clips = [
+      Clip(f'synthetic{c:05d}', f'clip{c:05d}', c * frames_per_clip, frames_per_clip)
+      for c in range(num_clips)
+    ]
+    self._frames_per_clip = frames_per_clip
+    self._image_size = image_size
+    self._seed = seed
+
+  def frame(self, index: int) -> dict[str, np.ndarray]:
+    from reenact_jax import synthetic
+
+    clip, frame = divmod(int(index), self._frames_per_clip)
+    return synthetic.render_frame(
+      clip,
+      frame,
+      image_size=self._image_size,
+      num_frames=self._frames_per_clip,
+      seed=self._seed,
+    )
+
+
+def make_frame_source(config: ml_collections.ConfigDict, split: str) -> FrameSource:
+  """The frame source the config names ('synthetic' or 'arrayrecord')."""
+  data = config.data
+  if data.source == 'synthetic':
+    # The test split uses other clips (other identities) than the train split.
+    seed = config.seed if split == 'train' else config.seed + 7919
+    return SyntheticFrames(
+      num_clips=data.synthetic_num_clips,
+      frames_per_clip=data.synthetic_frames_per_clip,
+      image_size=config.image_size,
+      seed=seed,
+    )
+  if data.source == 'arrayrecord':
+    from reenact_jax import records
+
+    return records.RecordFrames(
+      data.dir, split, image_size=config.image_size, skip_corrupt=data.skip_corrupt
+    )
+  raise ValueError(
+    f"config.data.source={data.source!r} is not one of 'synthetic', 'arrayrecord'."
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  flip: bool
+  color_jitter: float
+  scale_jitter: float
+  translate_jitter: float
+
+  @classmethod
+  def from_config(cls, data_config: ml_collections.ConfigDict) -> 'Augmentation':
+    return cls(
+      flip=bool(data_config.flip),
+      color_jitter=float(data_config.color_jitter),
+      scale_jitter=float(data_config.scale_jitter),
+      translate_jitter=float(data_config.translate_jitter),
+    )
+
+
+def flip_frame(frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Mirror image, mask and landmarks; landmark indices are remapped (left eye stays left eye)."""
+  landmarks = frame['landmarks'][face_topology.FLIP_PERMUTATION].copy()
+  landmarks[:, 0] = -landmarks[:, 0]
+  return {
+    'image': frame['image'][:, ::-1],
+    'mask': frame['mask'][:, ::-1],
+    'landmarks': landmarks,
+  }
+
+
+def affine_frame(
+  frame: dict[str, np.ndarray], scale: float, translate: tuple[float, float]
+) -> dict[str, np.ndarray]:
+  """p -> scale * p + translate in normalised coordinates, applied to image, mask, landmarks.
+
+  z is scaled with x and y so the landmarks stay a similarity transform of the original face.
+  """
+  height, width = frame['image'].shape[:2]
+  # In pixels (continuous coordinates, 0 at the image edge): u' = s u + (1 - s + t) * W / 2.
+  matrix = np.array(
+    [
+      [scale, 0.0, (1.0 - scale + translate[0]) * width / 2.0],
+      [0.0, scale, (1.0 - scale + translate[1]) * height / 2.0],
+    ],
+    np.float32,
+  )
+  # cv2 maps pixel centres (integer coordinates); shift by half a pixel on both sides.
+  half = np.array([[0.5], [0.5]], np.float32)
+  matrix_cv = matrix.copy()
+  matrix_cv[:, 2:] = matrix[:, 2:] + matrix[:, :2] @ half - half
+  image = cv2.warpAffine(
+    frame['image'], matrix_cv, (width, height), flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_REFLECT,
+  )
+  mask = cv2.warpAffine(
+    frame['mask'][..., 0], matrix_cv, (width, height), flags=cv2.INTER_NEAREST,
+    borderMode=cv2.BORDER_CONSTANT,
+  )[..., None]
+  landmarks = frame['landmarks'] * scale
+  landmarks[:, 0] += translate[0]
+  landmarks[:, 1] += translate[1]
+  return {'image': image, 'mask': mask, 'landmarks': landmarks.astype(np.float32)}
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+  """Brightness, contrast and saturation scaled by factors in [1 - amount, 1 + amount]."""
+  brightness, contrast, saturation = rng.uniform(1.0 - amount, 1.0 + amount, size=3)
+  image = image * brightness
+  mean = image.mean()
+  image = (image - mean) * contrast + mean
+  grey = image.mean(axis=-1, keepdims=True)
+  image = (image - grey) * saturation + grey
+  return np.clip(image, 0.0, 1.0)
+
+
+def augment_pair(
+  source: dict[str, np.ndarray],
+  driving: dict[str, np.ndarray],
+  rng: np.random.Generator,
+  augmentation: Augmentation,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """The same flip, geometric and colour jitter for both frames (it adds no relative motion)."""
+  if augmentation.flip and rng.random() < 0.5:
+    source, driving = flip_frame(source), flip_frame(driving)
+  if augmentation.scale_jitter or augmentation.translate_jitter:
+    scale = 1.0 + rng.uniform(-augmentation.scale_jitter, augmentation.scale_jitter)
+    translate = tuple(
+      rng.uniform(-augmentation.translate_jitter, augmentation.translate_jitter, size=2) * 2.0
+    )
+    source = affine_frame(source, scale, translate)
+    driving = affine_frame(driving, scale, translate)
+  if augmentation.color_jitter:
+    state = rng.bit_generator.state
+    source = dict(source, image=color_jitter(source['image'], rng, augmentation.color_jitter))
+    rng.bit_generator.state = state  # Same factors for the driving frame.
+    driving = dict(driving, image=color_jitter(driving['image'], rng, augmentation.color_jitter))
+  return source, driving
+
+
+def _pair_to_example(source: dict[str, np.ndarray], driving: dict[str, np.ndarray]):
+  return {
+    'source': np.ascontiguousarray(source['image'], np.float32),
+    'driving': np.ascontiguousarray(driving['image'], np.float32),
+    'source_landmarks': np.asarray(source['landmarks'], np.float32),
+    'driving_landmarks': np.asarray(driving['landmarks'], np.float32),
+    'source_mask': np.ascontiguousarray(source['mask'], np.float32),
+    'driving_mask': np.ascontiguousarray(driving['mask'], np.float32),
+  }
+
+
+class MakePair(grain.transforms.Map):
+  """pair index -> one training example (see the module docstring)."""
+
+  def __init__(
+    self,
+    frames: FrameSource,
+    *,
+    seed: int,
+    augmentation: Augmentation | None,
+    max_frame_gap: int = 0,
+  ):
+    self._frames = frames
+    self._seed = seed
+    self._augmentation = augmentation
+    self._max_frame_gap = max_frame_gap
+    by_identity: dict[str, list[Clip]] = {}
+    for clip in frames.clips:
+      if clip.num_frames >= 2:
+        by_identity.setdefault(clip.identity, []).append(clip)
+    if not by_identity:
+      raise ValueError('The data has no clip with at least two frames: nothing to pair.')
+    self._identities = sorted(by_identity)
+    self._by_identity = by_identity
+
+  def indices(self, pair_index: int) -> tuple[int, int, np.random.Generator]:
+    """Frame indices of the pair's source and driving frame, and its augmentation RNG."""
+    rng = np.random.default_rng([self._seed, int(pair_index)])
+    identity = self._identities[rng.integers(len(self._identities))]
+    clips = self._by_identity[identity]
+    clip = clips[rng.integers(len(clips))]
+    source = int(rng.integers(clip.num_frames))
+    if self._max_frame_gap:
+      low = max(0, source - self._max_frame_gap)
+      high = min(clip.num_frames, source + self._max_frame_gap + 1)
+      driving = int(rng.integers(low, high))
+    else:
+      driving = int(rng.integers(clip.num_frames))
+    return clip.first + source, clip.first + driving, rng
+
+  def map(self, pair_index: int) -> dict[str, np.ndarray]:
+    source_index, driving_index, rng = self.indices(pair_index)
+    source = self._frames.frame(source_index)
+    driving = self._frames.frame(driving_index)
+    if self._augmentation is not None:
+      source, driving = augment_pair(source, driving, rng, self._augmentation)
+    return _pair_to_example(source, driving)
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(
+      f'config.train.batch_size={global_batch_size} is not divisible by the '
+      f'{jax.process_count()} processes.'
+    )
+  return global_batch_size // jax.process_count()
+
+
+def make_train_dataset(
+  config: ml_collections.ConfigDict, frames: FrameSource | None = None
+) -> grain.IterDataset:
+  """Infinite stream of this process's batches: dict of numpy arrays, leading dim local batch."""
+  frames = frames if frames is not None else make_frame_source(config, 'train')
+  make_pair = MakePair(
+    frames,
+    seed=config.seed,
+    augmentation=Augmentation.from_config(config.data),
+    max_frame_gap=config.data.max_frame_gap,
+  )
+  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  dataset = grain.MapDataset.range(STREAM_LENGTH)
+  dataset = dataset[shard.shard_index :: shard.shard_count]
+  dataset = dataset.map(make_pair)
+  dataset = dataset.batch(local_batch_size(config.train.batch_size), drop_remainder=True)
+  dataset = dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=max(1, int(config.data.num_threads)), prefetch_buffer_size=4)
+  )
+  if config.data.num_workers > 0:
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=int(config.data.num_workers))
+    )
+  return dataset
+
+
+class Iterator:
+  """Batches of the train stream with a checkpointable position.
+
+  `get_state()` is the position after the last batch returned by `next()` (not after what a
+  prefetcher has read ahead), so a checkpoint taken after step k resumes at batch k + 1.
+  """
+
+  def __init__(self, dataset: grain.IterDataset):
+    self._iterator = iter(dataset)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+  def get_state(self) -> dict[str, Any]:
+    return self._iterator.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._iterator.set_state(state)
+
+
+def log_source(frames: FrameSource) -> None:
+  identities = {clip.identity for clip in frames.clips}
+  logging.info(
+    'Data: %d clips, %d identities, %d frames.',
+    len(frames.clips),
+    len(identities),
+    sum(clip.num_frames for clip in frames.clips),
+  )

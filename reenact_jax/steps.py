@@ -1,0 +1,262 @@
+"""Pure, module-level train and eval steps.
+
+Every argument after `*` is static (modules, loss weights, phase): `trainer.py` binds them with
+`functools.partial` before `jax.jit`, so the config is read once, outside jit.
+
+Batch layout (global arrays, batch dimension sharded over the mesh):
+  'source', 'driving': (B, H, W, 3) float32 in [0, 1]
+  'source_landmarks', 'driving_landmarks': (B, N, 3) float32, normalised (see geometry.py)
+  'source_mask', 'driving_mask': (B, H, W, 1) float32 in {0, 1}
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from reenact_jax import losses
+from reenact_jax import train_state as train_state_lib
+
+PyTree = Any
+PerceptualFn = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
+
+# Logged in every phase, so that every metrics line has the same keys (0 where a term is not
+# part of the phase's objective; the `phase` key says which phase it was).
+GENERATOR_TERMS = (
+  'cyclic_warp',
+  'cyclic_forward',
+  'cyclic_backward',
+  'perceptual_projected',
+  'perceptual',
+  'l1',
+  'alpha',
+  'inpaint',
+  'gan_g',
+  'feature_matching',
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+  cyclic_warp: float
+  cyclic_backward: float
+  perceptual: float
+  perceptual_projected: float
+  l1: float
+  alpha: float
+  inpaint: float
+  gan: float
+  feature_matching: float
+
+  @classmethod
+  def from_config(cls, loss_config: ml_collections.ConfigDict) -> 'LossWeights':
+    return cls(**{f.name: float(loss_config[f.name]) for f in dataclasses.fields(cls)})
+
+
+def _generator_losses(
+  generator_params: PyTree,
+  discriminator_variables: PyTree,
+  perceptual_params: PyTree,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  generator: nn.Module,
+  discriminator: nn.Module,
+  perceptual_fn: PerceptualFn,
+  weights: LossWeights,
+  warp_only: bool,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
+  outputs = generator.apply(
+    {'params': generator_params},
+    batch['source'],
+    batch['source_landmarks'],
+    batch['driving_landmarks'],
+    batch['source_mask'],
+    with_cycle=True,
+    warp_only=warp_only,
+    rngs={'dropout': rng},
+  )
+  terms = {name: jnp.zeros((), jnp.float32) for name in GENERATOR_TERMS}
+  forward, backward = losses.cyclic_warp(
+    projected=outputs['projected'],
+    projected_cycle=outputs['projected_cycle'],
+    source=batch['source'],
+    driving=batch['driving'],
+    source_mask=batch['source_mask'],
+    driving_mask=batch['driving_mask'],
+  )
+  terms['cyclic_forward'] = forward
+  terms['cyclic_backward'] = backward
+  terms['cyclic_warp'] = forward + weights.cyclic_backward * backward
+  height, width = outputs['projected'].shape[1:3]
+  terms['perceptual_projected'] = perceptual_fn(
+    perceptual_params, outputs['projected'], losses.resize_to(batch['driving'], height, width)
+  )
+  total = weights.cyclic_warp * terms['cyclic_warp']
+  total += weights.perceptual_projected * terms['perceptual_projected']
+
+  if not warp_only:
+    output = outputs['output']
+    terms['perceptual'] = perceptual_fn(perceptual_params, output, batch['driving'])
+    terms['l1'] = losses.l1(prediction=output, target=batch['driving'])
+    terms['alpha'] = losses.alpha_matte(alpha=outputs['alpha'], mask=batch['driving_mask'])
+    terms['inpaint'] = losses.inpaint(
+      background=outputs['background'],
+      driving=batch['driving'],
+      source_mask=batch['source_mask'],
+      driving_mask=batch['driving_mask'],
+    )
+    fake = discriminator.apply(discriminator_variables, output, update_stats=False)
+    real = discriminator.apply(discriminator_variables, batch['driving'], update_stats=False)
+    terms['gan_g'] = losses.hinge_generator(fake_logits=[logits for _, logits in fake])
+    terms['feature_matching'] = losses.feature_matching(
+      real_features=[features for features, _ in real],
+      fake_features=[features for features, _ in fake],
+    )
+    total += weights.perceptual * terms['perceptual']
+    total += weights.l1 * terms['l1']
+    total += weights.alpha * terms['alpha']
+    total += weights.inpaint * terms['inpaint']
+    total += weights.gan * terms['gan_g']
+    total += weights.feature_matching * terms['feature_matching']
+  terms['total'] = total
+  return total, (terms, outputs)
+
+
+def _discriminator_loss(
+  discriminator_params: PyTree,
+  discriminator_stats: PyTree,
+  real: jax.Array,
+  fake: jax.Array,
+  *,
+  discriminator: nn.Module,
+) -> tuple[jax.Array, PyTree]:
+  variables = {'params': discriminator_params, 'batch_stats': discriminator_stats}
+  real_out, updated = discriminator.apply(
+    variables, real, update_stats=True, mutable=['batch_stats']
+  )
+  variables = {'params': discriminator_params, 'batch_stats': updated['batch_stats']}
+  fake_out = discriminator.apply(variables, fake, update_stats=False)
+  loss = losses.hinge_discriminator(
+    real_logits=[logits for _, logits in real_out],
+    fake_logits=[logits for _, logits in fake_out],
+  )
+  return loss, updated['batch_stats']
+
+
+def train_step(
+  state: train_state_lib.TrainState,
+  batch: dict[str, jax.Array],
+  perceptual_params: PyTree,
+  *,
+  generator: nn.Module,
+  discriminator: nn.Module,
+  perceptual_fn: PerceptualFn,
+  weights: LossWeights,
+  ema_decay: float,
+  warp_only: bool,
+) -> tuple[train_state_lib.TrainState, dict[str, jax.Array]]:
+  """One optimisation step of generator (and, unless warp_only, discriminator).
+
+  warp_only=True is phase 1: only the cyclic warp loss and the perceptual loss on the projected
+  RGB are optimised (the encoder, flow network and projection get gradients; the renderer,
+  inpainter and discriminator do not change). warp_only=False is phase 2: every loss.
+
+  Returns the new state and a dict of float32 scalars: 'loss/<term>' for every term,
+  'grad_norm/generator', 'grad_norm/discriminator', 'phase'.
+  """
+  discriminator_variables = {
+    'params': state.discriminator_params,
+    'batch_stats': state.discriminator_stats,
+  }
+  grad_fn = jax.value_and_grad(_generator_losses, has_aux=True)
+  (_, (terms, outputs)), generator_grads = grad_fn(
+    state.generator_params,
+    discriminator_variables,
+    perceptual_params,
+    batch,
+    jax.random.fold_in(state.rng, state.step),
+    generator=generator,
+    discriminator=discriminator,
+    perceptual_fn=perceptual_fn,
+    weights=weights,
+    warp_only=warp_only,
+  )
+  updates, generator_opt_state = state.generator_tx.update(
+    generator_grads, state.generator_opt_state, state.generator_params
+  )
+  generator_params = optax.apply_updates(state.generator_params, updates)
+  ema_params = train_state_lib.update_ema(state.ema_params, generator_params, ema_decay)
+
+  discriminator_params = state.discriminator_params
+  discriminator_stats = state.discriminator_stats
+  discriminator_opt_state = state.discriminator_opt_state
+  discriminator_loss = jnp.zeros((), jnp.float32)
+  discriminator_grad_norm = jnp.zeros((), jnp.float32)
+  if not warp_only:
+    fake = jax.lax.stop_gradient(outputs['output'])
+    (discriminator_loss, discriminator_stats), discriminator_grads = jax.value_and_grad(
+      _discriminator_loss, has_aux=True
+    )(
+      state.discriminator_params,
+      state.discriminator_stats,
+      batch['driving'],
+      fake,
+      discriminator=discriminator,
+    )
+    updates, discriminator_opt_state = state.discriminator_tx.update(
+      discriminator_grads, state.discriminator_opt_state, state.discriminator_params
+    )
+    discriminator_params = optax.apply_updates(state.discriminator_params, updates)
+    discriminator_grad_norm = optax.global_norm(discriminator_grads)
+
+  metrics = {f'loss/{name}': value for name, value in terms.items()}
+  metrics['loss/disc'] = discriminator_loss
+  metrics['grad_norm/generator'] = optax.global_norm(generator_grads)
+  metrics['grad_norm/discriminator'] = discriminator_grad_norm
+  metrics['phase'] = jnp.asarray(1.0 if warp_only else 2.0, jnp.float32)
+  new_state = state.replace(
+    step=state.step + 1,
+    generator_params=generator_params,
+    generator_opt_state=generator_opt_state,
+    ema_params=ema_params,
+    discriminator_params=discriminator_params,
+    discriminator_stats=discriminator_stats,
+    discriminator_opt_state=discriminator_opt_state,
+  )
+  return new_state, metrics
+
+
+def render_step(
+  generator_params: PyTree,
+  batch: dict[str, jax.Array],
+  *,
+  generator: nn.Module,
+) -> dict[str, jax.Array]:
+  """Forward pass for logging and evaluation: the generator's images, (B, H, W, 3) each."""
+  outputs = generator.apply(
+    {'params': generator_params},
+    batch['source'],
+    batch['source_landmarks'],
+    batch['driving_landmarks'],
+    batch['source_mask'],
+    with_cycle=False,
+    warp_only=False,
+  )
+  height, width = batch['source'].shape[1:3]
+  projected = jax.image.resize(
+    outputs['projected'], outputs['projected'].shape[:1] + (height, width, 3), 'nearest'
+  )
+  return {
+    'source': batch['source'],
+    'driving': batch['driving'],
+    'projected': projected,
+    'foreground': outputs['foreground'] * outputs['alpha'],
+    'background': outputs['background'],
+    'output': outputs['output'],
+  }
