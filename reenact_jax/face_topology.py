@@ -1,0 +1,113 @@
+"""MediaPipe face-mesh topology (478 points: 468 mesh points + 2 x 5 iris points) and assets.
+
+Index lists are the facts of MediaPipe's face-mesh topology (its face_mesh_connections edge lists,
+walked into ordered polygons). "Right" and "left" are the subject's: RIGHT_EYE (corners 33, 133)
+appears on the image's left in an unmirrored photo. Iris blocks are (centre, 4 contour points).
+
+The flip permutation and the canonical face come from running the face mesh on a real frontal
+portrait and its mirror image (data/make_topology.py) and are stored in assets/face_topology.npz.
+"""
+
+import functools
+import pathlib
+
+import numpy as np
+
+NUM_LANDMARKS = 478
+NUM_MESH_LANDMARKS = 468
+
+_ASSET = pathlib.Path(__file__).parent / 'assets' / 'face_topology.npz'
+
+# Ordered polygon of the face outline (forehead top, then down the image-right side).
+FACE_OVAL = np.array(
+  [
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+  ]
+)  # fmt: skip
+
+# Lips as closed polygons: outer and inner contours from mouth corner 61/78 over the top.
+LIPS_OUTER = np.array(
+  [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146]
+)
+LIPS_INNER = np.array(
+  [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95]
+)
+# Each lip as a polygon: its outer contour then its inner contour back.
+UPPER_LIP = np.array(
+  [
+    61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291,
+    308, 415, 310, 311, 312, 13, 82, 81, 80, 191, 78,
+  ]
+)  # fmt: skip
+LOWER_LIP = np.array(
+  [
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291,
+    308, 324, 318, 402, 317, 14, 87, 178, 88, 95, 78,
+  ]
+)  # fmt: skip
+
+# Eye openings as closed polygons from the outer corner over the upper lid.
+RIGHT_EYE = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7])
+LEFT_EYE = np.array(
+  [263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249]
+)
+RIGHT_EYEBROW = np.array([46, 53, 52, 65, 55, 70, 63, 105, 66, 107])
+LEFT_EYEBROW = np.array([276, 283, 282, 295, 285, 300, 293, 334, 296, 336])
+
+# Irises (refined topology): centre first, then the 4 contour points.
+RIGHT_IRIS = np.arange(468, 473)
+LEFT_IRIS = np.arange(473, 478)
+
+NOSE = np.array(
+  [1, 2, 4, 5, 6, 19, 45, 48, 64, 94, 97, 98, 115, 168, 195, 197, 220, 275, 278, 294, 326, 327,
+   344, 440]
+)  # fmt: skip
+
+# Points that move rigidly with the skull (no lids, brows, lips or jaw): for pose fits.
+STABLE = np.array(
+  [
+    # forehead
+    10, 151, 9, 108, 337, 109, 338, 67, 297, 69, 299,
+    # nose bridge and tip
+    168, 6, 197, 195, 5, 4, 1,
+    # eye corners
+    33, 133, 362, 263,
+    # cheekbones
+    116, 345, 123, 352, 117, 346, 50, 280,
+    # temples
+    127, 356, 162, 389, 21, 251, 54, 284,
+  ]
+)  # fmt: skip
+
+
+@functools.cache
+def _asset() -> dict[str, np.ndarray]:
+  if not _ASSET.is_file():
+    raise FileNotFoundError(
+      f'{_ASSET} is missing: regenerate it with `python -m data.make_topology` (needs the face '
+      'models from `make setup`).'
+    )
+  with np.load(_ASSET) as data:
+    return {key: data[key] for key in data.files}
+
+
+def flip_permutation() -> np.ndarray:
+  """(478,) int: for a mirrored image, landmarks_flipped = landmarks[perm] with x negated."""
+  return _asset()['flip_permutation'].astype(np.int64)
+
+
+def canonical_landmarks() -> np.ndarray:
+  """(478, 3) float32 frontal face in the normalised convention, mirror-symmetric.
+
+  x, y in [-1, 1] over the frame (x right, y down), z on the scale of x growing away from the
+  camera with mean 0; the face oval spans about 60% of the frame and is centred.
+  """
+  return _asset()['canonical'].astype(np.float32).copy()
+
+
+def __getattr__(name: str):
+  # FLIP_PERMUTATION is loaded lazily so that importing the module never needs the asset.
+  if name == 'FLIP_PERMUTATION':
+    return flip_permutation()
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
