@@ -1,0 +1,39 @@
+r"""Train a reenactment model.
+
+  python -m reenact_jax.train --config=configs/vox256.py --workdir=DIR [--config.KEY=VALUE ...]
+
+Rerunning the same command resumes from the newest checkpoint in DIR. Any config key can be
+overridden on the command line; a key that does not exist is an error. On a multi-host TPU pod
+or GPU cluster, run the same command on every host (see launch/).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, metrics.')
+_DISTRIBUTED = flags.DEFINE_enum(
+  'distributed',
+  'auto',
+  ['auto', 'on', 'off'],
+  'Call jax.distributed.initialize(): auto = when a cluster environment (TPU pod, SLURM, '
+  'JAX_COORDINATOR_ADDRESS) is detected.',
+)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # jax.distributed.initialize must run before anything else touches JAX.
+  from reenact_jax import distributed
+
+  distributed.maybe_initialize(_DISTRIBUTED.value)
+  from reenact_jax import trainer
+
+  logging.info('Config:\n%s', _CONFIG.value)
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,351 @@
+"""train_and_evaluate(config, workdir): mesh, data, init or restore, the loop, logs, checkpoints.
+
+A run always resumes from the newest checkpoint in WORKDIR/checkpoints if there is one: the
+same command after a crash, preemption or `--config.train.total_steps=<more>` continues the
+run exactly (params, optimizer states, EMA, RNG, step and data order).
+"""
+
+import collections
+import functools
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
+
+from reenact_jax import checkpointing, input_pipeline, models, perceptual, sharding, steps
+from reenact_jax import train_state as train_state_lib
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (save, then exit 0)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint after this step, then exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    # On pods every host must agree on the step at which to stop.
+    return self.requested or multihost_utils.reached_preemption_sync_point(step)
+
+
+def _example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.Array]:
+  size, landmarks = config.image_size, config.model.num_landmarks
+  image = jnp.zeros((batch_size, size, size, 3), jnp.float32)
+  mask = jnp.zeros((batch_size, size, size, 1), jnp.float32)
+  points = jnp.zeros((batch_size, landmarks, 3), jnp.float32)
+  return {
+    'source': image,
+    'driving': image,
+    'source_landmarks': points,
+    'driving_landmarks': points,
+    'source_mask': mask,
+    'driving_mask': mask,
+  }
+
+
+def make_init_fn(config, generator, discriminator, generator_tx, discriminator_tx):
+  """rng -> fresh TrainState (to run under eval_shape, then jit with out_shardings)."""
+
+  def init(rng: jax.Array) -> train_state_lib.TrainState:
+    batch = _example_batch(config, 1)
+    generator_rng, discriminator_rng = jax.random.split(jax.random.fold_in(rng, 1))
+    generator_params = generator.init(
+      generator_rng,
+      batch['source'],
+      batch['source_landmarks'],
+      batch['driving_landmarks'],
+      batch['source_mask'],
+      with_cycle=True,
+      warp_only=False,
+    )['params']
+    discriminator_variables = discriminator.init(
+      discriminator_rng, batch['driving'], update_stats=False
+    )
+    return train_state_lib.create(
+      rng=rng,
+      generator_params=generator_params,
+      discriminator_variables=discriminator_variables,
+      generator_tx=generator_tx,
+      discriminator_tx=discriminator_tx,
+    )
+
+  return init
+
+
+class Setup:
+  """Everything a run (or a benchmark, or an evaluation) builds from the config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    self.config = config
+    self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+    self.generator = models.make_generator(config.model, config.image_size)
+    self.discriminator = models.make_discriminator(config.model)
+    total = config.train.total_steps
+    self.generator_schedule = train_state_lib.learning_rate_schedule(
+      config.optim, total, config.optim.generator_lr
+    )
+    generator_tx = train_state_lib.make_optimizer(config.optim, total, config.optim.generator_lr)
+    discriminator_tx = train_state_lib.make_optimizer(
+      config.optim, total, config.optim.discriminator_lr
+    )
+    self.init_fn = make_init_fn(
+      config, self.generator, self.discriminator, generator_tx, discriminator_tx
+    )
+    rng = jax.random.PRNGKey(config.seed)
+    self.abstract_state = jax.eval_shape(self.init_fn, rng)
+    self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.replicated = sharding.replicated(self.mesh)
+    perceptual_params, self.perceptual_fn = perceptual.make_perceptual_loss(config.perceptual)
+    self.perceptual_params = (
+      None if perceptual_params is None else jax.device_put(perceptual_params, self.replicated)
+    )
+    self.weights = steps.LossWeights.from_config(config.loss)
+    self._rng = rng
+
+  def init_state(self) -> train_state_lib.TrainState:
+    init = jax.jit(self.init_fn, out_shardings=self.state_shardings)
+    return init(self._rng)
+
+  def train_step(self, *, warp_only: bool):
+    step = functools.partial(
+      steps.train_step,
+      generator=self.generator,
+      discriminator=self.discriminator,
+      perceptual_fn=self.perceptual_fn,
+      weights=self.weights,
+      ema_decay=float(self.config.optim.ema_decay),
+      warp_only=warp_only,
+    )
+    return jax.jit(
+      step,
+      in_shardings=(self.state_shardings, self.batch_sharding, self.replicated),
+      out_shardings=(self.state_shardings, self.replicated),
+      donate_argnums=(0,),
+    )
+
+  def render_step(self):
+    return jax.jit(
+      functools.partial(steps.render_step, generator=self.generator),
+      in_shardings=(self.state_shardings.ema_params, self.batch_sharding),
+      out_shardings=self.batch_sharding,
+    )
+
+
+class MetricsWriter:
+  """metrics.jsonl, TensorBoard scalars/images and a terminal progress line (process 0 only)."""
+
+  def __init__(self, workdir: epath.Path, total_steps: int):
+    self._active = jax.process_index() == 0
+    self._total_steps = total_steps
+    self._jsonl = None
+    self._tensorboard = None
+    if self._active:
+      self._jsonl = (workdir / 'metrics.jsonl').open('a')
+      from tensorboardX import SummaryWriter
+
+      self._tensorboard = SummaryWriter(str(workdir / 'tensorboard'))
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if not self._active:
+      return
+    record = {'step': step, **values}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    for key, value in values.items():
+      self._tensorboard.add_scalar(key, value, step)
+    self._tensorboard.flush()
+
+  def images(self, step: int, name: str, grid: np.ndarray) -> None:
+    if self._active:
+      self._tensorboard.add_image(name, grid, step, dataformats='HWC')
+      self._tensorboard.flush()
+
+  def progress(self, step: int, values: dict[str, float], seconds_per_step: float) -> None:
+    if not self._active:
+      return
+    eta = max(self._total_steps - step, 0) * seconds_per_step
+    hours, rest = divmod(int(eta), 3600)
+    line = (
+      f'step {step}/{self._total_steps}  loss {values["loss/total"]:.4f}  '
+      f'{values["examples_per_sec"]:.1f} ex/s  {values["step_time_ms"]:.0f} ms/step  '
+      f'ETA {hours:d}:{rest // 60:02d}:{rest % 60:02d}'
+    )
+    print(line, file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    if self._active:
+      self._jsonl.close()
+      self._tensorboard.close()
+
+
+GRID_COLUMNS = ('source', 'driving', 'projected', 'foreground', 'background', 'output')
+
+
+def image_grid(images: dict[str, np.ndarray], max_rows: int = 4) -> np.ndarray:
+  """Rows of examples, columns source | driving | projected warp | foreground | background |
+  output; (rows * H, 6 * W, 3) uint8."""
+  rows = []
+  for index in range(min(max_rows, images['source'].shape[0])):
+    rows.append(np.concatenate([images[name][index] for name in GRID_COLUMNS], axis=1))
+  grid = np.concatenate(rows, axis=0)
+  return (np.clip(grid, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _host_scalars(metrics: dict[str, jax.Array]) -> dict[str, float]:
+  # Replicated scalars: every process holds a full copy; read the local one.
+  return {key: float(np.asarray(value.addressable_data(0))) for key, value in metrics.items()}
+
+
+def check_finite(values: dict[str, float], step: int) -> None:
+  bad = [key for key, value in values.items() if not np.isfinite(value)]
+  if bad:
+    raise NonFiniteError(
+      f'Non-finite {", ".join(bad)} at step {step} (averaged since the last log). The run '
+      'stopped without saving this state; the newest checkpoint is the last good one. Lower '
+      'config.optim.*_lr or check the data, then rerun the same command to resume.'
+    )
+
+
+class _Prefetcher:
+  """Puts the next batches on device ahead of the step, remembering each batch's data state."""
+
+  def __init__(self, iterator: input_pipeline.Iterator, mesh, depth: int):
+    self._iterator = iterator
+    self._mesh = mesh
+    self._queue = collections.deque()
+    self._depth = max(depth, 1)
+
+  def _fill(self) -> None:
+    while len(self._queue) < self._depth:
+      local = next(self._iterator)
+      self._queue.append((sharding.global_batch(local, self._mesh), self._iterator.get_state()))
+
+  def next(self) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+    self._fill()
+    item = self._queue.popleft()
+    self._fill()
+    return item
+
+
+def _setup_logging(workdir: epath.Path) -> None:
+  handler = logging.FileHandler(str(workdir / f'train.{jax.process_index()}.log'))
+  handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+  logging.getLogger().addHandler(handler)
+  logging.getLogger().setLevel(logging.INFO)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Train (resuming if WORKDIR has a checkpoint) until config.train.total_steps.
+
+  Returns the last logged metrics (empty if no step ran).
+  """
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _setup_logging(workdir)
+  if config.train.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', config.train.compilation_cache_dir)
+  train_config = config.train
+  setup = Setup(config)
+  logging.info('Mesh: %s; %d processes.', dict(setup.mesh.shape), jax.process_count())
+
+  manager = checkpointing.make_manager(str(workdir), max_to_keep=train_config.max_to_keep)
+  # Always resume from the newest checkpoint in the workdir: a rerun of the same command after
+  # a crash or preemption continues exactly where the run stopped.
+  latest = manager.latest_step()
+  if latest is None:
+    state = setup.init_state()
+    data_state = None
+    start_step = 0
+  else:
+    abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+    state, data_state = checkpointing.restore(manager, latest, abstract, config)
+    start_step = int(latest)
+
+  frames = input_pipeline.make_frame_source(config, 'train')
+  input_pipeline.log_source(frames)
+  iterator = input_pipeline.Iterator(input_pipeline.make_train_dataset(config, frames))
+  if data_state:
+    iterator.set_state(data_state)
+  prefetcher = _Prefetcher(iterator, setup.mesh, config.data.prefetch)
+  phase_steps = {True: setup.train_step(warp_only=True), False: setup.train_step(warp_only=False)}
+  render = setup.render_step()
+  writer = MetricsWriter(workdir, train_config.total_steps)
+  add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+
+  last_values: dict[str, float] = {}
+  accumulated, accumulated_steps = None, 0
+  data_state = data_state or iterator.get_state()
+  interval_start, interval_start_step = time.perf_counter(), start_step
+  step = start_step
+  try:
+    with _Preemption() as preemption:
+      while step < train_config.total_steps:
+        batch, next_data_state = prefetcher.next()
+        warp_only = step < train_config.phase1_steps
+        with jax.transfer_guard('disallow' if train_config.transfer_guard else 'allow'):
+          state, metrics = phase_steps[warp_only](state, batch, setup.perceptual_params)
+        step += 1
+        data_state = next_data_state
+        accumulated = metrics if accumulated is None else add(accumulated, metrics)
+        accumulated_steps += 1
+
+        is_last = step == train_config.total_steps
+        preempted = preemption.reached(step)
+        log_now = step % train_config.log_every == 0 or is_last or preempted
+        save_now = step % train_config.checkpoint_every == 0 or is_last or preempted
+        if log_now or save_now:
+          values = {k: v / accumulated_steps for k, v in _host_scalars(accumulated).items()}
+          check_finite(values, step)  # Before saving: never checkpoint a broken state.
+          elapsed = time.perf_counter() - interval_start
+          seconds_per_step = elapsed / max(step - interval_start_step, 1)
+          values['step_time_ms'] = 1000.0 * seconds_per_step
+          values['examples_per_sec'] = train_config.batch_size / max(seconds_per_step, 1e-9)
+          values['lr/generator'] = float(setup.generator_schedule(step))
+          writer.scalars(step, values)
+          writer.progress(step, values, seconds_per_step)
+          last_values = values
+          accumulated, accumulated_steps = None, 0
+          interval_start, interval_start_step = time.perf_counter(), step
+        if train_config.image_log_every and (step % train_config.image_log_every == 0 or is_last):
+          images = multihost_utils.process_allgather(render(state.ema_params, batch), tiled=True)
+          writer.images(step, 'ema/source|driving|projected|foreground|background|output',
+                        image_grid(jax.tree.map(np.asarray, images)))
+        if save_now:
+          checkpointing.save(manager, step, state, data_state, config)
+        if preempted:
+          logging.warning('Checkpoint saved at step %d after SIGTERM; exiting.', step)
+          break
+  finally:
+    # Let an asynchronous save finish even when the loop stops on an error.
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+  return last_values
