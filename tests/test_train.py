@@ -1,0 +1,174 @@
+"""The train step on a device mesh, and the real train_and_evaluate: resume, SIGTERM, errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from reenact_jax import checkpointing, input_pipeline, sharding, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny_config(**overrides):
+  config = tiny.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def _first_batch(config):
+  dataset = input_pipeline.make_train_dataset(config)
+  return next(iter(dataset))
+
+
+def _run_one_step(config, devices, batch, *, warp_only):
+  mesh = sharding.make_mesh(config.mesh, devices=devices)
+  setup = trainer.Setup(config, mesh=mesh)
+  state = setup.init_state()
+  before = jax.tree.map(np.asarray, (state.generator_params, state.discriminator_params))
+  step = setup.train_step(warp_only=warp_only)
+  state, metrics = step(state, sharding.global_batch(batch, mesh), setup.perceptual_params)
+  after = jax.tree.map(np.asarray, (state.generator_params, state.discriminator_params))
+  return before, after, jax.tree.map(np.asarray, metrics)
+
+
+def _max_abs_difference(a, b):
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
+
+
+def test_train_step_on_8_devices_matches_1_device():
+  assert jax.device_count() == 8, 'tests/conftest.py should give 8 fake CPU devices'
+  config = _tiny_config()
+  batch = _first_batch(config)
+  before, after8, metrics8 = _run_one_step(config, jax.devices(), batch, warp_only=False)
+  _, after1, metrics1 = _run_one_step(config, jax.devices()[:1], batch, warp_only=False)
+
+  for key, value in metrics8.items():
+    assert np.isfinite(value), key
+  assert metrics8['loss/disc'] > 0 and metrics8['loss/l1'] > 0 and metrics8['loss/cyclic_warp'] > 0
+  generator_before, discriminator_before = before
+  generator_after, discriminator_after = after8
+  assert _max_abs_difference(generator_before, generator_after) > 1e-6
+  assert _max_abs_difference(discriminator_before, discriminator_after) > 1e-6
+  # The sharded step computes the same function of the same global batch.
+  for key in metrics8:
+    np.testing.assert_allclose(metrics8[key], metrics1[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  assert _max_abs_difference(after8, after1) < 1e-4
+
+
+def test_warp_only_phase_leaves_renderer_and_discriminator_unchanged():
+  config = _tiny_config()
+  batch = _first_batch(config)
+  (generator_before, discriminator_before), (generator_after, discriminator_after), metrics = (
+    _run_one_step(config, jax.devices()[:2], batch, warp_only=True)
+  )
+  assert metrics['phase'] == 1.0 and metrics['loss/disc'] == 0.0
+  assert _max_abs_difference(discriminator_before, discriminator_after) == 0.0
+  changed = {
+    name: _max_abs_difference(generator_before[name], generator_after[name]) > 0
+    for name in generator_before
+  }
+  assert any(changed.values())
+  unchanged = [name for name, moved in changed.items() if not moved]
+  assert unchanged, f'phase 1 should not train the renderer/inpainter; changed: {changed}'
+
+
+def _final_params(workdir, config):
+  setup = trainer.Setup(config)
+  manager = checkpointing.make_manager(str(workdir), max_to_keep=2)
+  abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+  step = manager.latest_step()
+  state, data_state = checkpointing.restore(manager, step, abstract, config)
+  manager.close()
+  return step, jax.tree.map(np.asarray, state), data_state
+
+
+def test_resume_is_exact(tmp_path):
+  total = 6
+  straight = _tiny_config(**{'train.total_steps': total, 'train.checkpoint_every': 100})
+  trainer.train_and_evaluate(straight, str(tmp_path / 'straight'))
+
+  first_half = _tiny_config(**{'train.total_steps': total // 2, 'train.checkpoint_every': 100})
+  trainer.train_and_evaluate(first_half, str(tmp_path / 'resumed'))
+  second_half = _tiny_config(**{'train.total_steps': total, 'train.checkpoint_every': 100})
+  trainer.train_and_evaluate(second_half, str(tmp_path / 'resumed'))
+
+  step_a, state_a, data_a = _final_params(tmp_path / 'straight', straight)
+  step_b, state_b, data_b = _final_params(tmp_path / 'resumed', straight)
+  assert step_a == step_b == total
+  assert int(state_a.step) == total
+  for name in ('generator_params', 'ema_params', 'discriminator_params', 'generator_opt_state'):
+    difference = _max_abs_difference(getattr(state_a, name), getattr(state_b, name))
+    assert difference == 0.0, (name, difference)
+  assert data_a == data_b
+
+  lines = [json.loads(line) for line in (tmp_path / 'straight' / 'metrics.jsonl').open()]
+  assert [line['step'] for line in lines] == [2, 4, 6]
+  for key in ('loss/total', 'loss/cyclic_warp', 'loss/perceptual', 'loss/l1', 'loss/gan_g',
+              'loss/disc', 'examples_per_sec', 'step_time_ms'):
+    assert all(np.isfinite(line[key]) for line in lines), key
+  assert list((tmp_path / 'straight' / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+  trainer.train_and_evaluate(_tiny_config(**{'train.total_steps': 1}), str(tmp_path))
+  other = _tiny_config(**{'train.total_steps': 2, 'model.volume_channels': 8})
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match='model.volume_channels'):
+    trainer.train_and_evaluate(other, str(tmp_path))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = _tiny_config(
+    **{'train.total_steps': 6, 'train.checkpoint_every': 1, 'train.log_every': 1,
+       'train.phase1_steps': 2, 'loss.l1': float('nan')}
+  )
+  with pytest.raises(trainer.NonFiniteError, match=r'loss/total.*step 3'):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  manager = checkpointing.make_manager(str(tmp_path), max_to_keep=2)
+  assert manager.latest_step() == 2
+  manager.close()
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  command = [
+    sys.executable, '-m', 'reenact_jax.train', '--config=configs/tiny.py',
+    f'--workdir={tmp_path}', '--config.train.total_steps=100000',
+    '--config.train.log_every=1', '--config.train.checkpoint_every=100000',
+    '--config.train.image_log_every=0',
+  ]
+  process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('\n') >= 2):
+    assert process.poll() is None, process.stderr.read()[-3000:]
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-3000:]
+  config = _tiny_config()
+  step, state, _ = _final_params(tmp_path, config)
+  assert step >= 2 and int(state.step) == step
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+  result = subprocess.run(
+    [sys.executable, '-m', 'reenact_jax.train', '--config=configs/tiny.py',
+     f'--workdir={tmp_path}', '--config.train.totl_steps=3'],
+    cwd=ROOT, capture_output=True, text=True, timeout=120,
+  )
+  assert result.returncode != 0
+  assert 'totl_steps' in result.stderr
