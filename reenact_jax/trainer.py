@@ -102,7 +102,7 @@ def make_init_fn(config, generator, discriminator, generator_tx, discriminator_t
 class Setup:
   """Everything a run (or a benchmark, or an evaluation) builds from the config."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None, *, with_losses: bool = True):
     self.config = config
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
     self.generator = models.make_generator(config.model, config.image_size)
@@ -123,10 +123,14 @@ class Setup:
     self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)
-    perceptual_params, self.perceptual_fn = perceptual.make_perceptual_loss(config.perceptual)
-    self.perceptual_params = (
-      None if perceptual_params is None else jax.device_put(perceptual_params, self.replicated)
-    )
+    self.perceptual_params, self.perceptual_fn = None, None
+    if with_losses:  # Inference needs no VGG weights.
+      perceptual_params, self.perceptual_fn = perceptual.make_perceptual_loss(
+        config.perceptual,
+        compute_dtype=jnp.bfloat16 if config.model.compute_dtype == 'bfloat16' else jnp.float32,
+      )
+      if perceptual_params is not None:
+        self.perceptual_params = jax.device_put(perceptual_params, self.replicated)
     self.weights = steps.LossWeights.from_config(config.loss)
     self._rng = rng
 
@@ -149,6 +153,19 @@ class Setup:
       in_shardings=(self.state_shardings, self.batch_sharding, self.replicated),
       out_shardings=(self.state_shardings, self.replicated),
       donate_argnums=(0,),
+    )
+
+  def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {
+      key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=self.batch_sharding)
+      for key, value in jax.eval_shape(lambda: _example_batch(self.config, batch_size)).items()
+    }
+
+  def lower_train_step(self, *, warp_only: bool):
+    """The train step lowered on abstract inputs: compile it to check memory before running."""
+    state = checkpointing.abstract_with_shardings(self.abstract_state, self.state_shardings)
+    return self.train_step(warp_only=warp_only).lower(
+      state, self.abstract_batch(self.config.train.batch_size), self.perceptual_params
     )
 
   def render_step(self):
