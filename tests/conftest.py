@@ -4,3 +4,19 @@ import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(tmp_path_factory):
+  """A run directory holding a 3-step checkpoint of configs/tiny.py (trained once per session)."""
+  from configs import tiny
+  from reenact_jax import trainer
+
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  config = tiny.get_config()
+  config.train.total_steps = 3
+  config.train.image_log_every = 0
+  trainer.train_and_evaluate(config, str(workdir))
+  return workdir
