@@ -1,0 +1,264 @@
+"""Data preparation on real inputs: the carphone clip, a corrupt file, a faceless video."""
+
+import json
+import pathlib
+import shutil
+
+import av
+import numpy as np
+import pytest
+
+from data import clips as clips_lib
+from data import demo, prepare
+from reenact_jax import face_topology, records
+
+RESOLUTION = 64
+
+
+def _write_video(path: pathlib.Path, frames: list[np.ndarray], faststart: bool = False) -> None:
+  options = {'movflags': 'faststart'} if faststart else {}
+  with av.open(str(path), 'w', options=options) as container:
+    stream = container.add_stream('mpeg4', rate=25)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt = 'yuv420p'
+    for frame in frames:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
+    container.mux(stream.encode())
+
+
+def _gradient_frames(count: int, size: int = 96) -> list[np.ndarray]:
+  y, x = np.mgrid[0:size, 0:size]
+  return [
+    np.stack([(2 * x + 5 * t) % 256, 2 * y % 256, np.full_like(x, 128)], -1).astype(np.uint8)
+    for t in range(count)
+  ]
+
+
+def _polygon_area(points: np.ndarray) -> float:
+  x, y = points[:, 0], points[:, 1]
+  return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+@pytest.fixture(scope='module')
+def carphone_dir(tmp_path_factory) -> pathlib.Path:
+  return demo.prepared_demo_dir(tmp_path_factory.mktemp('cache'), resolution=RESOLUTION)
+
+
+def _all_records(data_dir):
+  out = {}
+  for split in records.SPLITS:
+    source, clips = records.open_split(data_dir, split)
+    out[split] = ([records.decode_record(source[i]) for i in range(len(source))], clips)
+  return out
+
+
+def test_carphone_landmarks_masks_poses_and_counts(carphone_dir):
+  manifest = json.loads((carphone_dir / records.MANIFEST).read_text())
+  assert manifest['num_input_frames'] == 120
+  assert manifest['num_frames'] >= 110  # landmarks found on at least 110 of the 120 frames
+  assert manifest['num_landmarks'] == 478 and manifest['num_skipped'] == 0
+  assert manifest['num_clips'] == 1 and manifest['num_identities'] == 1
+
+  split_records = _all_records(carphone_dir)
+  total = 0
+  for split, (frames, clips) in split_records.items():
+    assert len(frames) == manifest['splits'][split]['frames']
+    assert sum(clip['num_frames'] for clip in clips) == len(frames)
+    assert len(clips) == manifest['splits'][split]['clips'] == 1
+    total += len(frames)
+  assert total == manifest['num_frames']
+
+  # One identity: the test split is the clip's last frames.
+  train, test = split_records['train'][0], split_records['test'][0]
+  assert 2 <= len(test) <= 0.2 * total
+  assert max(f['frame_index'] for f in train) < min(f['frame_index'] for f in test)
+  frame_indices = [f['frame_index'] for f in train + test]
+  assert frame_indices == sorted(frame_indices)
+
+  canonical = face_topology.canonical_landmarks()
+  stable = face_topology.STABLE
+  for frame in train + test:
+    assert frame['image'].shape == (RESOLUTION, RESOLUTION, 3)
+    assert frame['image'].dtype == np.uint8
+    landmarks = frame['landmarks']
+    assert landmarks.shape == (478, 3) and landmarks.dtype == np.float32
+    assert np.abs(landmarks[:, :2]).max() <= 1.0  # inside the crop
+    assert abs(landmarks[:, 2].mean()) < 2e-3
+    # Upright face, subject's right eye on the image left, irises between the eye corners.
+    assert landmarks[10, 1] < landmarks[1, 1] < landmarks[152, 1]
+    assert landmarks[33, 0] < landmarks[468, 0] < landmarks[133, 0]
+    assert landmarks[362, 0] < landmarks[473, 0] < landmarks[263, 0]
+    # Mask: the face-oval polygon, a plausible share of the crop, filled where the polygon is.
+    polygon = frame['mask_polygon']
+    np.testing.assert_allclose(polygon, landmarks[face_topology.FACE_OVAL, :2], atol=1e-3)
+    mask = records.mask_from_polygon(polygon, RESOLUTION, RESOLUTION)
+    area = float(mask.mean())
+    assert 0.08 < area < 0.6
+    assert abs(area - _polygon_area(polygon) / 4) < 0.03
+    nose = ((landmarks[1, :2] + 1) * RESOLUTION / 2).astype(int)
+    assert mask[nose[1], nose[0], 0] == 1.0
+    # Pose: a proper rotation that maps the canonical face onto the frame's stable points.
+    pose = frame['pose']
+    rotation = pose['rotation']
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-4)
+    assert np.linalg.det(rotation) > 0.99
+    fitted = pose['scale'] * canonical[stable] @ rotation.T + pose['translation']
+    assert np.abs(fitted - landmarks[stable]).mean() < 0.03
+
+
+def test_demo_dir_is_cached(carphone_dir):
+  stamp = (carphone_dir / records.MANIFEST).stat().st_mtime_ns
+  again = demo.prepared_demo_dir(carphone_dir.parent, resolution=RESOLUTION)
+  assert again == carphone_dir
+  assert (again / records.MANIFEST).stat().st_mtime_ns == stamp
+
+
+def test_record_frames_for_the_input_pipeline(carphone_dir):
+  frames = records.RecordFrames(carphone_dir, 'train', image_size=32)
+  assert len(frames.clips) == 1 and frames.clips[0].first == 0
+  frame = frames.frame(3)
+  assert frame['image'].shape == (32, 32, 3) and frame['image'].dtype == np.float32
+  assert 0.0 <= frame['image'].min() and frame['image'].max() <= 1.0
+  assert frame['mask'].shape == (32, 32, 1)
+  assert frame['landmarks'].shape == (478, 3)
+
+
+def test_folder_with_good_corrupt_and_faceless_clips(tmp_path, capsys):
+  videos = tmp_path / 'videos'
+  for identity in ('alice', 'bob', 'carol'):
+    (videos / identity).mkdir(parents=True)
+  carphone = demo.carphone_path()
+  shutil.copy(carphone, videos / 'alice' / 'talk.mp4')
+  # Corrupt: the first half of a real video (its index lives at the end of the file).
+  data = carphone.read_bytes()
+  (videos / 'bob' / 'broken.mp4').write_bytes(data[: len(data) // 2])
+  _write_video(videos / 'carol' / 'gradient.mp4', _gradient_frames(12))
+  output = tmp_path / 'shards'
+
+  code = prepare.main(
+    ['--input', str(videos), '--output', str(output), '--resolution', '32', '--max-frames', '40']
+  )
+  assert code == 0
+  manifest = json.loads((output / records.MANIFEST).read_text())
+  assert manifest['num_clips'] == 1 and manifest['clips'][0]['identity'] == 'alice'
+  assert manifest['num_skipped'] == 2
+  reasons = {pathlib.Path(item['path']).name: item for item in manifest['skipped']}
+  assert reasons['broken.mp4']['kind'] == 'unreadable'
+  assert reasons['gradient.mp4']['kind'] == 'no_face'
+  assert 'no face' in reasons['gradient.mp4']['reason']
+  assert manifest['skipped_counts'] == {'unreadable': 1, 'no_face': 1}
+  printed = capsys.readouterr().out
+  assert 'Skipped 2 inputs' in printed and 'broken.mp4' in printed
+  # The only kept identity is alone in its split, and the counts match the shards.
+  train, _ = records.open_split(output, 'train')
+  test, _ = records.open_split(output, 'test')
+  assert len(train) + len(test) == manifest['num_frames'] >= 36
+
+  # An output folder that holds shards is not overwritten without --overwrite.
+  shards = sorted(p.name for p in output.iterdir())
+  code = prepare.main(['--input', str(videos), '--output', str(output), '--resolution', '16'])
+  assert code == 2
+  assert '--overwrite' in capsys.readouterr().err
+  assert sorted(p.name for p in output.iterdir()) == shards
+  assert json.loads((output / records.MANIFEST).read_text())['resolution'] == 32
+
+
+def test_other_bad_inputs_are_skipped_with_reasons(tmp_path):
+  videos = tmp_path / 'videos'
+  (videos / 'dave').mkdir(parents=True)
+  (videos / 'erin').mkdir()
+  (videos / 'frank').mkdir()
+  _write_video(videos / 'dave' / 'one_frame.mp4', _gradient_frames(1))
+  (videos / 'erin' / 'notes.txt').write_text('not a video')
+  # Truncated in the middle of the frame data (index at the front, so the file still opens).
+  _write_video(videos / 'frank' / 'whole.mp4', _gradient_frames(20), faststart=True)
+  whole = (videos / 'frank' / 'whole.mp4').read_bytes()
+  (videos / 'frank' / 'cut.mp4').write_bytes(whole[: len(whole) // 2])
+  (videos / 'frank' / 'whole.mp4').unlink()
+  manifest = prepare.prepare(videos, tmp_path / 'out', resolution=16)
+  kinds = {pathlib.Path(item['path']).name: item['kind'] for item in manifest['skipped']}
+  assert kinds == {
+    'one_frame.mp4': 'too_short',
+    'notes.txt': 'unsupported',
+    'cut.mp4': 'unreadable',
+  }
+  assert manifest['num_clips'] == 0 and manifest['num_frames'] == 0
+  assert prepare.main(['--input', str(videos), '--output', str(tmp_path / 'o2')]) == 1
+
+
+def test_splits_are_identity_disjoint(tmp_path):
+  import cv2
+
+  # Three identities as frame folders cut from the real clip.
+  frames = list(
+    clips_lib.read_frames(
+      clips_lib.ClipInput('x', 'x', str(demo.carphone_path()), False), max_frames=12
+    )
+  )
+  videos = tmp_path / 'frames'
+  for identity in ('id0', 'id1', 'id2'):
+    folder = videos / identity / 'clip'
+    folder.mkdir(parents=True)
+    for number, frame in enumerate(frames[:4]):
+      cv2.imwrite(str(folder / f'{number}.png'), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  # A faceless identity is skipped; the held-out identities are chosen among the kept ones.
+  faceless = videos / 'id3' / 'clip'
+  faceless.mkdir(parents=True)
+  for number, frame in enumerate(_gradient_frames(3)):
+    cv2.imwrite(str(faceless / f'{number}.png'), frame)
+  manifest = prepare.prepare(videos, tmp_path / 'out', resolution=16, test_fraction=0.3)
+  assert manifest['num_clips'] == 3 and manifest['split_mode'] == 'identity'
+  assert manifest['skipped_counts'] == {'no_face': 1}
+  identities = {}
+  for split in records.SPLITS:
+    _, split_clips = records.open_split(tmp_path / 'out', split)
+    identities[split] = {clip['identity'] for clip in split_clips}
+    assert manifest['splits'][split]['identities'] == len(identities[split])
+  assert identities['train'] and identities['test']
+  assert not identities['train'] & identities['test']
+  assert identities['train'] | identities['test'] == {'id0', 'id1', 'id2'}
+
+
+def test_decode_errors_name_the_shard():
+  with pytest.raises(records.RecordDecodeError, match='train.array_record-00002-of-00004 record 7'):
+    records.decode_record(
+      b'\x93garbage', shard_name_for_errors='train.array_record-00002-of-00004 record 7'
+    )
+
+
+def test_mask_from_polygon_fills_pixel_centres():
+  # The square [-0.45, 0.45]^2 of an 8x8 image spans continuous pixels 2.2..5.8: centres 2..5.
+  square = np.array([[-0.45, -0.45], [0.45, -0.45], [0.45, 0.45], [-0.45, 0.45]], np.float32)
+  mask = records.mask_from_polygon(square, 8, 8)
+  assert mask.shape == (8, 8, 1) and mask.dtype == np.float32
+  assert mask.sum() == 16 and mask[2:6, 2:6].all()
+  # A triangle: the filled share matches its area up to the outline.
+  triangle = np.array([[-0.8, 0.8], [0.8, 0.8], [0.0, -0.8]], np.float32)
+  area = records.mask_from_polygon(triangle, 64, 64).mean()
+  assert abs(area - _polygon_area(triangle) / 4) < 0.03
+
+
+def test_crop_and_normalisation_round_trip():
+  # A landmark at a pixel centre of the crop lands on that centre in normalised units.
+  box = (10, 20, 40)
+  points = np.array([[[10.5, 20.5, 4.0], [49.5, 59.5, -4.0]]])
+  normalised = clips_lib.normalise_landmarks(points, box)
+  np.testing.assert_allclose(
+    normalised[0, :, :2], [[-1 + 1 / 40, -1 + 1 / 40], [1 - 1 / 40, 1 - 1 / 40]]
+  )
+  np.testing.assert_allclose(normalised[0, :, 2], [0.2, -0.2])
+  frame = np.arange(100 * 100 * 3, dtype=np.uint8).reshape(100, 100, 3)
+  assert clips_lib.crop_frame(frame, (-10, -10, 40), 20).shape == (20, 20, 3)
+
+
+def test_tfds_builder_reads_the_prepared_frames(carphone_dir, tmp_path):
+  from data import tfds_builder
+
+  source = tfds_builder.data_source(carphone_dir, tmp_path / 'tfds', split='test')
+  expected, _ = records.open_split(carphone_dir, 'test')
+  assert len(source) == len(expected)
+  example = source[0]
+  first = records.decode_record(expected[0])
+  np.testing.assert_array_equal(example['image'], first['image'])
+  np.testing.assert_allclose(example['landmarks'], first['landmarks'])
+  assert int(example['frame_index']) == first['frame_index']
