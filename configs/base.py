@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.projection_channels = 256
   # Foreground renderer (TransUNet-style).
   model.renderer_channels = (128, 64)  # Decoder widths after the bottleneck (each one 2× up).
+  # Renderer encoder: 2× downsampling residual blocks from H/4 to the bottleneck (widths
+  # projection_channels * 2^i); its decoder climbs back to H/4 with skip connections, then
+  # renderer_channels does H/4 -> H.
+  model.renderer_down_levels = 1
   model.renderer_bottleneck = 'transformer'  # 'transformer' or 'resblocks'.
   model.renderer_num_layers = 2  # Transformer layers (or residual blocks) in the bottleneck.
   model.renderer_num_heads = 4
@@ -93,8 +97,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   config.data = data = ml_collections.ConfigDict()
-  data.source = 'arrayrecord'  # 'arrayrecord' (prepared shards) or 'synthetic'.
+  # 'arrayrecord' (shards in data.dir), 'demo' (the bundled carphone clip, prepared on first
+  # use into data.cache_dir) or 'synthetic' (procedural heads, for tests and smoke runs).
+  data.source = 'arrayrecord'
   data.dir = ''  # Folder written by `python -m data.prepare`.
+  data.cache_dir = ''  # Where 'demo' data and portraits are prepared ('' = ~/.cache/reenact_jax).
   data.num_workers = 0  # grain worker processes (0: in-process).
   data.num_threads = 2  # Reader threads per process (decoding and augmentation release the GIL).
   data.prefetch = 2  # Batches prefetched to device.
@@ -105,6 +112,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.translate_jitter = 0.05  # Max translation, fraction of the image size.
   data.max_frame_gap = 0  # 0: any two frames of a clip; N: |i - j| <= N.
   data.pseudo_pair_fraction = 0.0  # Fraction of pairs made from re-posed still portraits.
+  data.pseudo_max_rotation_deg = 15.0  # In-plane rotation of a re-posed portrait.
+  data.pseudo_max_scale = 0.08  # Relative scale change.
+  data.pseudo_max_translation = 0.08  # Normalised units.
+  data.pseudo_max_deformation = 0.03  # Smooth non-rigid motion, fraction of the face size.
   data.synthetic_num_clips = 64
   data.synthetic_frames_per_clip = 32
 

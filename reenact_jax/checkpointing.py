@@ -91,9 +91,7 @@ def restore(manager, step: int, abstract_state, config) -> tuple[Any, dict[str, 
   try:
     restored = manager.restore(
       step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
-      ),
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
     )
   except (ValueError, KeyError, TypeError) as error:
     raise IncompatibleCheckpointError(

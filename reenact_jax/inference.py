@@ -59,8 +59,13 @@ class LoadedGenerator:
 
     def render(params, source, source_landmarks, driving_landmarks, source_mask):
       return self.generator.apply(
-        {'params': params}, source, source_landmarks, driving_landmarks, source_mask,
-        with_cycle=False, warp_only=False,
+        {'params': params},
+        source,
+        source_landmarks,
+        driving_landmarks,
+        source_mask,
+        with_cycle=False,
+        warp_only=False,
       )
 
     return jax.jit(render)
@@ -108,6 +113,4 @@ def load_generator(workdir: str, step: int | None = None) -> LoadedGenerator:
   finally:
     manager.close()
   params = jax.tree.map(np.asarray, state.ema_params)
-  return LoadedGenerator(
-    config=config, generator=setup.generator, params=params, step=int(step)
-  )
+  return LoadedGenerator(config=config, generator=setup.generator, params=params, step=int(step))

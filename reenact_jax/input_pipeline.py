@@ -9,6 +9,7 @@ exactly. Each process reads only its own slice of the index stream (ShardByJaxPr
 
 import dataclasses
 import logging
+import pathlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -67,8 +68,16 @@ class SyntheticFrames:
     )
 
 
+def cache_dir(data_config: ml_collections.ConfigDict) -> pathlib.Path:
+  if data_config.cache_dir:
+    return pathlib.Path(data_config.cache_dir)
+  from data import demo
+
+  return demo.default_cache_dir()
+
+
 def make_frame_source(config: ml_collections.ConfigDict, split: str) -> FrameSource:
-  """The frame source the config names ('synthetic' or 'arrayrecord')."""
+  """The frame source the config names ('synthetic', 'arrayrecord' or 'demo')."""
   data = config.data
   if data.source == 'synthetic':
     # The test split uses other clips (other identities) than the train split.
@@ -79,15 +88,73 @@ def make_frame_source(config: ml_collections.ConfigDict, split: str) -> FrameSou
       image_size=config.image_size,
       seed=seed,
     )
-  if data.source == 'arrayrecord':
+  if data.source in ('arrayrecord', 'demo'):
     from reenact_jax import records
 
+    if data.source == 'demo':
+      from data import demo
+
+      directory = demo.prepared_demo_dir(cache_dir(data), resolution=config.image_size)
+    elif not data.dir:
+      raise ValueError(
+        "config.data.source='arrayrecord' needs --config.data.dir=<folder written by "
+        'python -m data.prepare>.'
+      )
+    else:
+      directory = data.dir
     return records.RecordFrames(
-      data.dir, split, image_size=config.image_size, skip_corrupt=data.skip_corrupt
+      directory, split, image_size=config.image_size, skip_corrupt=data.skip_corrupt
     )
   raise ValueError(
-    f"config.data.source={data.source!r} is not one of 'synthetic', 'arrayrecord'."
+    f"config.data.source={data.source!r} is not one of 'synthetic', 'arrayrecord', 'demo'."
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoPairs:
+  """Still portraits re-posed twice into (source, driving) pairs with known motion."""
+
+  images: np.ndarray  # (P, S, S, 3) float32 [0, 1]
+  landmarks: np.ndarray  # (P, N, 3) float32
+  fraction: float
+  max_rotation_deg: float
+  max_scale: float
+  max_translation: float
+  max_deformation: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'PseudoPairs | None':
+    data = config.data
+    if data.pseudo_pair_fraction <= 0:
+      return None
+    from data import portraits
+
+    with np.load(portraits.prepared_portraits(cache_dir(data), config.image_size)) as arrays:
+      images = arrays['images'].astype(np.float32) / 255.0
+      landmarks = arrays['landmarks'].astype(np.float32)
+    return cls(
+      images,
+      landmarks,
+      float(data.pseudo_pair_fraction),
+      float(data.pseudo_max_rotation_deg),
+      float(data.pseudo_max_scale),
+      float(data.pseudo_max_translation),
+      float(data.pseudo_max_deformation),
+    )
+
+  def frame(self, portrait: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    from reenact_jax import synthetic
+
+    image, landmarks, mask = synthetic.repose(
+      self.images[portrait],
+      self.landmarks[portrait],
+      rng=rng,
+      max_rotation_deg=self.max_rotation_deg,
+      max_scale=self.max_scale,
+      max_translation=self.max_translation,
+      max_deformation=self.max_deformation,
+    )
+    return {'image': image, 'landmarks': landmarks, 'mask': mask}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,11 +206,17 @@ def affine_frame(
   matrix_cv = matrix.copy()
   matrix_cv[:, 2:] = matrix[:, 2:] + matrix[:, :2] @ half - half
   image = cv2.warpAffine(
-    frame['image'], matrix_cv, (width, height), flags=cv2.INTER_LINEAR,
+    frame['image'],
+    matrix_cv,
+    (width, height),
+    flags=cv2.INTER_LINEAR,
     borderMode=cv2.BORDER_REFLECT,
   )
   mask = cv2.warpAffine(
-    frame['mask'][..., 0], matrix_cv, (width, height), flags=cv2.INTER_NEAREST,
+    frame['mask'][..., 0],
+    matrix_cv,
+    (width, height),
+    flags=cv2.INTER_NEAREST,
     borderMode=cv2.BORDER_CONSTANT,
   )[..., None]
   landmarks = frame['landmarks'] * scale
@@ -208,8 +281,10 @@ class MakePair(grain.transforms.Map):
     seed: int,
     augmentation: Augmentation | None,
     max_frame_gap: int = 0,
+    pseudo_pairs: PseudoPairs | None = None,
   ):
     self._frames = frames
+    self._pseudo_pairs = pseudo_pairs
     self._seed = seed
     self._augmentation = augmentation
     self._max_frame_gap = max_frame_gap
@@ -239,8 +314,13 @@ class MakePair(grain.transforms.Map):
 
   def map(self, pair_index: int) -> dict[str, np.ndarray]:
     source_index, driving_index, rng = self.indices(pair_index)
-    source = self._frames.frame(source_index)
-    driving = self._frames.frame(driving_index)
+    pseudo = self._pseudo_pairs
+    if pseudo is not None and rng.random() < pseudo.fraction:
+      portrait = int(rng.integers(len(pseudo.images)))
+      source, driving = pseudo.frame(portrait, rng), pseudo.frame(portrait, rng)
+    else:
+      source = self._frames.frame(source_index)
+      driving = self._frames.frame(driving_index)
     if self._augmentation is not None:
       source, driving = augment_pair(source, driving, rng, self._augmentation)
     return _pair_to_example(source, driving)
@@ -265,6 +345,7 @@ def make_train_dataset(
     seed=config.seed,
     augmentation=Augmentation.from_config(config.data),
     max_frame_gap=config.data.max_frame_gap,
+    pseudo_pairs=PseudoPairs.from_config(config),
   )
   shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
   dataset = grain.MapDataset.range(STREAM_LENGTH)

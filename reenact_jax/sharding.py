@@ -28,9 +28,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   known = math.prod(size for size in sizes.values() if size != -1)
   if unknown:
     if len(devices) % known:
-      raise ValueError(
-        f'config.mesh={sizes}: {len(devices)} devices are not divisible by {known}.'
-      )
+      raise ValueError(f'config.mesh={sizes}: {len(devices)} devices are not divisible by {known}.')
     sizes[unknown[0]] = len(devices) // known
   if math.prod(sizes.values()) != len(devices):
     raise ValueError(

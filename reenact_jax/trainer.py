@@ -353,8 +353,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           interval_start, interval_start_step = time.perf_counter(), step
         if train_config.image_log_every and (step % train_config.image_log_every == 0 or is_last):
           images = multihost_utils.process_allgather(render(state.ema_params, batch), tiled=True)
-          writer.images(step, 'ema/source|driving|projected|foreground|background|output',
-                        image_grid(jax.tree.map(np.asarray, images)))
+          writer.images(
+            step,
+            'ema/source|driving|projected|foreground|background|output',
+            image_grid(jax.tree.map(np.asarray, images)),
+          )
         if save_now:
           checkpointing.save(manager, step, state, data_state, config)
         if preempted:

