@@ -78,7 +78,7 @@ def discover(input_path: str | os.PathLike) -> tuple[list[ClipInput], list[Skipp
   Layout: `<identity>/<clip>.mp4`, `<identity>/<clip>/<frames>.png`, or deeper
   (`<identity>/<video>/<utterance>.mp4` as in VoxCeleb2): the identity is the first folder
   below the input, the clip name is the relative path without extension. A video directly in the
-  input folder is its own identity.
+  input folder is its own identity; an input folder of frames is one clip.
   """
   root = pathlib.Path(input_path)
   if not root.exists():
@@ -90,17 +90,19 @@ def discover(input_path: str | os.PathLike) -> tuple[list[ClipInput], list[Skipp
     return [ClipInput(root.stem, root.stem, str(root), False)], []
   clips, skipped = [], []
   for folder, subfolders, files in os.walk(root):
-    subfolders.sort()
+    subfolders[:] = sorted(name for name in subfolders if not name.startswith('.'))
     folder = pathlib.Path(folder)
     relative = folder.relative_to(root)
     frames = [f for f in files if pathlib.Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    if frames and relative.parts:
-      identity = relative.parts[0]
-      clips.append(ClipInput(identity, relative.as_posix(), str(folder), True))
+    if frames:
+      # A folder of frames is one clip (the input folder itself: one identity of its name).
+      identity = relative.parts[0] if relative.parts else root.name
+      clip_name = relative.as_posix() if relative.parts else root.name
+      clips.append(ClipInput(identity, clip_name, str(folder), True))
     for name in sorted(files, key=_natural_key):
       path = folder / name
       suffix = path.suffix.lower()
-      if name.startswith('.') or suffix in IMAGE_EXTENSIONS and relative.parts:
+      if name.startswith('.') or suffix in IMAGE_EXTENSIONS:
         continue
       if suffix in VIDEO_EXTENSIONS:
         clip_name = (relative / path.stem).as_posix()

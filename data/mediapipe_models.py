@@ -10,6 +10,7 @@ network.
 """
 
 import argparse
+import hashlib
 import os
 import pathlib
 import subprocess
@@ -30,6 +31,18 @@ MODEL_FILES = {
     'mediapipe/modules/face_landmark/face_landmark_with_attention.tflite'
   ),
   'iris_landmark.tflite': 'mediapipe/modules/iris_landmark/iris_landmark.tflite',
+}
+
+# SHA-256 of each file as shipped in the mediapipe 0.10.21 wheel.
+MODEL_SHA256 = {
+  'face_detection_short_range.tflite': (
+    'bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8'
+  ),
+  'face_landmark.tflite': '1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814',
+  'face_landmark_with_attention.tflite': (
+    'e06a804e0144f9929eda782122916b35d60c697c3c9344013ca2bbe76a6ce2b4'
+  ),
+  'iris_landmark.tflite': 'd1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f',
 }
 
 # The files the preparation code actually runs (the attention model needs custom ops that
@@ -106,10 +119,17 @@ def extract_models(wheel: pathlib.Path, output: pathlib.Path) -> list[pathlib.Pa
     for file_name, member in MODEL_FILES.items():
       if member not in names:
         raise ValueError(f'{wheel} has no {member}: is it {MEDIAPIPE_REQUIREMENT}?')
+      data = archive.read(member)
+      digest = hashlib.sha256(data).hexdigest()
+      if digest != MODEL_SHA256[file_name]:
+        raise ValueError(
+          f'{member} in {wheel} has SHA-256 {digest}, expected {MODEL_SHA256[file_name]}: '
+          f'the wheel is corrupt or not {MEDIAPIPE_REQUIREMENT}.'
+        )
       target = output / file_name
       # Write then rename, so an interrupted setup never leaves a truncated model behind.
       partial = target.with_suffix('.partial')
-      partial.write_bytes(archive.read(member))
+      partial.write_bytes(data)
       partial.replace(target)
       written.append(target)
   return written

@@ -262,3 +262,25 @@ def test_tfds_builder_reads_the_prepared_frames(carphone_dir, tmp_path):
   np.testing.assert_array_equal(example['image'], first['image'])
   np.testing.assert_allclose(example['landmarks'], first['landmarks'])
   assert int(example['frame_index']) == first['frame_index']
+
+
+def test_corrupt_record_raises_with_its_shard_or_is_skipped_when_asked(carphone_dir, tmp_path):
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  copy = tmp_path / 'copy'
+  shutil.copytree(carphone_dir, copy)
+  source, _ = records.open_split(copy, 'train')
+  raw = [source[i] for i in range(len(source))]
+  shard = records.split_shards(copy, 'train')[0]
+  writer = ArrayRecordWriter(str(shard), 'group_size:1')
+  for number, record in enumerate(raw):
+    writer.write(record[: len(record) // 2] if number == 1 else record)
+  writer.close()
+
+  strict = records.RecordFrames(copy, 'train', image_size=16)
+  assert strict.frame(0)['image'].shape == (16, 16, 3)
+  with pytest.raises(records.RecordDecodeError, match=f'{shard.name} record 1 '):
+    strict.frame(1)
+  lenient = records.RecordFrames(copy, 'train', image_size=16, skip_corrupt=True)
+  frame = lenient.frame(1)
+  assert frame['image'].shape == (16, 16, 3) and lenient.corrupt_records == 1
