@@ -59,6 +59,8 @@ def prepared_demo_dir(
     )
     if not manifest['num_clips']:
       raise RuntimeError(f'No face found in the demo clip: {manifest["skipped"]}')
+    if (target / records.MANIFEST).is_file():
+      return target  # Another caller finished first: keep theirs (it may be in use).
     if target.exists():
       shutil.rmtree(target)  # A folder without a manifest is an interrupted earlier attempt.
     try:
