@@ -10,6 +10,7 @@ exactly. Each process reads only its own slice of the index stream (ShardByJaxPr
 import dataclasses
 import logging
 import pathlib
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
 from reenact_jax import face_topology
 
@@ -226,14 +228,82 @@ def affine_frame(
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
-  """Brightness, contrast and saturation scaled by factors in [1 - amount, 1 + amount]."""
+  """Brightness, contrast and saturation scaled by factors in [1 - amount, 1 + amount].
+
+  The readable definition; augment_pair applies the same map as one fused colour matrix.
+  """
   brightness, contrast, saturation = rng.uniform(1.0 - amount, 1.0 + amount, size=3)
-  image = image * brightness
+  image = np.asarray(image, np.float32) * np.float32(brightness)
   mean = image.mean()
-  image = (image - mean) * contrast + mean
+  image = (image - mean) * np.float32(contrast) + mean
   grey = image.mean(axis=-1, keepdims=True)
-  image = (image - grey) * saturation + grey
+  image = (image - grey) * np.float32(saturation) + grey
   return np.clip(image, 0.0, 1.0)
+
+
+def _color_matrix(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
+  """The (3, 4) affine colour map equal to color_jitter's three steps on `image`.
+
+  Brightness b then contrast c about the image mean m is x -> a x + d with a = c b and
+  d = (1 - c) b m; saturation s about the per-pixel grey g(x) = mean_k x_k then gives
+  x -> a s x + a (1 - s) g(x) + d: one matrix a (s I + (1 - s) / 3) plus the offset d.
+  """
+  brightness, contrast, saturation = (float(f) for f in factors)
+  mean = float(np.mean(cv2.mean(image)[:3]))
+  gain = contrast * brightness
+  matrix = np.full((3, 4), gain * (1.0 - saturation) / 3.0)
+  matrix[np.arange(3), np.arange(3)] += gain * saturation
+  matrix[:, 3] = (1.0 - contrast) * brightness * mean
+  return matrix.astype(np.float32)
+
+
+def _apply_color(image: np.ndarray, factors: np.ndarray) -> np.ndarray:
+  """(H, W, 3) float32 -> colour-jittered copy in [0, 1] (one cv2 pass plus an in-place clip)."""
+  out = cv2.transform(image, _color_matrix(image, factors))
+  return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _geometry_matrix(flip: bool, scale: float, translate, height: int, width: int) -> np.ndarray:
+  """(2, 3) cv2 warpAffine matrix (pixel-index units) of p -> scale * F p + translate.
+
+  p in normalised coordinates, F mirrors x when `flip`. In continuous pixels (0 at the image
+  edge) u' = s f u + (1 - s f + t) * W / 2 with f = -1 for a flip; cv2 maps pixel centres
+  (integer coordinates), so shift by half a pixel on both sides.
+  """
+  sx = -scale if flip else scale
+  matrix = np.array(
+    [
+      [sx, 0.0, (1.0 - sx + translate[0]) * width / 2.0],
+      [0.0, scale, (1.0 - scale + translate[1]) * height / 2.0],
+    ]
+  )
+  matrix[:, 2] += matrix[:, :2] @ np.array([0.5, 0.5]) - 0.5
+  return matrix.astype(np.float32)
+
+
+def _transform_frame(
+  frame: dict[str, np.ndarray], flip: bool, scale: float, translate, warp: bool
+) -> dict[str, np.ndarray]:
+  """flip_frame then affine_frame in one resampling of the image and of the mask."""
+  landmarks = np.asarray(frame['landmarks'], np.float32)
+  image, mask = frame['image'], frame['mask']
+  if flip:
+    landmarks = landmarks[face_topology.FLIP_PERMUTATION]
+    landmarks[:, 0] = -landmarks[:, 0]
+  if warp:
+    height, width = image.shape[:2]
+    matrix = _geometry_matrix(flip, scale, translate, height, width)
+    image = cv2.warpAffine(
+      image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+    )
+    mask = cv2.warpAffine(
+      mask[..., 0], matrix, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT
+    )[..., None]
+    landmarks = landmarks * np.float32(scale)
+    landmarks[:, :2] += np.asarray(translate, np.float32)
+  elif flip:
+    image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+  return {'image': image, 'mask': mask, 'landmarks': landmarks}
 
 
 def augment_pair(
@@ -242,21 +312,28 @@ def augment_pair(
   rng: np.random.Generator,
   augmentation: Augmentation,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  """The same flip, geometric and colour jitter for both frames (it adds no relative motion)."""
-  if augmentation.flip and rng.random() < 0.5:
-    source, driving = flip_frame(source), flip_frame(driving)
-  if augmentation.scale_jitter or augmentation.translate_jitter:
+  """The same flip, geometric and colour jitter for both frames (it adds no relative motion).
+
+  Equal (up to interpolation rounding) to flip_frame, then affine_frame, then color_jitter with
+  the same random draws, but each frame is resampled once (flip, scale and shift folded into
+  one warpAffine) and jittered by one fused colour matrix, all in float32.
+  """
+  flip = bool(augmentation.flip and rng.random() < 0.5)
+  warp = bool(augmentation.scale_jitter or augmentation.translate_jitter)
+  scale, translate = 1.0, (0.0, 0.0)
+  if warp:
     scale = 1.0 + rng.uniform(-augmentation.scale_jitter, augmentation.scale_jitter)
     translate = tuple(
       rng.uniform(-augmentation.translate_jitter, augmentation.translate_jitter, size=2) * 2.0
     )
-    source = affine_frame(source, scale, translate)
-    driving = affine_frame(driving, scale, translate)
+  source = _transform_frame(source, flip, scale, translate, warp)
+  driving = _transform_frame(driving, flip, scale, translate, warp)
   if augmentation.color_jitter:
-    state = rng.bit_generator.state
-    source = dict(source, image=color_jitter(source['image'], rng, augmentation.color_jitter))
-    rng.bit_generator.state = state  # Same factors for the driving frame.
-    driving = dict(driving, image=color_jitter(driving['image'], rng, augmentation.color_jitter))
+    amount = augmentation.color_jitter
+    # Same factors for both frames; each is jittered about its own mean.
+    factors = rng.uniform(1.0 - amount, 1.0 + amount, size=3)
+    source['image'] = _apply_color(np.asarray(source['image'], np.float32), factors)
+    driving['image'] = _apply_color(np.asarray(driving['image'], np.float32), factors)
   return source, driving
 
 
@@ -326,19 +403,36 @@ class MakePair(grain.transforms.Map):
     return _pair_to_example(source, driving)
 
 
-def local_batch_size(global_batch_size: int) -> int:
-  if global_batch_size % jax.process_count():
+def local_batch_size(global_batch_size: int, num_shards: int | None = None) -> int:
+  """This process's part of the global batch (`num_shards` defaults to the process count)."""
+  num_shards = jax.process_count() if num_shards is None else num_shards
+  if global_batch_size % num_shards:
     raise ValueError(
-      f'config.train.batch_size={global_batch_size} is not divisible by the '
-      f'{jax.process_count()} processes.'
+      f'config.train.batch_size={global_batch_size} is not divisible by the {num_shards} processes.'
     )
-  return global_batch_size // jax.process_count()
+  return global_batch_size // num_shards
 
 
 def make_train_dataset(
-  config: ml_collections.ConfigDict, frames: FrameSource | None = None
+  config: ml_collections.ConfigDict,
+  frames: FrameSource | None = None,
+  *,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
 ) -> grain.IterDataset:
-  """Infinite stream of this process's batches: dict of numpy arrays, leading dim local batch."""
+  """Infinite stream of this process's batches: dict of numpy arrays, leading dim local batch.
+
+  Shard `shard_index` of `shard_count` reads pair indices shard_index, shard_index + count, ...
+  (disjoint across shards) and batches of batch_size / shard_count; both default to this
+  process's place among the JAX processes (grain ShardByJaxProcess).
+  """
+  if (shard_index is None) != (shard_count is None):
+    raise ValueError('Give both shard_index and shard_count, or neither.')
+  if shard_index is None:
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    shard_index, shard_count = shard.shard_index, shard.shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index={shard_index} is not in [0, shard_count={shard_count}).')
   frames = frames if frames is not None else make_frame_source(config, 'train')
   make_pair = MakePair(
     frames,
@@ -347,19 +441,61 @@ def make_train_dataset(
     max_frame_gap=config.data.max_frame_gap,
     pseudo_pairs=PseudoPairs.from_config(config),
   )
-  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  num_threads = max(1, int(config.data.num_threads))
   dataset = grain.MapDataset.range(STREAM_LENGTH)
-  dataset = dataset[shard.shard_index :: shard.shard_count]
+  dataset = dataset[shard_index::shard_count]
   dataset = dataset.map(make_pair)
-  dataset = dataset.batch(local_batch_size(config.train.batch_size), drop_remainder=True)
+  dataset = dataset.batch(
+    local_batch_size(config.train.batch_size, shard_count), drop_remainder=True
+  )
+  # Each reader thread builds whole batches; keep every thread busy with a spare in the queue.
   dataset = dataset.to_iter_dataset(
-    grain.ReadOptions(num_threads=max(1, int(config.data.num_threads)), prefetch_buffer_size=4)
+    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(4, 2 * num_threads))
   )
   if config.data.num_workers > 0:
+    # grain reads its absl flags when it starts workers; a library caller (a test, a notebook)
+    # may never have parsed flags, and then grain's defaults are the right values.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     dataset = dataset.mp_prefetch(
       grain.MultiprocessingOptions(num_workers=int(config.data.num_workers))
     )
   return dataset
+
+
+def measure_throughput(
+  config: ml_collections.ConfigDict, *, num_batches: int, warmup_batches: int
+) -> dict[str, float]:
+  """Training pairs per second of the train pipeline (decoded, augmented, batched).
+
+  Builds the pipeline of one process (shard 0 of 1, so the local batch is
+  config.train.batch_size), reads `warmup_batches` (worker start-up, file opening), then times
+  `num_batches`.
+
+  Returns:
+    dict(pairs_per_sec, num_workers, num_threads, batch_size, image_size).
+  """
+  if num_batches < 1:
+    raise ValueError(f'num_batches must be at least 1, got {num_batches}.')
+  dataset = make_train_dataset(config, shard_index=0, shard_count=1)
+  iterator = iter(dataset)
+  for _ in range(warmup_batches):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    next(iterator)
+  seconds = time.perf_counter() - start
+  batch_size = int(config.train.batch_size)
+  close = getattr(iterator, 'close', None)
+  if close is not None:
+    close()
+  return {
+    'pairs_per_sec': num_batches * batch_size / seconds,
+    'num_workers': int(config.data.num_workers),
+    'num_threads': max(1, int(config.data.num_threads)),
+    'batch_size': batch_size,
+    'image_size': int(config.image_size),
+  }
 
 
 class Iterator:

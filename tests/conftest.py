@@ -20,3 +20,13 @@ def tiny_workdir(tmp_path_factory):
   config.train.image_log_every = 0
   trainer.train_and_evaluate(config, str(workdir))
   return workdir
+
+
+@pytest.fixture(scope='session')
+def carphone_cache_64(tmp_path_factory):
+  """A data.cache_dir holding the demo clip prepared at 64x64 (carphone_64/), made once."""
+  from data import demo
+
+  cache = tmp_path_factory.mktemp('demo_cache')
+  demo.prepared_demo_dir(cache, resolution=64)
+  return cache
