@@ -30,17 +30,26 @@ def main(argv):
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    print(json.dumps({
-      'phase': 1 if warp_only else 2,
-      'devices': int(setup.mesh.size),
-      'mesh': dict(setup.mesh.shape),
-      'argument_bytes': int(memory.argument_size_in_bytes),
-      'output_bytes': int(memory.output_size_in_bytes),
-      'temp_bytes': int(memory.temp_size_in_bytes),
-      'peak_bytes_estimate': int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                 + memory.temp_size_in_bytes - memory.alias_size_in_bytes),
-      'flops_per_step': float(cost.get('flops', 0.0)),
-    }), flush=True)
+    print(
+      json.dumps(
+        {
+          'phase': 1 if warp_only else 2,
+          'devices': int(setup.mesh.size),
+          'mesh': dict(setup.mesh.shape),
+          'argument_bytes': int(memory.argument_size_in_bytes),
+          'output_bytes': int(memory.output_size_in_bytes),
+          'temp_bytes': int(memory.temp_size_in_bytes),
+          'peak_bytes_estimate': int(
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes
+          ),
+          'flops_per_step': float(cost.get('flops', 0.0)),
+        }
+      ),
+      flush=True,
+    )
 
 
 if __name__ == '__main__':
