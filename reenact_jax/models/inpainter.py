@@ -1,0 +1,46 @@
+"""Background inpainter I (DESIGN §2.7): gated-convolution U-Net that fills the face hole."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from reenact_jax.models import layers
+
+
+class GatedInpainter(nn.Module):
+  """Source (B, H, W, 3) and face mask (B, H, W, 1) -> background (B, H, W, 3) float32.
+
+  The network sees only S * (1 - M) and M. The returned background is composited as
+  S * (1 - M) + B̂ * M, so outside the mask it equals the source exactly (only the hole is new).
+  Levels: one per entry of `channels`, each after the first at half the resolution; two dilated
+  gated convs at the bottleneck widen the receptive field so large holes see their border.
+  """
+
+  channels: Sequence[int]
+  remat: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, source: jax.Array, mask: jax.Array) -> jax.Array:
+    gated = layers.maybe_remat(layers.GatedConv, self.remat)
+    source = source.astype(jnp.float32)
+    mask = mask.astype(jnp.float32)
+    hidden = source * (1.0 - mask)
+    x = jnp.concatenate([2.0 * hidden - 1.0, mask], axis=-1).astype(self.dtype)
+    x = gated(self.channels[0], kernel_size=5, dtype=self.dtype, name='stem')(x)
+    skips = [x]
+    for level, width in enumerate(self.channels[1:], start=1):
+      x = gated(width, stride=2, dtype=self.dtype, name=f'down{level}')(x)
+      x = gated(width, dtype=self.dtype, name=f'conv{level}')(x)
+      skips.append(x)
+    for dilation in (2, 4):
+      x = gated(self.channels[-1], dilation=dilation, dtype=self.dtype, name=f'dilated{dilation}')(
+        x
+      )
+    for level in reversed(range(len(self.channels) - 1)):
+      x = jnp.concatenate([layers.upsample_2x(x), skips[level]], axis=-1)
+      x = gated(self.channels[level], dtype=self.dtype, name=f'up{level}')(x)
+    filled = nn.sigmoid(nn.Conv(3, (3, 3), dtype=self.dtype, name='head')(x).astype(jnp.float32))
+    return hidden + filled * mask

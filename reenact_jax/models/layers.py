@@ -1,0 +1,149 @@
+"""Building blocks shared by the generator parts and the discriminator.
+
+Channels-last throughout: images (B, H, W, C), volumes (B, D, H, W, C). Every block takes a
+`dtype` (the compute dtype; parameters stay float32) and has an array-only `__call__`, so it can
+be wrapped in `nn.remat` without static arguments.
+"""
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> Dtype:
+  """Maps `config.model.compute_dtype` to a jnp dtype."""
+  if name not in _DTYPES:
+    raise ValueError(
+      f'model.compute_dtype={name!r} is not supported; use one of {sorted(_DTYPES)}.'
+    )
+  return _DTYPES[name]
+
+
+def maybe_remat(module_class: type[nn.Module], remat: bool) -> type[nn.Module]:
+  """`nn.remat(module_class)` when `remat`, else the class itself (same parameter tree)."""
+  return nn.remat(module_class) if remat else module_class
+
+
+def num_groups(channels: int) -> int:
+  """GroupNorm groups: up to 32, dividing `channels` (tiny test models get 1-channel groups)."""
+  return math.gcd(channels, 32)
+
+
+def activation(x: jax.Array) -> jax.Array:
+  return nn.silu(x)
+
+
+def downsample_2x(x: jax.Array) -> jax.Array:
+  """2×2 average pooling over the two spatial axes before channels (H, W); keeps D of volumes."""
+  window = (1,) * (x.ndim - 4) + (2, 2)
+  return nn.avg_pool(x, window, strides=window)
+
+
+def upsample_2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2× upsampling of H and W ((B, H, W, C) or (B, D, H, W, C))."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
+
+
+class ResBlock(nn.Module):
+  """Pre-activation residual block (GroupNorm, SiLU, 3^n conv, twice) in 2D or 3D.
+
+  Input (B, [D,] H, W, C_in) -> (B, [D,] H/s, W/s, features), s = 2 when `downsample` (2D
+  stride over H, W only). `spatial_dims` is 2 for images and 3 for volumes.
+  """
+
+  features: int
+  spatial_dims: int = 2
+  downsample: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = (3,) * self.spatial_dims
+    strides = (1,) * (self.spatial_dims - 2) + ((2, 2) if self.downsample else (1, 1))
+    shortcut = x
+    if self.downsample:
+      shortcut = downsample_2x(shortcut)
+    if shortcut.shape[-1] != self.features:
+      shortcut = nn.Conv(
+        self.features, (1,) * self.spatial_dims, dtype=self.dtype, name='shortcut'
+      )(shortcut)
+    y = nn.GroupNorm(num_groups(x.shape[-1]), dtype=self.dtype, name='norm1')(x)
+    y = nn.Conv(self.features, kernel, strides=strides, dtype=self.dtype, name='conv1')(
+      activation(y)
+    )
+    y = nn.GroupNorm(num_groups(self.features), dtype=self.dtype, name='norm2')(y)
+    # Zero-initialised last conv: each block starts as the identity, which keeps deep stacks
+    # stable at initialisation without normalising the residual sum.
+    y = nn.Conv(
+      self.features,
+      kernel,
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros,
+      name='conv2',
+    )(activation(y))
+    return (shortcut + y).astype(self.dtype)
+
+
+class GatedConv(nn.Module):
+  """Gated convolution (Yu et al., DeepFill v2): act(conv_f(x)) * sigmoid(conv_g(x)).
+
+  The learned soft gate lets the layer ignore hole pixels. (B, H, W, C_in) ->
+  (B, H/stride, W/stride, features).
+  """
+
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  dilation: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nn.Conv(
+      2 * self.features,
+      (self.kernel_size, self.kernel_size),
+      strides=(self.stride, self.stride),
+      kernel_dilation=(self.dilation, self.dilation),
+      dtype=self.dtype,
+      name='conv',
+    )(x)
+    feature, gate = jnp.split(y, 2, axis=-1)
+    return nn.elu(feature) * nn.sigmoid(gate)
+
+
+class TransformerLayer(nn.Module):
+  """Pre-LayerNorm transformer encoder layer over tokens (B, T, dim) -> (B, T, dim)."""
+
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    dim = tokens.shape[-1]
+    y = nn.LayerNorm(dtype=self.dtype, name='norm1')(tokens)
+    # Softmax in float32: bfloat16 logits lose the small differences between keys.
+    y = nn.MultiHeadDotProductAttention(
+      self.num_heads, dtype=self.dtype, force_fp32_for_softmax=True, name='attention'
+    )(y, y)
+    tokens = tokens + y
+    y = nn.LayerNorm(dtype=self.dtype, name='norm2')(tokens)
+    y = nn.Dense(self.mlp_ratio * dim, dtype=self.dtype, name='mlp1')(y)
+    y = nn.Dense(dim, dtype=self.dtype, name='mlp2')(nn.gelu(y))
+    return (tokens + y).astype(self.dtype)
+
+
+def check_divisible(name: str, size: int, factor: int, why: str) -> None:
+  if size % factor:
+    raise ValueError(f'{name}={size} must be divisible by {factor} ({why}).')
+
+
+def as_tuple(values: Sequence[int]) -> tuple[int, ...]:
+  return tuple(int(v) for v in values)

@@ -1,0 +1,110 @@
+"""Foreground renderer R (DESIGN §2.6): TransUNet-style 2D U-Net with a transformer bottleneck."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from reenact_jax.models import layers
+
+
+class TokenBottleneck(nn.Module):
+  """Transformer over patch tokens of a feature map, added back as a residual.
+
+  (B, h, w, C) -> (B, h, w, C). Tokens: non-overlapping `patch`×`patch` patches embedded by a
+  strided conv, plus a learned positional embedding (its shape fixes h and w at init).
+  """
+
+  num_layers: int
+  num_heads: int
+  patch: int
+  remat: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, height, width, dim = x.shape
+    rows, cols = height // self.patch, width // self.patch
+    p = self.patch
+    tokens = nn.Conv(dim, (p, p), strides=(p, p), dtype=self.dtype, name='embed')(x)
+    tokens = tokens.reshape(batch, rows * cols, dim)
+    position = self.param(
+      'position_embedding', nn.initializers.normal(0.02), (1, rows * cols, dim), jnp.float32
+    )
+    tokens = tokens + position.astype(self.dtype)
+    layer = layers.maybe_remat(layers.TransformerLayer, self.remat)
+    for index in range(self.num_layers):
+      tokens = layer(self.num_heads, dtype=self.dtype, name=f'layer{index}')(tokens)
+    tokens = nn.LayerNorm(dtype=self.dtype, name='norm_out')(tokens)
+    # Back to the map: each token predicts its p×p pixels (depth-to-space), zero-initialised so
+    # the bottleneck starts as the identity.
+    y = nn.Dense(dim * p * p, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='unembed')(
+      tokens
+    )
+    y = y.reshape(batch, rows, cols, p, p, dim).transpose(0, 1, 3, 2, 4, 5)
+    return x + y.reshape(batch, height, width, dim)
+
+
+class ForegroundRenderer(nn.Module):
+  """Projected features (B, H/4, W/4, C) and occlusion (B, H/4, W/4, 1) -> foreground, alpha.
+
+  Encoder: a conv at the input level (width `base_channels`), then `down_levels` 2× downsampling
+  residual blocks (width doubling) to the bottleneck; the bottleneck is a transformer
+  ('transformer') or `num_layers` residual blocks ('resblocks'); the decoder climbs back with
+  skip connections, then one 2× upsampling residual block per entry of `decoder_channels`.
+  Outputs at the input size × 2 ** len(decoder_channels): foreground (B, H, W, 3) and alpha
+  (B, H, W, 1), both float32 in (0, 1).
+  """
+
+  base_channels: int
+  down_levels: int
+  decoder_channels: Sequence[int]
+  bottleneck: str
+  num_layers: int
+  num_heads: int
+  token_patch: int
+  remat: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, occlusion: jax.Array) -> tuple[jax.Array, jax.Array]:
+    res_block = layers.maybe_remat(layers.ResBlock, self.remat)
+    occlusion = occlusion.astype(self.dtype)
+    # Modulation: occluded regions carry no trustworthy warped content; the occlusion channel
+    # itself tells the renderer where it must hallucinate instead.
+    x = jnp.concatenate([features.astype(self.dtype) * occlusion, occlusion], axis=-1)
+    x = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype, name='stem')(x)
+    x = res_block(self.base_channels, dtype=self.dtype, name='enc0')(x)
+    skips = [x]
+    for level in range(1, self.down_levels + 1):
+      x = res_block(
+        self.base_channels * 2**level, downsample=True, dtype=self.dtype, name=f'enc{level}'
+      )(x)
+      skips.append(x)
+    if self.bottleneck == 'transformer':
+      x = TokenBottleneck(
+        self.num_layers,
+        self.num_heads,
+        self.token_patch,
+        remat=self.remat,
+        dtype=self.dtype,
+        name='bottleneck',
+      )(x)
+    elif self.bottleneck == 'resblocks':
+      for index in range(self.num_layers):
+        x = res_block(x.shape[-1], dtype=self.dtype, name=f'bottleneck{index}')(x)
+    else:
+      raise ValueError(
+        f"model.renderer_bottleneck={self.bottleneck!r}; use 'transformer' or 'resblocks'."
+      )
+    for level in reversed(range(self.down_levels)):
+      x = jnp.concatenate([layers.upsample_2x(x), skips[level]], axis=-1)
+      x = res_block(skips[level].shape[-1], dtype=self.dtype, name=f'dec{level}')(x)
+    for index, width in enumerate(self.decoder_channels):
+      x = res_block(width, dtype=self.dtype, name=f'up{index}')(layers.upsample_2x(x))
+    x = layers.activation(
+      nn.GroupNorm(layers.num_groups(x.shape[-1]), dtype=self.dtype, name='norm_out')(x)
+    )
+    out = nn.Conv(4, (3, 3), dtype=self.dtype, name='head')(x).astype(jnp.float32)
+    return nn.sigmoid(out[..., :3]), nn.sigmoid(out[..., 3:])
