@@ -1,0 +1,141 @@
+r"""Micro-benchmarks: `python -m reenact_jax.benchmark --config=configs/base.py --what=warp`.
+
+--what=warp  the project's 3D warp (reenact_jax.warp.warp_3d) against
+             jax.scipy.ndimage.map_coordinates(order=1), forward and forward+backward, at the
+             config's volume size; prints ONE JSON line.
+--what=step  one train step (not implemented yet).
+--what=input the input pipeline (not implemented yet).
+
+Timings are the median of `--repeats` runs after compilation, each ended by
+`block_until_ready`. Forward+backward is `jax.vjp` with a fixed random cotangent (the way the
+gradient arrives from the layers above in training), giving gradients w.r.t. both the volume
+and the flow.
+"""
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from reenact_jax import warp
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
+_WHAT = flags.DEFINE_enum('what', 'warp', ['warp', 'step', 'input'], 'What to benchmark.')
+_REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed runs after compilation (median is kept).')
+_BATCH = flags.DEFINE_integer(
+  'batch', 0, 'Warp batch size; 0: train.batch_size // device_count (at most 4 on CPU).'
+)
+
+# Upper bound on the warp batch on CPU, so the benchmark stays minutes, not hours.
+_CPU_MAX_BATCH = 4
+
+
+def _time_ms(fn: Callable, *args, repeats: int) -> float:
+  """Median wall time in milliseconds of fn(*args) after one compile-and-run call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def map_coordinates_warp_3d(volume: jax.Array, flow: jax.Array) -> jax.Array:
+  """The textbook baseline: map_coordinates(order=1, zeros outside) per batch and channel.
+
+  Same contract as `warp.warp_3d`: volume (B, D, H, W, C), flow (B, D, H, W, 3) normalised.
+  """
+  depth, height, width = flow.shape[1:4]
+  coords = warp.identity_grid_3d(depth, height, width) + flow
+  sizes = jnp.array(volume.shape[3:0:-1], coords.dtype)  # (W, H, D) for (x, y, z)
+  index = ((coords + 1.0) * sizes - 1.0) * 0.5
+
+  def one_channel(channel_volume, idx):
+    return jax.scipy.ndimage.map_coordinates(
+      channel_volume, [idx[..., 2], idx[..., 1], idx[..., 0]], order=1, mode='constant'
+    )
+
+  per_batch = jax.vmap(jax.vmap(one_channel, in_axes=(0, None)), in_axes=(0, 0))
+  return jnp.moveaxis(per_batch(jnp.moveaxis(volume, -1, 1), index), 1, -1)
+
+
+def _forward_backward(warp_fn: Callable) -> Callable:
+  def run(volume, flow, cotangent):
+    out, pull_back = jax.vjp(warp_fn, volume, flow)
+    return out, pull_back(cotangent)
+
+  return jax.jit(run)
+
+
+def warp_batch_size(config: ml_collections.ConfigDict) -> int:
+  batch = max(1, config.train.batch_size // jax.device_count())
+  if jax.default_backend() == 'cpu':
+    batch = min(batch, _CPU_MAX_BATCH)
+  return batch
+
+
+def benchmark_warp(config: ml_collections.ConfigDict, *, batch: int = 0, repeats: int = 7):
+  """Times warp.warp_3d and the map_coordinates baseline; returns the result dict."""
+  batch = batch or warp_batch_size(config)
+  size = config.image_size // 4
+  shape = (batch, config.model.volume_depth, size, size)
+  channels = config.model.volume_channels
+  volume_key, flow_key, cotangent_key = jax.random.split(jax.random.PRNGKey(0), 3)
+  volume = jax.random.normal(volume_key, (*shape, channels), jnp.float32)
+  # Flows of a few voxels, some reaching outside the volume: the padding path is exercised.
+  flow = 0.1 * jax.random.normal(flow_key, (*shape, 3), jnp.float32)
+  cotangent = jax.random.normal(cotangent_key, (*shape, channels), jnp.float32)
+
+  result = dict(
+    what='warp',
+    backend=jax.default_backend(),
+    devices=jax.device_count(),
+    shape_bdhwc=[*shape, channels],
+  )
+  for name, fn in [('warp3d', warp.warp_3d), ('map_coordinates', map_coordinates_warp_3d)]:
+    result[f'{name}_forward_ms'] = round(_time_ms(jax.jit(fn), volume, flow, repeats=repeats), 3)
+    result[f'{name}_forward_backward_ms'] = round(
+      _time_ms(_forward_backward(fn), volume, flow, cotangent, repeats=repeats), 3
+    )
+  result['speedup_forward'] = round(
+    result['map_coordinates_forward_ms'] / result['warp3d_forward_ms'], 2
+  )
+  result['speedup_forward_backward'] = round(
+    result['map_coordinates_forward_backward_ms'] / result['warp3d_forward_backward_ms'], 2
+  )
+  return result
+
+
+def benchmark_step(config: ml_collections.ConfigDict):
+  """Times one compiled train step at the config's sizes. To be written by the lead."""
+  raise NotImplementedError('--what=step is not implemented yet.')
+
+
+def benchmark_input(config: ml_collections.ConfigDict):
+  """Times the input pipeline (batches per second). To be written by the lead."""
+  raise NotImplementedError('--what=input is not implemented yet.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/base.py.')
+  if _WHAT.value == 'warp':
+    print(json.dumps(benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)))
+  elif _WHAT.value == 'step':
+    benchmark_step(config)
+  else:
+    benchmark_input(config)
+
+
+if __name__ == '__main__':
+  app.run(main)

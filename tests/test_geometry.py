@@ -1,0 +1,157 @@
+"""Tests of reenact_jax.geometry: similarity fits, the initial 3D facial flow, masks, pose."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reenact_jax import geometry, warp
+
+NUM_LANDMARKS = 24
+STABLE = np.arange(0, NUM_LANDMARKS, 2)
+SIZE = dict(depth=4, height=8, width=8)
+
+
+def _landmarks(seed, batch=2, n=NUM_LANDMARKS, spread=0.4):
+  return spread * jax.random.uniform(jax.random.PRNGKey(seed), (batch, n, 3), minval=-1, maxval=1)
+
+
+def _random_rotation(seed, batch):
+  angles = jax.random.uniform(jax.random.PRNGKey(seed), (batch, 3), minval=-40, maxval=40)
+  return angles, geometry.euler_to_rotation(angles)
+
+
+initial_flow = jax.jit(
+  geometry.initial_flow, static_argnames=('depth', 'height', 'width', 'sigma', 'stable_indices')
+)
+
+
+def _flow(source, driving, sigma=0.15):
+  return initial_flow(source, driving, **SIZE, sigma=sigma, stable_indices=tuple(STABLE))
+
+
+def test_similarity_transform_recovers_known_motion():
+  src = _landmarks(0)
+  _, rotation = _random_rotation(1, 2)
+  scale = jnp.array([0.7, 1.3])
+  translation = jnp.array([[0.1, -0.2, 0.05], [-0.3, 0.0, 0.2]])
+  dst = geometry.apply_similarity(src, scale, rotation, translation)
+  got_scale, got_rotation, got_translation = jax.jit(geometry.similarity_transform)(src, dst)
+  np.testing.assert_allclose(got_scale, scale, rtol=1e-4)
+  np.testing.assert_allclose(got_rotation, rotation, atol=1e-4)
+  np.testing.assert_allclose(got_translation, translation, atol=1e-4)
+
+
+def test_similarity_transform_weights_ignore_outliers_and_never_reflect():
+  src = _landmarks(2, batch=1)
+  dst = src.at[:, :4].add(0.5)  # four corrupted points
+  weights = jnp.ones(NUM_LANDMARKS).at[:4].set(0.0)
+  scale, rotation, translation = geometry.similarity_transform(src, dst, weights)
+  np.testing.assert_allclose(scale, [1.0], rtol=1e-4)
+  np.testing.assert_allclose(rotation[0], np.eye(3), atol=1e-4)
+  np.testing.assert_allclose(translation, np.zeros((1, 3)), atol=1e-4)
+  # A mirrored target: the best proper rotation, det +1, not the reflection.
+  mirrored = src * jnp.array([-1.0, 1.0, 1.0])
+  _, rotation, _ = geometry.similarity_transform(src, mirrored)
+  np.testing.assert_allclose(jnp.linalg.det(rotation), [1.0], atol=1e-4)
+
+
+def test_identical_landmarks_give_zero_flow_and_bounded_confidence():
+  landmarks = _landmarks(3)
+  flow, confidence = _flow(landmarks, landmarks)
+  assert flow.shape == (2, 4, 8, 8, 3) and confidence.shape == (2, 4, 8, 8, 1)
+  np.testing.assert_allclose(flow, 0.0, atol=1e-4)
+  assert float(confidence.min()) >= 0.0 and float(confidence.max()) <= 1.0
+
+
+def test_confidence_is_one_at_the_face_and_fades_away():
+  # Landmarks clustered around the first voxel centre, in one corner of the volume.
+  landmarks = 0.1 * _landmarks(4) + jnp.array([-0.875, -0.875, -0.75])
+  _, confidence = _flow(landmarks, landmarks, sigma=0.1)
+  assert float(confidence[:, 0, 0, 0, 0].min()) > 0.99  # voxel centre (-.875, -.875, -.75)
+  assert float(confidence[:, -1, -1, -1, 0].max()) < 1e-6  # opposite corner
+
+
+def test_rigid_motion_flow_maps_driving_landmarks_to_source():
+  driving = _landmarks(5)
+  _, rotation = _random_rotation(6, 2)
+  scale = jnp.array([0.9, 1.1])
+  translation = jnp.array([[0.05, -0.1, 0.0], [0.1, 0.05, -0.05]])
+  source = geometry.apply_similarity(driving, scale, rotation, translation)
+  flow, _ = _flow(source, driving)
+  # The flow of a pure similarity is affine in p, so trilinear sampling of it is exact.
+  at_landmarks = warp.sample_3d(flow, driving)
+  np.testing.assert_allclose(at_landmarks, source - driving, atol=1e-4)
+  # And everywhere: flow(p) = s R p + t - p.
+  grid = warp.identity_grid_3d(**SIZE)
+  expected = geometry.apply_similarity(
+    jnp.broadcast_to(grid, flow.shape), scale, rotation, translation
+  )
+  np.testing.assert_allclose(flow, expected - grid, atol=1e-4)
+
+
+def test_non_rigid_residual_is_carried_near_its_landmark():
+  # One landmark far from the others moves by a small offset; the rigid fit (on the other,
+  # still landmarks) is the identity, so the flow at a voxel centre on that landmark equals
+  # the normalised Gaussian average of residuals there: its own offset.
+  grid = warp.identity_grid_3d(**SIZE)
+  anchor = grid[1, 2, 5]
+  driving = _landmarks(7, batch=1) * 0.3 + jnp.array([-0.6, 0.4, 0.0])
+  driving = driving.at[0, 1].set(anchor)  # odd index: not in STABLE
+  offset = jnp.array([0.03, -0.02, 0.01])
+  source = driving.at[0, 1].add(offset)
+  flow, confidence = _flow(source, driving, sigma=0.1)
+  np.testing.assert_allclose(flow[0, 1, 2, 5], offset, atol=1e-3)
+  assert float(confidence[0, 1, 2, 5, 0]) == pytest.approx(1.0)
+
+
+def test_initial_flow_matches_direct_formula():
+  source, driving = _landmarks(8), _landmarks(9)
+  sigma = 0.2
+  flow, confidence = _flow(source, driving, sigma=sigma)
+  scale, rotation, translation = geometry.similarity_transform(
+    driving[:, STABLE], source[:, STABLE]
+  )
+  grid = warp.identity_grid_3d(**SIZE).reshape(-1, 3)
+  residual = source - geometry.apply_similarity(driving, scale, rotation, translation)
+  distance2 = jnp.sum((grid[None, :, None] - driving[:, None]) ** 2, -1)  # (B, P, N)
+  weights = jnp.exp(-distance2 / (2 * sigma**2))
+  total = weights.sum(-1, keepdims=True)
+  expected_conf = jnp.minimum(total, 1.0)
+  expected = (
+    geometry.apply_similarity(
+      jnp.broadcast_to(grid, (2, *grid.shape)), scale, rotation, translation
+    )
+    + expected_conf * jnp.einsum('bpn,bnc->bpc', weights, residual) / total
+    - grid
+  )
+  np.testing.assert_allclose(flow.reshape(2, -1, 3), expected, atol=1e-4)
+  np.testing.assert_allclose(confidence.reshape(2, -1, 1), expected_conf, atol=1e-5)
+
+
+def test_face_mask_square_area():
+  # Square with corners at +-0.5 (normalised) covers exactly the middle half of a 32x32 image.
+  square = jnp.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0], [-0.5, 0.5, 0.0]])
+  landmarks = jnp.stack([square, square * 0.5])
+  mask = jax.jit(geometry.face_mask, static_argnums=(2, 3))(landmarks, jnp.arange(4), 32, 32)
+  assert mask.shape == (2, 32, 32, 1)
+  assert float(mask[0].sum()) == 16 * 16
+  assert float(mask[1].sum()) == 8 * 8
+  assert float(mask[0, 8, 8, 0]) == 1.0 and float(mask[0, 7, 8, 0]) == 0.0
+  # A triangle: half a square, up to the pixels on its diagonal.
+  triangle = square[jnp.array([0, 1, 2])][None]
+  area = float(geometry.face_mask(triangle, jnp.arange(3), 32, 32).sum())
+  assert abs(area - 128) <= 16
+
+
+def test_head_pose_and_euler_angles_round_trip():
+  canonical = _landmarks(10, batch=1)[0]
+  angles, rotation = _random_rotation(11, 3)
+  observed = geometry.apply_similarity(
+    jnp.broadcast_to(canonical, (3, *canonical.shape)), jnp.ones(3), rotation, jnp.zeros((3, 3))
+  )
+  _, got_rotation, _ = geometry.head_pose(observed, canonical, STABLE)
+  np.testing.assert_allclose(geometry.rotation_to_euler(got_rotation), angles, atol=1e-2)
+  # Sign convention: a pure yaw is a turn about the vertical (y) axis.
+  yaw_only = geometry.euler_to_rotation(jnp.array([[30.0, 0.0, 0.0]]))
+  np.testing.assert_allclose(yaw_only[0] @ jnp.array([0.0, 1.0, 0.0]), [0.0, 1.0, 0.0], atol=1e-6)
