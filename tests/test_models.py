@@ -6,31 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-
-try:
-  from reenact_jax import geometry  # noqa: F401
-except ImportError:  # TEMPORARY stand-in while geometry.py is being written; remove after.
-  import sys
-  import types
-
-  import reenact_jax
-
-  def _initial_flow(
-    source_landmarks, driving_landmarks, *, depth, height, width, sigma, stable_indices
-  ):
-    del sigma, stable_indices
-    shift = jnp.mean(source_landmarks - driving_landmarks, axis=1)
-    flow = jnp.broadcast_to(
-      shift[:, None, None, None, :], (shift.shape[0], depth, height, width, 3)
-    )
-    return flow, jnp.full(flow.shape[:-1] + (1,), 0.5)
-
-  _module = types.ModuleType('reenact_jax.geometry')
-  _module.initial_flow = _initial_flow
-  sys.modules['reenact_jax.geometry'] = _module
-  reenact_jax.geometry = _module
-
-from reenact_jax import models  # noqa: E402
+from reenact_jax import models
 
 BATCH = 2
 
@@ -136,6 +112,13 @@ def test_identical_landmarks_give_zero_prior(setup):
   inputs = _inputs(config, seed=1, same_landmarks=True)
   outputs = apply({'params': params}, **inputs, warp_only=True)
   np.testing.assert_allclose(outputs['flow_prior'], 0.0, atol=1e-5)
+  # A pure translation of the driving face: every driving voxel samples the source back there.
+  shift = np.float32([0.1, -0.05, 0.0])
+  moved = {**inputs, 'driving_landmarks': inputs['source_landmarks'] + shift}
+  outputs = apply({'params': params}, **moved, warp_only=True)
+  np.testing.assert_allclose(
+    outputs['flow_prior'], np.broadcast_to(-shift, outputs['flow_prior'].shape), atol=1e-4
+  )
 
 
 def test_background_equals_source_outside_mask_exactly(setup):
