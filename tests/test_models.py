@@ -98,8 +98,16 @@ def test_output_shapes_and_ranges(setup):
 
 def test_warp_only_skips_renderer_and_cycle_shares_the_flow_net(setup):
   _, generator, params, inputs, apply, full = setup
-  outputs = apply({'params': params}, **inputs, warp_only=True)
-  assert set(outputs) == {'projected', 'flow', 'flow_prior', 'confidence', 'occlusion'}
+  # Training phase 1 runs warp_only with the cycle.
+  outputs = apply({'params': params}, **inputs, warp_only=True, with_cycle=True)
+  assert set(outputs) == {
+    'projected',
+    'projected_cycle',
+    'flow',
+    'flow_prior',
+    'confidence',
+    'occlusion',
+  }
   for key in outputs:
     np.testing.assert_allclose(outputs[key], full[key], atol=1e-6, err_msg=key)
   # The cycle reuses the same flow network and projection: no new parameters.
@@ -110,12 +118,14 @@ def test_warp_only_skips_renderer_and_cycle_shares_the_flow_net(setup):
 def test_identical_landmarks_give_zero_prior(setup):
   config, _, params, _, apply, _ = setup
   inputs = _inputs(config, seed=1, same_landmarks=True)
-  outputs = apply({'params': params}, **inputs, warp_only=True)
+  outputs = apply({'params': params}, **inputs, warp_only=True, with_cycle=True)
   np.testing.assert_allclose(outputs['flow_prior'], 0.0, atol=1e-5)
+  # No motion: the warp is (nearly, the residual starts near zero) the identity both ways.
+  np.testing.assert_allclose(outputs['projected_cycle'], outputs['projected'], atol=5e-3)
   # A pure translation of the driving face: every driving voxel samples the source back there.
   shift = np.float32([0.1, -0.05, 0.0])
   moved = {**inputs, 'driving_landmarks': inputs['source_landmarks'] + shift}
-  outputs = apply({'params': params}, **moved, warp_only=True)
+  outputs = apply({'params': params}, **moved, warp_only=True, with_cycle=True)
   np.testing.assert_allclose(
     outputs['flow_prior'], np.broadcast_to(-shift, outputs['flow_prior'].shape), atol=1e-4
   )
@@ -161,6 +171,7 @@ def test_remat_gradients_reach_every_part_and_outputs_match(setup):
     return jnp.mean(outputs['output']) + jnp.mean(outputs['projected']), outputs
 
   grads, outputs = jax.jit(jax.grad(loss, has_aux=True))(params)
+  assert 'projected_cycle' not in outputs
   for key in outputs:
     np.testing.assert_allclose(outputs[key], reference[key], atol=1e-5, err_msg=key)
   for part in ('encoder', 'flow_net', 'projection', 'renderer', 'inpainter'):

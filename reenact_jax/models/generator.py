@@ -29,7 +29,9 @@ class Generator(nn.Module):
   """Reenacts the source with the driving landmarks' pose and expression.
 
   Fields mirror `config.model` (see configs/base.py); `stable_indices` are the landmark indices
-  used for the rigid fit of the geometric prior.
+  used for the rigid fit of the geometric prior (face_topology.STABLE). Initialise with
+  warp_only=False: warp_only skips the renderer and inpainter, so it would not create their
+  parameters. The cycle adds no parameters (it reuses the flow network and the projection).
   """
 
   image_size: int
