@@ -7,9 +7,9 @@ r"""Micro-benchmarks: `python -m reenact_jax.benchmark --config=configs/base.py 
 --what=input the input pipeline (not implemented yet).
 
 Timings are the median of `--repeats` runs after compilation, each ended by
-`block_until_ready`. Forward+backward is `jax.vjp` with a fixed random cotangent (the way the
-gradient arrives from the layers above in training), giving gradients w.r.t. both the volume
-and the flow.
+`block_until_ready`, as wall time (`*_ms`) and process CPU time (`*_cpu_ms`).
+Forward+backward is `jax.vjp` with a fixed random cotangent (the way the gradient arrives
+from the layers above in training), giving gradients w.r.t. both the volume and the flow.
 """
 
 import json
@@ -36,15 +36,20 @@ _BATCH = flags.DEFINE_integer(
 _CPU_MAX_BATCH = 4
 
 
-def _time_ms(fn: Callable, *args, repeats: int) -> float:
-  """Median wall time in milliseconds of fn(*args) after one compile-and-run call."""
+def _time_ms(fn: Callable, *args, repeats: int) -> tuple[float, float]:
+  """Median wall and process-CPU milliseconds of fn(*args), after one compile-and-run call.
+
+  The CPU time (summed over XLA's threads) is printed beside the wall time because on a
+  shared machine the wall time also measures the neighbours' load.
+  """
   jax.block_until_ready(fn(*args))
-  times = []
+  wall, cpu = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+    wall.append(time.perf_counter() - wall_start)
+    cpu.append(time.process_time() - cpu_start)
+  return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
 
 
 def map_coordinates_warp_3d(volume: jax.Array, flow: jax.Array) -> jax.Array:
@@ -100,16 +105,17 @@ def benchmark_warp(config: ml_collections.ConfigDict, *, batch: int = 0, repeats
     shape_bdhwc=[*shape, channels],
   )
   for name, fn in [('warp3d', warp.warp_3d), ('map_coordinates', map_coordinates_warp_3d)]:
-    result[f'{name}_forward_ms'] = round(_time_ms(jax.jit(fn), volume, flow, repeats=repeats), 3)
-    result[f'{name}_forward_backward_ms'] = round(
-      _time_ms(_forward_backward(fn), volume, flow, cotangent, repeats=repeats), 3
-    )
-  result['speedup_forward'] = round(
-    result['map_coordinates_forward_ms'] / result['warp3d_forward_ms'], 2
-  )
-  result['speedup_forward_backward'] = round(
-    result['map_coordinates_forward_backward_ms'] / result['warp3d_forward_backward_ms'], 2
-  )
+    for mode, compiled, args in [
+      ('forward', jax.jit(fn), (volume, flow)),
+      ('forward_backward', _forward_backward(fn), (volume, flow, cotangent)),
+    ]:
+      wall_ms, cpu_ms = _time_ms(compiled, *args, repeats=repeats)
+      result[f'{name}_{mode}_ms'] = round(wall_ms, 3)
+      result[f'{name}_{mode}_cpu_ms'] = round(cpu_ms, 3)
+  for mode in ('forward', 'forward_backward'):
+    for suffix in ('ms', 'cpu_ms'):
+      ratio = result[f'map_coordinates_{mode}_{suffix}'] / result[f'warp3d_{mode}_{suffix}']
+      result[f'speedup_{mode}' + ('_cpu' if suffix == 'cpu_ms' else '')] = round(ratio, 2)
   return result
 
 
