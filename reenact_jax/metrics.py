@@ -1,0 +1,135 @@
+"""Evaluation measurements as pure functions (DESIGN.md §7): image error, landmarks, head pose.
+
+Images are float in [0, 1], (B, H, W, 3); every image measure returns one value per image, (B,),
+so the caller averages over frames. Landmarks are (B, N, 3); `akd` takes them in pixels, the
+pose and expression measures in the project's normalised convention (x, y in [-1, 1] over the
+frame, z on the scale of x).
+"""
+
+import dm_pix
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+from reenact_jax import geometry
+
+# PSNR of a perfect reconstruction is infinite; the mean squared error is floored here so that a
+# mean over frames stays finite (the floor gives 100 dB for images in [0, 1]).
+MIN_MSE = 1e-10
+
+
+def l1(prediction, target) -> jnp.ndarray:
+  """Mean absolute error per image, (B,), in intensity units of [0, 1]."""
+  return jnp.mean(jnp.abs(prediction - target), axis=(1, 2, 3))
+
+
+def psnr(prediction, target) -> jnp.ndarray:
+  """Peak signal-to-noise ratio per image, (B,), dB, peak 1.0; capped at 100 dB (MIN_MSE)."""
+  mse = jnp.mean(jnp.square(prediction - target), axis=(1, 2, 3))
+  return -10.0 * jnp.log10(jnp.maximum(mse, MIN_MSE))
+
+
+def ssim(prediction, target) -> jnp.ndarray:
+  """Structural similarity per image, (B,), Gaussian window 11 px, sigma 1.5 (dm-pix)."""
+  return dm_pix.ssim(prediction, target, max_val=1.0)
+
+
+def akd(prediction_landmarks: np.ndarray, target_landmarks: np.ndarray) -> np.ndarray:
+  """Average keypoint distance per image, (B,): mean 2D (x, y) distance over the N landmarks.
+
+  Args:
+    prediction_landmarks, target_landmarks: (B, N, 2 or 3) in pixels of the same frame size
+      (only x and y are used: z of a monocular mesh is not observed).
+  """
+  difference = np.asarray(prediction_landmarks)[..., :2] - np.asarray(target_landmarks)[..., :2]
+  return np.linalg.norm(difference, axis=-1).mean(axis=-1)
+
+
+def pixels_to_normalised(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
+  """(..., N, 3) landmarks in frame pixels -> the normalised convention (CONTRACT.md).
+
+  x' = 2 x / W - 1, y' = 2 y / H - 1, z' = 2 z / W centred on the face (mean z' = 0).
+  """
+  landmarks = np.asarray(landmarks, np.float64)
+  normalised = np.empty_like(landmarks)
+  normalised[..., 0] = 2.0 * landmarks[..., 0] / width - 1.0
+  normalised[..., 1] = 2.0 * landmarks[..., 1] / height - 1.0
+  z = 2.0 * landmarks[..., 2] / width
+  normalised[..., 2] = z - z.mean(axis=-1, keepdims=True)
+  return normalised
+
+
+def head_pose_angles(
+  landmarks: np.ndarray, canonical: np.ndarray, stable_indices: np.ndarray
+) -> np.ndarray:
+  """(B, N, 3) normalised landmarks -> (B, 3) yaw, pitch, roll in degrees.
+
+  geometry.head_pose (the similarity mapping the canonical face's stable landmarks, which move
+  rigidly with the skull, onto the frame's) decomposed by geometry.rotation_to_euler.
+  """
+  _, rotation, _ = geometry.head_pose(
+    jnp.asarray(landmarks, jnp.float32), jnp.asarray(canonical, jnp.float32), stable_indices
+  )
+  return np.asarray(geometry.rotation_to_euler(rotation), np.float64)
+
+
+def pose_error(
+  prediction: np.ndarray, target: np.ndarray, canonical: np.ndarray, stable_indices: np.ndarray
+) -> np.ndarray:
+  """Absolute yaw, pitch, roll differences per image, (B, 3), degrees.
+
+  Args:
+    prediction, target: (B, N, 3) normalised landmarks found on the output and driving frames.
+  """
+  difference = head_pose_angles(prediction, canonical, stable_indices) - head_pose_angles(
+    target, canonical, stable_indices
+  )
+  # Angles wrap around at ±180°.
+  return np.abs((difference + 180.0) % 360.0 - 180.0)
+
+
+def expression_error(
+  prediction: np.ndarray, target: np.ndarray, stable_indices: np.ndarray
+) -> np.ndarray:
+  """Landmark distance once head pose is removed, per image, (B,), normalised units.
+
+  The prediction is mapped onto the target by the similarity fitted on the stable landmarks
+  (which move only with the head), so what remains is the non-rigid part (mouth, eyes, brows);
+  the value is the mean 3D distance over all N landmarks after that alignment.
+
+  Args:
+    prediction, target: (B, N, 3) normalised landmarks.
+  """
+  prediction = jnp.asarray(prediction, jnp.float32)
+  target = jnp.asarray(target, jnp.float32)
+  stable = np.asarray(stable_indices)
+  similarity = geometry.similarity_transform(prediction[:, stable], target[:, stable])
+  aligned = geometry.apply_similarity(prediction, *similarity)
+  return np.asarray(jnp.linalg.norm(aligned - target, axis=-1).mean(axis=-1), np.float64)
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """1 - cos(angle) between (B, D) descriptors, (B,), in [0, 2]."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+  return 1.0 - (a * b).sum(axis=-1) / np.maximum(norms, 1e-12)
+
+
+def frechet_distance(
+  mean_a: np.ndarray, covariance_a: np.ndarray, mean_b: np.ndarray, covariance_b: np.ndarray
+) -> float:
+  """Fréchet distance between two Gaussians (the FID formula), in squared feature units.
+
+  |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
+  """
+  root = scipy.linalg.sqrtm(covariance_a @ covariance_b)
+  if not np.isfinite(root).all():
+    # A singular product (few samples): regularise both covariances slightly, as is customary.
+    offset = np.eye(covariance_a.shape[0]) * 1e-6
+    root = scipy.linalg.sqrtm((covariance_a + offset) @ (covariance_b + offset))
+  root = np.real(root)
+  difference = mean_a - mean_b
+  return float(
+    difference @ difference + np.trace(covariance_a) + np.trace(covariance_b) - 2 * np.trace(root)
+  )
