@@ -34,7 +34,8 @@ class TrainState:
 def learning_rate_schedule(
   optim_config: ml_collections.ConfigDict, total_steps: int, peak: float
 ) -> optax.Schedule:
-  """Linear warmup to `peak`, then cosine decay to 0 at `total_steps` (or constant)."""
+  """Linear warmup from peak / warmup_steps to `peak`, then cosine decay to 0 at `total_steps`
+  (or constant)."""
   warmup = max(int(optim_config.warmup_steps), 0)
   if optim_config.schedule == 'constant':
     after = optax.constant_schedule(peak)
@@ -46,8 +47,9 @@ def learning_rate_schedule(
     )
   if warmup == 0:
     return after
+  # Step 0 already moves the parameters (peak / warmup), so a run of a few steps trains.
   return optax.join_schedules(
-    [optax.linear_schedule(0.0, peak, warmup), after], boundaries=[warmup]
+    [optax.linear_schedule(peak / warmup, peak, warmup - 1), after], boundaries=[warmup]
   )
 
 

@@ -4,6 +4,17 @@ import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Compiling the models dominates test time on CPU; tests (and the subprocesses they start, which
+# inherit the environment) share compiled executables through a persistent cache.
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR',
+  os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    '.pytest_cache',
+    'jax_compilation_cache',
+  ),
+)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import pytest  # noqa: E402
 
