@@ -3,8 +3,10 @@ r"""Micro-benchmarks: `python -m reenact_jax.benchmark --config=configs/base.py 
 --what=warp  the project's 3D warp (reenact_jax.warp.warp_3d) against
              jax.scipy.ndimage.map_coordinates(order=1), forward and forward+backward, at the
              config's volume size; prints ONE JSON line.
---what=step  one train step (not implemented yet).
---what=input the input pipeline (not implemented yet).
+--what=step  one compiled train step: step_time_ms (median), examples_per_sec, compile_s,
+             flops_per_step (XLA cost analysis), peak_bytes (XLA memory analysis).
+--what=input pairs_per_sec of the train input pipeline (decoded, augmented, batched; median of
+             3 runs) and prepare_frames_per_sec of data preparation on the demo clip.
 
 Timings are the median of `--repeats` runs after compilation, each ended by
 `block_until_ready`, as wall time (`*_ms`) and process CPU time (`*_cpu_ms`).
@@ -16,10 +18,12 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -119,14 +123,90 @@ def benchmark_warp(config: ml_collections.ConfigDict, *, batch: int = 0, repeats
   return result
 
 
-def benchmark_step(config: ml_collections.ConfigDict):
-  """Times one compiled train step at the config's sizes. To be written by the lead."""
-  raise NotImplementedError('--what=step is not implemented yet.')
+def benchmark_step(
+  config: ml_collections.ConfigDict, *, repeats: int = 7, warp_only: bool = False
+) -> dict[str, Any]:
+  """One compiled train step at the config's sizes, on every device of this machine.
+
+  step_time_ms is the median of `repeats` steps after compilation (each ended by
+  block_until_ready on the metrics, the state donated from step to step, as in training);
+  flops_per_step from XLA's cost analysis of the compiled step; peak_bytes from its memory
+  analysis (arguments + outputs + temporaries - donated aliases, per device).
+  """
+  from reenact_jax import sharding, trainer
+
+  setup = trainer.Setup(config)
+  started = time.perf_counter()
+  compiled = setup.lower_train_step(warp_only=warp_only).compile()
+  compile_s = time.perf_counter() - started
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  memory = compiled.memory_analysis()
+  peak_bytes = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    + memory.temp_size_in_bytes
+    - memory.alias_size_in_bytes
+  )
+
+  state = setup.init_state()
+  local = {
+    key: np.asarray(value)
+    for key, value in trainer._example_batch(
+      config, config.train.batch_size // jax.process_count()
+    ).items()
+  }
+  rng = np.random.default_rng(0)
+  local['source'] = rng.random(local['source'].shape, np.float32)
+  local['driving'] = rng.random(local['driving'].shape, np.float32)
+  local['source_landmarks'] = rng.uniform(-0.5, 0.5, local['source_landmarks'].shape).astype(
+    np.float32
+  )
+  local['driving_landmarks'] = local['source_landmarks'] + rng.normal(
+    0, 0.01, local['source_landmarks'].shape
+  ).astype(np.float32)
+  batch = sharding.global_batch(local, setup.mesh)
+  times = []
+  for index in range(repeats + 1):
+    started = time.perf_counter()
+    state, metrics = compiled(state, batch, setup.perceptual_params)
+    jax.block_until_ready(metrics)
+    if index:  # The first call pays for allocation and warm-up.
+      times.append(time.perf_counter() - started)
+  step_seconds = statistics.median(times)
+  return {
+    'what': 'step',
+    'phase': 1 if warp_only else 2,
+    'image_size': int(config.image_size),
+    'batch_size': int(config.train.batch_size),
+    'devices': int(jax.device_count()),
+    'platform': jax.devices()[0].platform,
+    'compute_dtype': config.model.compute_dtype,
+    'step_time_ms': round(1000 * step_seconds, 2),
+    'examples_per_sec': round(config.train.batch_size / step_seconds, 2),
+    'compile_s': round(compile_s, 2),
+    'flops_per_step': float(cost.get('flops', 0.0)),
+    'peak_bytes': int(peak_bytes),
+    'repeats': repeats,
+  }
 
 
-def benchmark_input(config: ml_collections.ConfigDict):
-  """Times the input pipeline (batches per second). To be written by the lead."""
-  raise NotImplementedError('--what=input is not implemented yet.')
+def benchmark_input(config: ml_collections.ConfigDict, *, repeats: int = 3) -> dict[str, Any]:
+  """Input pipeline pairs/s (median of `repeats` runs) and data preparation frames/s."""
+  from data import demo
+  from reenact_jax import input_pipeline
+
+  runs = [
+    input_pipeline.measure_throughput(config, num_batches=20, warmup_batches=4)
+    for _ in range(repeats)
+  ]
+  result = dict(runs[0])
+  result['pairs_per_sec'] = round(statistics.median(run['pairs_per_sec'] for run in runs), 1)
+  result['pairs_per_sec_runs'] = [round(run['pairs_per_sec'], 1) for run in runs]
+  result['data_source'] = config.data.source
+  result.update(demo.measure_prepare_speed(resolution=config.image_size))
+  result['what'] = 'input'
+  return result
 
 
 def main(argv):
@@ -138,9 +218,9 @@ def main(argv):
   if _WHAT.value == 'warp':
     print(json.dumps(benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)))
   elif _WHAT.value == 'step':
-    benchmark_step(config)
+    print(json.dumps(benchmark_step(config, repeats=_REPEATS.value)))
   else:
-    benchmark_input(config)
+    print(json.dumps(benchmark_input(config)))
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from reenact_jax import checkpointing, input_pipeline, models, perceptual, sharding, steps
+from reenact_jax import evaluate as evaluate_lib
 from reenact_jax import train_state as train_state_lib
 
 
@@ -360,6 +361,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             step,
             'ema/source|driving|projected|foreground|background|output',
             image_grid(jax.tree.map(np.asarray, images)),
+          )
+        if train_config.eval_every and (step % train_config.eval_every == 0 or is_last):
+          evaluate_lib.evaluate(
+            config,
+            state.ema_params,
+            setup.generator,
+            split=config.eval.split,
+            cross_identity=False,
+            max_clips=config.eval.max_clips,
+            workdir=str(workdir),
+            step=step,
           )
         if save_now:
           checkpointing.save(manager, step, state, data_state, config)
