@@ -136,7 +136,7 @@ def initial_flow(
 
   Returns:
     flow (B, D, H, W, 3) float32 normalised (dx, dy, dz); confidence (B, D, H, W, 1) in [0, 1].
-    No gradient is meant to flow through this function (its inputs are data).
+    No gradient flows through this function (its inputs are data).
   """
   if source_landmarks.shape != driving_landmarks.shape or source_landmarks.ndim != 3:
     raise ValueError(
@@ -145,8 +145,10 @@ def initial_flow(
     )
   if sigma <= 0:
     raise ValueError(f'sigma must be > 0 (normalised units); got {sigma}.')
-  source = source_landmarks.astype(jnp.float32)
-  driving = driving_landmarks.astype(jnp.float32)
+  # The prior is geometry of data, not something to learn through; stopping gradients also
+  # keeps the SVD's derivative (undefined for repeated singular values) out of any backward.
+  source = jax.lax.stop_gradient(source_landmarks.astype(jnp.float32))
+  driving = jax.lax.stop_gradient(driving_landmarks.astype(jnp.float32))
   stable = jnp.asarray(stable_indices, jnp.int32)
   batch = source.shape[0]
 
