@@ -7,12 +7,19 @@ z indexes D. Flows are backward displacements in the same normalised units: outp
 samples the input at p + flow(p).
 
 Why gather-based: the textbook sampler (`jax.scipy.ndimage.map_coordinates`, or a per-channel
-loop) gathers one scalar per corner and channel. Here the input is flattened to rows of C
-channels, the 2^n corner row indices and weights are computed once per output position, and
-ONE gather fetches all corners' whole C-vectors at once. Its transpose (the volume gradient)
-is then a single scatter-add of contiguous rows. Corners outside the input get weight 0 and a
-clamped (valid) index, which gives zero padding without any padded copy of the input.
-Gradients w.r.t. the coordinates come from autodiff through the interpolation weights.
+loop) gathers one scalar per corner and channel. Here each example's input is flattened to
+rows of C channels, the 2^n corner row indices and weights are computed once per output
+position, and each corner fetches whole C-vectors (one row gather per corner, fused by XLA
+into the weighted sum). Corners outside the input get weight 0 and a clamped (valid) index,
+which gives zero padding without any padded copy of the input. The backward pass is a custom
+VJP (see `_interpolate_bwd`): per corner, a row gather dotted with the output cotangent (the
+cotangent of the weights, from which autodiff reaches the coordinates) and a row scatter-add
+(the input cotangent). The batch stays an explicit dimension of every gather and scatter, so
+a batch-sharded warp runs without communication.
+
+Measured with `python -m reenact_jax.benchmark --config=configs/base.py --what=warp`
+(B=4, D=16, 64x64, C=32, 2 shared CPU cores): forward+backward about 3.8x less CPU time than
+map_coordinates(order=1); the forward alone is on par.
 """
 
 import itertools
