@@ -10,6 +10,7 @@ exactly. Each process reads only its own slice of the index stream (ShardByJaxPr
 import dataclasses
 import logging
 import pathlib
+import resource
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -465,15 +466,17 @@ def make_train_dataset(
 
 def measure_throughput(
   config: ml_collections.ConfigDict, *, num_batches: int, warmup_batches: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
   """Training pairs per second of the train pipeline (decoded, augmented, batched).
 
   Builds the pipeline of one process (shard 0 of 1, so the local batch is
-  config.train.batch_size), reads `warmup_batches` (worker start-up, file opening), then times
-  `num_batches`.
+  config.train.batch_size), reads `warmup_batches` (worker start-up, file opening, filling the
+  prefetch buffer: use at least 2 * num_threads), then times `num_batches`. Wall-clock
+  throughput depends on what else runs on the machine; cpu_ms_per_pair (this process's CPU
+  time, all threads; None with worker processes, whose CPU time it cannot see) does less.
 
   Returns:
-    dict(pairs_per_sec, num_workers, num_threads, batch_size, image_size).
+    dict(pairs_per_sec, num_workers, num_threads, batch_size, image_size, cpu_ms_per_pair).
   """
   if num_batches < 1:
     raise ValueError(f'num_batches must be at least 1, got {num_batches}.')
@@ -481,21 +484,31 @@ def measure_throughput(
   iterator = iter(dataset)
   for _ in range(warmup_batches):
     next(iterator)
+  cpu_start = _process_cpu_seconds()
   start = time.perf_counter()
   for _ in range(num_batches):
     next(iterator)
   seconds = time.perf_counter() - start
-  batch_size = int(config.train.batch_size)
+  cpu_seconds = _process_cpu_seconds() - cpu_start
   close = getattr(iterator, 'close', None)
   if close is not None:
     close()
+  batch_size = int(config.train.batch_size)
+  num_pairs = num_batches * batch_size
+  num_workers = int(config.data.num_workers)
   return {
-    'pairs_per_sec': num_batches * batch_size / seconds,
-    'num_workers': int(config.data.num_workers),
+    'pairs_per_sec': num_pairs / seconds,
+    'num_workers': num_workers,
     'num_threads': max(1, int(config.data.num_threads)),
     'batch_size': batch_size,
     'image_size': int(config.image_size),
+    'cpu_ms_per_pair': None if num_workers else 1e3 * cpu_seconds / num_pairs,
   }
+
+
+def _process_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 class Iterator:
