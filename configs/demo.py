@@ -55,7 +55,7 @@ def get_config():
   data = config.data
   data.source = 'demo'
   # In-process threads: the train step needs both CPU cores and takes far longer than reading
-  # its 8 pairs (~1.4 ms of CPU per carphone pair at 128; a re-posed portrait pair ~11 ms).
+  # its 8 pairs (under 1.5 ms of CPU per carphone pair at 128; ~11 ms per re-posed portrait pair).
   data.num_workers = 0
   data.num_threads = 2
   data.pseudo_pair_fraction = 0.5

@@ -12,13 +12,13 @@ def get_config():
   config.image_size = 256
   config.model.compute_dtype = 'bfloat16'
   config.data.source = 'arrayrecord'
-  # In-process reader threads, no worker processes: measured on the 2-core dev machine at 256,
-  # a pair costs ~2.7 ms of CPU in-process and about twice that through a grain worker process
-  # (shared-memory hand-over), and a host needs only its share of batch_size per step. On a
-  # many-core host raise num_threads; use num_workers when the GIL limits (input_pipeline
-  # .measure_throughput, `python -m reenact_jax.benchmark --what=input`, tells).
+  # In-process reader threads, no worker processes. Measured on the 2-core dev machine at 256
+  # (carphone shards): ~2.1 ms of CPU per pair, ~500 pairs/s in-process with 1-2 threads, ~230
+  # pairs/s through 1-2 grain worker processes (shared-memory hand-over costs more than it
+  # saves). A host only needs its share of batch_size per step; on a many-core host raise
+  # num_threads, and try num_workers when the GIL limits (`measure_throughput` tells).
   config.data.num_workers = 0
-  config.data.num_threads = 4
+  config.data.num_threads = 2
   config.data.max_frame_gap = 0
   config.train.batch_size = 32
   config.train.compilation_cache_dir = '/tmp/reenact_jax_xla_cache'
