@@ -11,6 +11,7 @@ and prints where everything is.
 """
 
 import json
+import logging as std_logging
 import pathlib
 import sys
 import time
@@ -57,8 +58,9 @@ def run(output: str, steps: int | None = None) -> dict[str, str]:
     config.train.total_steps = steps
 
   started = time.time()
-  print(f'[demo] training configs/demo.py for {config.train.total_steps} steps in {workdir}',
-        flush=True)
+  print(
+    f'[demo] training configs/demo.py for {config.train.total_steps} steps in {workdir}', flush=True
+  )
   trainer.train_and_evaluate(config, str(workdir))
   train_seconds = time.time() - started
 
@@ -66,8 +68,14 @@ def run(output: str, steps: int | None = None) -> dict[str, str]:
   video = output / 'reenact.mp4'
   print(f'[demo] reenacting {source.name} with {driving.name}', flush=True)
   reenact.reenact(
-    str(workdir), str(source), str(driving), str(video),
-    relative=True, find_best_frame=False, paste_back=False, side_by_side=True,
+    str(workdir),
+    str(source),
+    str(driving),
+    str(video),
+    relative=True,
+    find_best_frame=False,
+    paste_back=False,
+    side_by_side=True,
   )
   sheet = output / 'contact_sheet.png'
   contact_sheet(video, sheet)
@@ -76,8 +84,14 @@ def run(output: str, steps: int | None = None) -> dict[str, str]:
   loaded = inference.load_generator(str(workdir))
   loaded.config.data.cache_dir = config.data.cache_dir
   results = evaluate.evaluate(
-    loaded.config, loaded.params, loaded.generator, split='test', cross_identity=False,
-    max_clips=0, workdir=str(workdir), step=loaded.step,
+    loaded.config,
+    loaded.params,
+    loaded.generator,
+    split='test',
+    cross_identity=False,
+    max_clips=0,
+    workdir=str(workdir),
+    step=loaded.step,
   )
   results['train_seconds'] = round(train_seconds, 1)
   evaluation = output / 'eval.json'
@@ -98,9 +112,14 @@ def run(output: str, steps: int | None = None) -> dict[str, str]:
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
+  # Progress lines and results on the terminal; INFO goes to OUTPUT/run/train.0.log.
+  logging.get_absl_handler().setLevel(std_logging.WARNING)
+  from reenact_jax import trainer
+
   try:
     run(_OUTPUT.value, _STEPS.value)
+  except trainer.Preempted as stop:
+    print(f'demo stopped: {stop} Run `make demo` again to resume.', file=sys.stderr)
   except (FileNotFoundError, ValueError, RuntimeError) as error:
     print(f'demo failed: {error}', file=sys.stderr)
     sys.exit(1)

@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from reenact_jax import face_topology, input_pipeline, metrics
+from reenact_jax import face_topology, inference, input_pipeline, metrics, models
 
 
 class EvaluationError(ValueError):
@@ -371,32 +371,14 @@ def evaluation_pairs(
       yield clip.first, driving.first + frame
 
 
-def _batches(pairs: Iterator[tuple[int, int]], batch_size: int):
-  batch = []
-  for pair in pairs:
-    batch.append(pair)
-    if len(batch) == batch_size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
-
-
 @functools.lru_cache(maxsize=8)
 def _render_fn(generator, out_sharding=None):
   """jitted (params, source, source_landmarks, driving_landmarks, source_mask) -> output."""
 
   def render(params, source, source_landmarks, driving_landmarks, source_mask):
-    outputs = generator.apply(
-      {'params': params},
-      source,
-      source_landmarks,
-      driving_landmarks,
-      source_mask,
-      with_cycle=False,
-      warp_only=False,
-    )
-    return outputs['output']
+    return models.render(
+      generator, params, source, source_landmarks, driving_landmarks, source_mask
+    )['output']
 
   return jax.jit(render, out_shardings=out_sharding)
 
@@ -464,7 +446,7 @@ def evaluate(
 
   num_frames = 0
   source_cache: dict[int, dict[str, np.ndarray]] = {}
-  for pairs in _batches(
+  for pairs in inference.batched(
     evaluation_pairs(frames.clips, cross_identity=cross_identity, max_clips=max_clips), batch_size
   ):
     valid = len(pairs)
@@ -555,8 +537,6 @@ def evaluate_workdir(
   inception_weights: str | None = None,
 ) -> dict[str, Any]:
   """Loads the run's EMA generator (newest or `step`) and evaluates it; None keeps the config's."""
-  from reenact_jax import inference
-
   loaded = inference.load_generator(workdir, step)
   config = loaded.config
   with config.unlocked():
@@ -602,7 +582,7 @@ if __name__ == '__main__':
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    from reenact_jax import inference, lpips, records
+    from reenact_jax import lpips, records
 
     try:
       result = evaluate_workdir(

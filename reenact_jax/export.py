@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from jax import export as jax_export
 
 from reenact_jax import exported as exported_lib
-from reenact_jax import inference
+from reenact_jax import inference, models
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 # Largest difference between the read-back artifact and the in-process generator accepted by
@@ -202,14 +202,13 @@ def export_generator(
   output_names = [name for name in OUTPUT_DESCRIPTIONS]
 
   def reenact(flat_weights, source, source_landmarks, driving_landmarks, source_mask):
-    outputs = loaded.generator.apply(
-      {'params': _unflatten_params(flat_weights)},
+    outputs = models.render(
+      loaded.generator,
+      _unflatten_params(flat_weights),
       source,
       source_landmarks,
       driving_landmarks,
       source_mask,
-      with_cycle=False,
-      warp_only=False,
     )
     return {name: outputs[name].astype(jnp.float32) for name in output_names}
 

@@ -5,6 +5,7 @@ The config is read from the checkpoint itself, so a user needs only the workdir.
 
 import dataclasses
 import functools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -14,7 +15,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from configs import base
-from reenact_jax import checkpointing
+from reenact_jax import checkpointing, models
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -58,14 +59,8 @@ class LoadedGenerator:
     """jitted (params, source, source_landmarks, driving_landmarks, source_mask) -> outputs."""
 
     def render(params, source, source_landmarks, driving_landmarks, source_mask):
-      return self.generator.apply(
-        {'params': params},
-        source,
-        source_landmarks,
-        driving_landmarks,
-        source_mask,
-        with_cycle=False,
-        warp_only=False,
+      return models.render(
+        self.generator, params, source, source_landmarks, driving_landmarks, source_mask
       )
 
     return jax.jit(render)
@@ -114,3 +109,15 @@ def load_generator(workdir: str, step: int | None = None) -> LoadedGenerator:
     manager.close()
   params = jax.tree.map(np.asarray, state.ema_params)
   return LoadedGenerator(config=config, generator=setup.generator, params=params, step=int(step))
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+  """Consecutive lists of `size` items (the last one shorter)."""
+  batch = []
+  for item in items:
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch

@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 from data import clips as clips_lib
-from reenact_jax import face_topology, records
+from reenact_jax import face_topology, inference, records
 
 # Decoding a larger image or frame needs gigabytes; refuse it before decoding.
 MAX_PIXELS = 50_000_000
@@ -521,17 +521,6 @@ def _landmarker():
     os.close(saved)
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-  batch = []
-  for item in items:
-    batch.append(item)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
-
-
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
   """(n, ...) -> (size, ...) repeating the last row: every batch has one shape, one compile."""
   if len(array) == size:
@@ -545,8 +534,6 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def load(workdir: str | os.PathLike, step: int | None = None):
   """inference.load_generator with every failure turned into a ReenactError."""
-  from reenact_jax import inference
-
   try:
     loaded = inference.load_generator(str(workdir), step)
   except inference.CheckpointNotFoundError as error:
@@ -671,7 +658,7 @@ def reenact(
     crops = (clips_lib.crop_frame(f, track.box, image_size) for f in _driving_frames(track))
     crops = _progress(crops, progress, 'Reenacting', total=track.num_frames)
     pending = None
-    for batch in _batches(crops, batch_size):
+    for batch in inference.batched(crops, batch_size):
       landmarks = driving_landmarks[frames : frames + len(batch)]
       # Dispatch is asynchronous: this batch renders while the previous one is encoded.
       outputs = loaded(

@@ -7,6 +7,8 @@ overridden on the command line; a key that does not exist is an error. On a mult
 or GPU cluster, run the same command on every host (see launch/).
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -29,10 +31,21 @@ def main(argv):
   from reenact_jax import distributed
 
   distributed.maybe_initialize(_DISTRIBUTED.value)
-  from reenact_jax import trainer
+  from reenact_jax import checkpointing, trainer
 
   logging.info('Config:\n%s', _CONFIG.value)
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except trainer.Preempted as stop:
+    logging.warning('%s Rerun the same command to resume.', stop)
+  except (
+    trainer.NonFiniteError,
+    checkpointing.IncompatibleCheckpointError,
+    FileNotFoundError,
+    ValueError,
+  ) as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -30,6 +30,10 @@ class NonFiniteError(FloatingPointError):
   pass
 
 
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint of the last step was saved (entry points exit 0)."""
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks between steps (save, then exit 0)."""
 
@@ -326,6 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_state = data_state or iterator.get_state()
   interval_start, interval_start_step = time.perf_counter(), start_step
   step = start_step
+  preempted = False
   try:
     with _Preemption() as preemption:
       while step < train_config.total_steps:
@@ -383,4 +388,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
     manager.close()
     writer.close()
+  if preempted:
+    raise Preempted(f'Stopped by SIGTERM at step {step}; checkpoint saved in {workdir}.')
   return last_values

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import tiny
 from reenact_jax import face_topology, input_pipeline, records
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NO_AUGMENTATION = {
@@ -23,15 +23,7 @@ NO_AUGMENTATION = {
 }
 
 
-def _config(base=tiny, **overrides):
-  config = base.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+_config = helpers.config_with
 
 
 class IndexFrames:

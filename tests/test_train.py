@@ -12,21 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
 from reenact_jax import checkpointing, input_pipeline, sharding, trainer
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _tiny_config(**overrides):
-  config = tiny.get_config()
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+_tiny_config = helpers.config_with
 
 
 def _first_batch(config):

@@ -272,3 +272,19 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     remat=bool(m.remat),
     dtype=layers.compute_dtype(m.compute_dtype),
   )
+
+
+def render(generator: Generator, params, source, source_landmarks, driving_landmarks, source_mask):
+  """The inference forward pass (full renderer, no cycle): the dict of outputs.
+
+  Shared by reenact, evaluate and export so that they all run the same function.
+  """
+  return generator.apply(
+    {'params': params},
+    source,
+    source_landmarks,
+    driving_landmarks,
+    source_mask,
+    with_cycle=False,
+    warp_only=False,
+  )
