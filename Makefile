@@ -22,7 +22,7 @@ $(MODELS_DIR)/.done: $(STAMP) data/mediapipe_models.py
 	touch $@
 
 test: setup
-	XLA_FLAGS="$(XLA_FLAGS)" $(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests
 
 lint: setup
 	$(VENV)/bin/ruff check .

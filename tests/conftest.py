@@ -2,7 +2,10 @@
 
 import os
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+  ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Compiling the models dominates test time on CPU; tests (and the subprocesses they start, which
 # inherit the environment) share compiled executables through a persistent cache.
