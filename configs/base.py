@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   optim.b2 = 0.999
   optim.warmup_steps = 1000
   optim.schedule = 'cosine'  # 'cosine' or 'constant' (after warmup).
+  # Length of the cosine decay; 0: train.total_steps. Set it when a run will be extended with a
+  # larger total_steps, so that resuming does not change the schedule.
+  optim.decay_steps = 0
   optim.grad_clip_norm = 1.0
   optim.ema_decay = 0.999
 

@@ -19,6 +19,25 @@ from etils import epath
 # Config sections that decide the shapes of the state: a checkpoint is only compatible with a
 # config that agrees on all of them.
 SHAPE_KEYS = ('image_size', 'model')
+# Sections that decide the data order and the optimisation; a change is allowed but logged.
+ORDER_KEYS = ('seed', 'train', 'data', 'optim', 'loss', 'mesh')
+# Changing these on resume is the normal way to continue or inspect a run.
+RESUMABLE_KEYS = {
+  'train.total_steps',
+  'train.log_every',
+  'train.image_log_every',
+  'train.checkpoint_every',
+  'train.max_to_keep',
+  'train.eval_every',
+  'train.compilation_cache_dir',
+  'data.num_workers',
+  'data.num_threads',
+  'data.prefetch',
+  'data.dir',
+  'data.cache_dir',
+  'mesh.data',
+  'mesh.fsdp',
+}
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -73,6 +92,30 @@ def check_compatible(saved_config: dict[str, Any], config, checkpoint_dir: str) 
         continue  # Changing precision or rematerialisation keeps every shape.
       if saved.get(key) != now.get(key):
         differences.append(f'{key}: checkpoint {saved.get(key)!r}, config {now.get(key)!r}')
+  order_changes = []
+  for section in ORDER_KEYS:
+    saved = _flatten({section: saved_config.get(section)})
+    now = _flatten({section: current.get(section)})
+    order_changes += [
+      f'{key}: {saved.get(key)!r} -> {now.get(key)!r}'
+      for key in sorted(set(saved) | set(now))
+      if saved.get(key) != now.get(key) and key not in RESUMABLE_KEYS
+    ]
+  optim = current.get('optim', {})
+  if (
+    saved_config.get('train', {}).get('total_steps') != current['train']['total_steps']
+    and optim.get('schedule') == 'cosine'
+    and not optim.get('decay_steps')
+  ):
+    order_changes.append(
+      'train.total_steps changes the cosine schedule (set optim.decay_steps to keep it)'
+    )
+  if order_changes:
+    logging.warning(
+      'Resuming with settings that change the data stream or the schedule, so the run will not '
+      'continue exactly as it would have: %s',
+      '; '.join(order_changes),
+    )
   if differences:
     raise IncompatibleCheckpointError(
       f'The checkpoint in {checkpoint_dir} was written with another model configuration:\n  '

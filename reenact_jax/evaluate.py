@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from reenact_jax import face_topology, inference, input_pipeline, metrics, models
+from reenact_jax import checkpointing, face_topology, inference, input_pipeline, metrics, models
 
 
 class EvaluationError(ValueError):
@@ -80,7 +80,7 @@ class ImageEvaluator:
     self._measure = _image_measures
 
   def update(self, batch: Rendered) -> None:
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     output, truth = jax.device_put((batch.output, batch.driving), device)
     for name, value in jax.device_get(self._measure(output, truth)).items():
       self._values[name].append(np.asarray(value, np.float64))
@@ -187,7 +187,7 @@ class LpipsEvaluator:
     self._values = []
 
   def update(self, batch: Rendered) -> None:
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     output, truth = jax.device_put((batch.output, batch.driving), device)
     self._values.append(np.asarray(jax.device_get(self._distance(output, truth)), np.float64))
 
@@ -597,6 +597,7 @@ if __name__ == '__main__':
       )
     except (
       inference.CheckpointNotFoundError,
+      checkpointing.IncompatibleCheckpointError,
       EvaluationError,
       lpips.LpipsError,
       records.RecordDecodeError,

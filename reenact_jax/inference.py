@@ -10,7 +10,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -51,7 +50,7 @@ def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 class LoadedGenerator:
   config: ml_collections.ConfigDict
   generator: Any  # models.Generator
-  params: Any  # EMA generator params (host numpy arrays or device arrays)
+  params: Any  # EMA generator params, on the first local device
   step: int
 
   @functools.cached_property
@@ -93,7 +92,14 @@ def load_generator(workdir: str, step: int | None = None) -> LoadedGenerator:
         f'No checkpoint for step {step} in {directory}; available steps: {sorted(steps)}.'
       )
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    config = config_from_json(saved['config'])
+    try:
+      config = config_from_json(saved['config'])
+    except (KeyError, TypeError, ValueError) as error:
+      raise checkpointing.IncompatibleCheckpointError(
+        f'The checkpoint in {directory} was written with a config this version of reenact_jax '
+        f'does not know ({type(error).__name__}: {error}). Use the reenact_jax version that '
+        'trained it.'
+      ) from error
     # The whole state onto one local device; only the EMA parameters are kept.
     from reenact_jax import sharding, trainer
 
@@ -107,7 +113,8 @@ def load_generator(workdir: str, step: int | None = None) -> LoadedGenerator:
     state, _ = checkpointing.restore(manager, step, abstract, config)
   finally:
     manager.close()
-  params = jax.tree.map(np.asarray, state.ema_params)
+  # On the first local device once, not re-uploaded with every call.
+  params = jax.device_put(state.ema_params, jax.local_devices()[0])
   return LoadedGenerator(config=config, generator=setup.generator, params=params, step=int(step))
 
 

@@ -42,7 +42,10 @@ class _Preemption:
     self._previous = None
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    # With several processes, jax.distributed's preemption service owns SIGTERM and tells every
+    # host at which step to stop (a Python handler here would replace its handler).
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
@@ -51,13 +54,14 @@ class _Preemption:
     self.requested = True
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def reached(self, step: int) -> bool:
     if jax.process_count() == 1:
       return self.requested
     # On pods every host must agree on the step at which to stop.
-    return self.requested or multihost_utils.reached_preemption_sync_point(step)
+    return multihost_utils.reached_preemption_sync_point(step)
 
 
 def _example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.Array]:
@@ -113,9 +117,15 @@ class Setup:
   def __init__(self, config: ml_collections.ConfigDict, mesh=None, *, with_losses: bool = True):
     self.config = config
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+    if config.train.batch_size % self.mesh.size:
+      raise ValueError(
+        f'config.train.batch_size={config.train.batch_size} does not divide over the '
+        f'{self.mesh.size} devices of the mesh {dict(self.mesh.shape)}: use a multiple of '
+        f'{self.mesh.size}.'
+      )
     self.generator = models.make_generator(config.model, config.image_size)
     self.discriminator = models.make_discriminator(config.model)
-    total = config.train.total_steps
+    total = config.optim.decay_steps or config.train.total_steps
     self.generator_schedule = train_state_lib.learning_rate_schedule(
       config.optim, total, config.optim.generator_lr
     )
@@ -280,11 +290,12 @@ class _Prefetcher:
     return item
 
 
-def _setup_logging(workdir: epath.Path) -> None:
+def _setup_logging(workdir: epath.Path) -> logging.Handler:
   handler = logging.FileHandler(str(workdir / f'train.{jax.process_index()}.log'))
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
   logging.getLogger().addHandler(handler)
   logging.getLogger().setLevel(logging.INFO)
+  return handler
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -294,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  _setup_logging(workdir)
+  log_handler = _setup_logging(workdir)
   if config.train.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', config.train.compilation_cache_dir)
   train_config = config.train
@@ -388,6 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
     manager.close()
     writer.close()
+    logging.getLogger().removeHandler(log_handler)
+    log_handler.close()
   if preempted:
     raise Preempted(f'Stopped by SIGTERM at step {step}; checkpoint saved in {workdir}.')
   return last_values

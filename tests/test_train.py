@@ -67,15 +67,20 @@ def test_warp_only_phase_leaves_renderer_and_discriminator_unchanged():
   (generator_before, discriminator_before), (generator_after, discriminator_after), metrics = (
     _run_one_step(config, jax.devices()[:2], batch, warp_only=True)
   )
-  assert metrics['phase'] == 1.0 and metrics['loss/disc'] == 0.0
+  assert metrics['phase'] == 1.0
   assert _max_abs_difference(discriminator_before, discriminator_after) == 0.0
   changed = {
     name: _max_abs_difference(generator_before[name], generator_after[name]) > 0
     for name in generator_before
   }
-  assert any(changed.values())
-  unchanged = [name for name, moved in changed.items() if not moved]
-  assert unchanged, f'phase 1 should not train the renderer/inpainter; changed: {changed}'
+  # Phase 1 trains E, F and P (DESIGN §3); renderer and inpainter wait for phase 2.
+  assert changed == {
+    'encoder': True,
+    'flow_net': True,
+    'projection': True,
+    'renderer': False,
+    'inpainter': False,
+  }, changed
 
 
 def _final_params(workdir, config):
@@ -102,9 +107,11 @@ def test_resume_is_exact(tmp_path):
   step_b, state_b, data_b = _final_params(tmp_path / 'resumed', straight)
   assert step_a == step_b == total
   assert int(state_a.step) == total
-  for name in ('generator_params', 'ema_params', 'discriminator_params', 'generator_opt_state'):
-    difference = _max_abs_difference(getattr(state_a, name), getattr(state_b, name))
-    assert difference == 0.0, (name, difference)
+  # Every leaf of the state: params, optimizer states, EMA, spectral-norm stats, RNG, step.
+  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+  assert len(leaves_a) == len(leaves_b)
+  for leaf_a, leaf_b in zip(leaves_a, leaves_b, strict=True):
+    np.testing.assert_array_equal(leaf_a, leaf_b)
   assert data_a == data_b
 
   lines = [json.loads(line) for line in (tmp_path / 'straight' / 'metrics.jsonl').open()]
@@ -191,3 +198,8 @@ def test_unknown_config_key_is_an_error(tmp_path):
   )
   assert result.returncode != 0
   assert 'totl_steps' in result.stderr
+
+
+def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error():
+  with pytest.raises(ValueError, match=r'config.train.batch_size=4 does not divide'):
+    trainer.Setup(_tiny_config(**{'train.batch_size': 4}))
