@@ -7,6 +7,8 @@ r"""Micro-benchmarks: `python -m reenact_jax.benchmark --config=configs/base.py 
              flops_per_step (XLA cost analysis), peak_bytes (XLA memory analysis).
 --what=input pairs_per_sec of the train input pipeline (decoded, augmented, batched; median of
              3 runs) and prepare_frames_per_sec of data preparation on the demo clip.
+--what=reenact frames_per_sec of the jitted generator and of the exported artifact at batch 1
+             and 8 (rendering only, no video decode).
 
 Timings are the median of `--repeats` runs after compilation, each ended by
 `block_until_ready`, as wall time (`*_ms`) and process CPU time (`*_cpu_ms`).
@@ -30,7 +32,12 @@ from ml_collections import config_flags
 from reenact_jax import warp
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
-_WHAT = flags.DEFINE_enum('what', 'warp', ['warp', 'step', 'input'], 'What to benchmark.')
+_WHAT = flags.DEFINE_enum(
+  'what', 'warp', ['warp', 'step', 'input', 'reenact'], 'What to benchmark.'
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', '', "--what=reenact: use this run's newest checkpoint (default: fresh parameters)."
+)
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed runs after compilation (median is kept).')
 _BATCH = flags.DEFINE_integer(
   'batch', 0, 'Warp batch size; 0: train.batch_size // device_count (at most 4 on CPU).'
@@ -209,6 +216,68 @@ def benchmark_input(config: ml_collections.ConfigDict, *, repeats: int = 3) -> d
   return result
 
 
+def _time_calls(fn, inputs, repeats: int) -> float:
+  """Median seconds of fn(*inputs) after one warm-up call, each ended by block_until_ready."""
+  jax.block_until_ready(fn(*inputs))
+  times = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    jax.block_until_ready(fn(*inputs))
+    times.append(time.perf_counter() - started)
+  return statistics.median(times)
+
+
+def benchmark_reenact(
+  config: ml_collections.ConfigDict, *, repeats: int = 7, workdir: str = ''
+) -> dict[str, Any]:
+  """Frames per second of the jitted generator and of the exported artifact, batch 1 and 8.
+
+  Rendering only (inputs already decoded and cropped, as in `reenact` after video decode). The
+  generator is the EMA generator of WORKDIR's newest checkpoint, or, without --workdir, freshly
+  initialised parameters of the config (speed does not depend on the values), written as a
+  step-0 checkpoint to a temporary folder so the exported artifact is made by the real
+  `export` path.
+  """
+  import tempfile
+
+  from reenact_jax import checkpointing, export, exported, inference, trainer
+
+  with tempfile.TemporaryDirectory() as scratch:
+    if not workdir:
+      workdir = f'{scratch}/run'
+      setup = trainer.Setup(config, with_losses=False)
+      manager = checkpointing.make_manager(workdir, max_to_keep=1, async_save=False)
+      checkpointing.save(manager, 0, setup.init_state(), None, config)
+      manager.wait_until_finished()
+      manager.close()
+    loaded = inference.load_generator(workdir)
+    export.export_generator(workdir, f'{scratch}/export', verify=False)
+    artifact = exported.load(f'{scratch}/export')
+    config = loaded.config
+    result = {
+      'what': 'reenact',
+      'image_size': int(config.image_size),
+      'platform': jax.devices()[0].platform,
+      'step': loaded.step,
+    }
+    rng = np.random.default_rng(0)
+    for batch in (1, 8):
+      size, points = config.image_size, config.model.num_landmarks
+      landmarks = rng.uniform(-0.5, 0.5, (batch, points, 3)).astype(np.float32)
+      inputs = [
+        rng.random((batch, size, size, 3), np.float32),
+        landmarks,
+        landmarks + rng.normal(0, 0.01, landmarks.shape).astype(np.float32),
+        (rng.random((batch, size, size, 1)) > 0.5).astype(np.float32),
+      ]
+      device_inputs = [jax.device_put(x, jax.local_devices()[0]) for x in inputs]
+      jitted = _time_calls(loaded, device_inputs, repeats)
+      artifact_seconds = _time_calls(artifact, inputs, repeats)
+      result[f'frames_per_sec_batch{batch}'] = round(batch / jitted, 2)
+      result[f'exported_frames_per_sec_batch{batch}'] = round(batch / artifact_seconds, 2)
+  return result
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -219,8 +288,10 @@ def main(argv):
     print(json.dumps(benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)))
   elif _WHAT.value == 'step':
     print(json.dumps(benchmark_step(config, repeats=_REPEATS.value)))
-  else:
+  elif _WHAT.value == 'input':
     print(json.dumps(benchmark_input(config)))
+  else:
+    print(json.dumps(benchmark_reenact(config, repeats=_REPEATS.value, workdir=_WORKDIR.value)))
 
 
 if __name__ == '__main__':

@@ -32,6 +32,7 @@ from jax import export as jax_export
 from reenact_jax import exported as exported_lib
 from reenact_jax import inference, models
 
+FLAGS = flags.FLAGS
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 # Largest difference between the read-back artifact and the in-process generator accepted by
 # --verify. Both run the same XLA program on the same backend; a larger gap means a bad export.
@@ -299,12 +300,15 @@ def _verify(output_path: pathlib.Path, loaded, image_size: int, num_landmarks: i
   logging.info('Read-back check passed: the artifact matches the in-process generator.')
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Folder to write the artifact to (created).')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: newest).')
-_VERIFY = flags.DEFINE_bool(
-  'verify', True, 'Read the artifact back and compare it with the in-process generator.'
-)
+def _define_flags() -> None:
+  # Defined only when run as a program, so that other entry points can import this module.
+  flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
+  flags.DEFINE_string('output', None, 'Folder to write the artifact to (created).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: newest).')
+  flags.DEFINE_bool(
+    'verify', True, 'Read the artifact back and compare it with the in-process generator.'
+  )
+  flags.mark_flags_as_required(['workdir', 'output'])
 
 
 def main(argv):
@@ -313,7 +317,7 @@ def main(argv):
   from reenact_jax import checkpointing
 
   try:
-    spec = export_generator(_WORKDIR.value, _OUTPUT.value, _STEP.value, verify=_VERIFY.value)
+    spec = export_generator(FLAGS.workdir, FLAGS.output, FLAGS.step, verify=FLAGS.verify)
   except (
     inference.CheckpointNotFoundError,
     checkpointing.IncompatibleCheckpointError,
@@ -323,13 +327,13 @@ def main(argv):
     print(f'export: {error}', file=sys.stderr)
     sys.exit(1)
   sizes = {
-    name: (pathlib.Path(_OUTPUT.value) / name).stat().st_size
+    name: (pathlib.Path(FLAGS.output) / name).stat().st_size
     for name in (exported_lib.SPEC_FILE, exported_lib.EXPORTED_FILE, exported_lib.WEIGHTS_FILE)
   }
   print(
     json.dumps(
       {
-        'output': _OUTPUT.value,
+        'output': FLAGS.output,
         'step': spec['step'],
         'platforms': spec['platforms'],
         'num_parameters': spec['num_parameters'],
@@ -340,5 +344,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir', 'output'])
+  _define_flags()
   app.run(main)
