@@ -12,6 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.image_size = 256  # H = W of every training frame, pixels.
+  # Short form of train.total_steps (`--config.total_steps=N`); the two are one value.
+  config.total_steps = 300_000
 
   # ---------------------------------------------------------------- model (generator)
   config.model = model = ml_collections.ConfigDict()
@@ -83,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- training loop
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 32  # Global, across all devices and hosts.
-  train.total_steps = 300_000
+  train.total_steps = config.get_ref('total_steps')
   train.phase1_steps = 20_000  # Warp-only phase (E, F, P with L_cyc + projected perceptual).
   train.log_every = 100
   train.image_log_every = 2000
