@@ -93,12 +93,26 @@ def get_config() -> ml_collections.ConfigDict:
   train.max_to_keep = 3
   train.eval_every = 0  # 0: no periodic evaluation inside training.
   train.transfer_guard = True  # jax_transfer_guard='disallow' around the step.
-  train.compilation_cache_dir = ''  # Persistent XLA cache ('' = off).
+  train.grad_accum_steps = 1  # Micro-batches per optimizer step (same batch, less memory).
+  # Persistent XLA cache: '' = WORKDIR/compilation_cache (unless JAX_COMPILATION_CACHE_DIR is
+  # set), 'none' = off, or a path shared by runs.
+  train.compilation_cache_dir = ''
 
   # ---------------------------------------------------------------- mesh
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1  # -1: fill with all devices not used by other axes.
-  mesh.fsdp = 1  # Parameter / optimizer-state sharding axis.
+  mesh.fsdp = 1  # Parameter / optimizer-state sharding axis (ZeRO-3 style).
+  # Logical axis name -> mesh axis, for parameters, their optimizer moments and EMA (see
+  # reenact_jax/sharding.py for the names). Per dimension the first rule whose mesh axis is
+  # unused and divides it applies; every other dimension stays whole.
+  mesh.param_rules = (
+    ('in_features', 'fsdp'),
+    ('out_features', 'fsdp'),
+    ('embed', 'fsdp'),
+    ('heads', 'fsdp'),
+    ('tokens', 'fsdp'),
+  )
+  mesh.fsdp_min_size = 2**16  # Smaller leaves stay replicated (the all-gather costs more).
 
   # ---------------------------------------------------------------- data
   config.data = data = ml_collections.ConfigDict()

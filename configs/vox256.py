@@ -21,5 +21,4 @@ def get_config():
   config.data.num_threads = 2
   config.data.max_frame_gap = 0
   config.train.batch_size = 32
-  config.train.compilation_cache_dir = '/tmp/reenact_jax_xla_cache'
   return config

@@ -37,6 +37,8 @@ RESUMABLE_KEYS = {
   'data.cache_dir',
   'mesh.data',
   'mesh.fsdp',
+  'mesh.param_rules',
+  'mesh.fsdp_min_size',
 }
 
 

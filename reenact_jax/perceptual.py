@@ -555,7 +555,7 @@ def pyramid_perceptual_loss(
 
 
 def make_perceptual_loss(
-  perceptual_config: Any, *, compute_dtype: Any = jnp.float32
+  perceptual_config: Any, *, compute_dtype: Any = jnp.float32, abstract: bool = False
 ) -> tuple[dict[str, Any] | None, Callable[..., jax.Array]]:
   """Builds the perceptual loss from `config.perceptual` (read here, outside jit).
 
@@ -564,6 +564,8 @@ def make_perceptual_loss(
       written by `convert`), `scales` and `layer_weights` (5 weights, relu1_1 ... relu5_1).
     compute_dtype: dtype of the VGG convolutions ('bfloat16' or 'float32' or a dtype);
       parameters and the loss stay float32.
+    abstract: return the params as `jax.ShapeDtypeStruct`s and read no weights: for lowering
+      and compiling a train step ahead of time (launch/aot_check.py), never for running it.
 
   Returns:
     (params, loss_fn): params are host numpy arrays (None for 'none') to pass in as data;
@@ -589,7 +591,7 @@ def make_perceptual_loss(
       ' the perceptual loss terms).'
     )
   weights_path = perceptual_config.get('weights_path', '') or ''
-  if not weights_path:
+  if not weights_path and not abstract:
     raise ValueError(
       "perceptual.backbone='vgg19' needs perceptual.weights_path (training on random VGG"
       ' weights would be silently meaningless). Convert the public ImageNet weights with'
@@ -605,7 +607,15 @@ def make_perceptual_loss(
   scales = tuple(float(scale) for scale in perceptual_config.scales)
   if not scales or not all(0.0 < scale <= 1.0 for scale in scales):
     raise ValueError(f'perceptual.scales must be non-empty values in (0, 1], got {scales}.')
-  params = load_vgg19_params(weights_path)
+  if abstract:
+    params = _unflatten(
+      {
+        name: jax.ShapeDtypeStruct(shape, jnp.float32)
+        for name, shape in expected_param_shapes().items()
+      }
+    )
+  else:
+    params = load_vgg19_params(weights_path)
   module = VGG19Features(dtype=jnp.dtype(compute_dtype))
   loss_fn = functools.partial(
     pyramid_perceptual_loss, module=module, scales=scales, layer_weights=layer_weights

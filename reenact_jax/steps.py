@@ -10,6 +10,7 @@ Batch layout (global arrays, batch dimension sharded over the mesh):
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -149,6 +150,27 @@ def _discriminator_loss(
   return loss, updated['batch_stats']
 
 
+def _tree_add(a: PyTree, b: PyTree) -> PyTree:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def split_micro_batches(
+  batch: dict[str, jax.Array], num: int, sharding: jax.sharding.Sharding | None
+) -> dict[str, jax.Array]:
+  """(B, ...) -> (num, B / num, ...): micro-batch j holds examples j, j + num, j + 2 num, ...
+
+  Interleaved, so that every device keeps its own examples: a device's contiguous block of the
+  batch is split locally, and each micro-batch stays sharded over the whole mesh (`sharding`
+  is the batch sharding with a leading unsharded axis), with no communication.
+  """
+
+  def split(x):
+    x = jnp.swapaxes(x.reshape((x.shape[0] // num, num) + x.shape[1:]), 0, 1)
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+  return jax.tree.map(split, batch)
+
+
 def train_step(
   state: train_state_lib.TrainState,
   batch: dict[str, jax.Array],
@@ -160,12 +182,20 @@ def train_step(
   weights: LossWeights,
   ema_decay: float,
   warp_only: bool,
+  grad_accum_steps: int = 1,
+  micro_batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[train_state_lib.TrainState, dict[str, jax.Array]]:
   """One optimisation step of generator (and, unless warp_only, discriminator).
 
   warp_only=True is phase 1: only the cyclic warp loss and the perceptual loss on the projected
   RGB are optimised (the encoder, flow network and projection get gradients; the renderer,
   inpainter and discriminator do not change). warp_only=False is phase 2: every loss.
+
+  grad_accum_steps=k > 1 splits the batch into k micro-batches (`split_micro_batches`), runs
+  them one after the other (lax.scan: activation memory of one micro-batch) and applies the
+  mean of their gradients in one optimizer update; the logged terms are the micro-batch means.
+  Losses that are means over the batch give the same step as k = 1 up to how masked means
+  weigh examples; the discriminator's spectral-norm power iteration runs once per micro-batch.
 
   Returns the new state and a dict of float32 scalars: 'loss/<term>' for every term,
   'grad_norm/generator', 'grad_norm/discriminator', 'phase'.
@@ -174,19 +204,47 @@ def train_step(
     'params': state.discriminator_params,
     'batch_stats': state.discriminator_stats,
   }
-  grad_fn = jax.value_and_grad(_generator_losses, has_aux=True)
-  (_, (terms, outputs)), generator_grads = grad_fn(
-    state.generator_params,
-    discriminator_variables,
-    perceptual_params,
-    batch,
-    jax.random.fold_in(state.rng, state.step),
-    generator=generator,
-    discriminator=discriminator,
-    perceptual_fn=perceptual_fn,
-    weights=weights,
-    warp_only=warp_only,
+  grad_fn = jax.value_and_grad(
+    functools.partial(
+      _generator_losses,
+      generator=generator,
+      discriminator=discriminator,
+      perceptual_fn=perceptual_fn,
+      weights=weights,
+      warp_only=warp_only,
+    ),
+    has_aux=True,
   )
+  step_rng = jax.random.fold_in(state.rng, state.step)
+
+  def generator_micro_step(micro_batch, rng):
+    (_, (terms, outputs)), grads = grad_fn(
+      state.generator_params, discriminator_variables, perceptual_params, micro_batch, rng
+    )
+    fake = None if warp_only else jax.lax.stop_gradient(outputs['output'])
+    return terms, grads, fake
+
+  if grad_accum_steps == 1:
+    terms, generator_grads, fake = generator_micro_step(batch, step_rng)
+    real = batch['driving']
+  else:
+    micro_batches = split_micro_batches(batch, grad_accum_steps, micro_batch_sharding)
+
+    def accumulate(carry, inputs):
+      micro_batch, index = inputs
+      terms, grads, fake = generator_micro_step(micro_batch, jax.random.fold_in(step_rng, index))
+      return _tree_add(carry, (terms, grads)), fake
+
+    zeros = (
+      {name: jnp.zeros((), jnp.float32) for name in (*GENERATOR_TERMS, 'total')},
+      jax.tree.map(jnp.zeros_like, state.generator_params),
+    )
+    (terms, generator_grads), fake = jax.lax.scan(
+      accumulate, zeros, (micro_batches, jnp.arange(grad_accum_steps))
+    )
+    terms, generator_grads = jax.tree.map(lambda x: x / grad_accum_steps, (terms, generator_grads))
+    real = micro_batches['driving']
+
   updates, generator_opt_state = state.generator_tx.update(
     generator_grads, state.generator_opt_state, state.generator_params
   )
@@ -199,16 +257,29 @@ def train_step(
   discriminator_loss = jnp.zeros((), jnp.float32)
   discriminator_grad_norm = jnp.zeros((), jnp.float32)
   if not warp_only:
-    fake = jax.lax.stop_gradient(outputs['output'])
-    (discriminator_loss, discriminator_stats), discriminator_grads = jax.value_and_grad(
-      _discriminator_loss, has_aux=True
-    )(
-      state.discriminator_params,
-      state.discriminator_stats,
-      batch['driving'],
-      fake,
-      discriminator=discriminator,
+    disc_grad_fn = jax.value_and_grad(
+      functools.partial(_discriminator_loss, discriminator=discriminator), has_aux=True
     )
+    if grad_accum_steps == 1:
+      (discriminator_loss, discriminator_stats), discriminator_grads = disc_grad_fn(
+        state.discriminator_params, state.discriminator_stats, real, fake
+      )
+    else:
+
+      def accumulate_disc(carry, inputs):
+        loss_sum, grads_sum, stats = carry
+        (loss, stats), grads = disc_grad_fn(state.discriminator_params, stats, *inputs)
+        return (loss_sum + loss, _tree_add(grads_sum, grads), stats), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.discriminator_params)
+      (discriminator_loss, discriminator_grads, discriminator_stats), _ = jax.lax.scan(
+        accumulate_disc,
+        (jnp.zeros((), jnp.float32), zeros, state.discriminator_stats),
+        (real, fake),
+      )
+      discriminator_loss, discriminator_grads = jax.tree.map(
+        lambda x: x / grad_accum_steps, (discriminator_loss, discriminator_grads)
+      )
     updates, discriminator_opt_state = state.discriminator_tx.update(
       discriminator_grads, state.discriminator_opt_state, state.discriminator_params
     )

@@ -18,8 +18,20 @@ _DISTRIBUTED = flags.DEFINE_enum(
   'distributed',
   'auto',
   ['auto', 'on', 'off'],
-  'Call jax.distributed.initialize(): auto = when a cluster environment (TPU pod, SLURM, '
-  'JAX_COORDINATOR_ADDRESS) is detected.',
+  'Call jax.distributed.initialize(): auto = when a coordinator is given or a cluster '
+  'environment (SLURM srun, Open MPI, JAX_COORDINATOR_ADDRESS) is detected; a Cloud TPU pod '
+  'is detected by JAX once this is on.',
+)
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address', None, 'host:port of process 0 (default: from the environment).'
+)
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1.')
+_LOCAL_DEVICES = flags.DEFINE_list(
+  'local_device_ids',
+  None,
+  'Accelerators this process drives (default: all of the host; under SLURM with one task per '
+  "GPU, the task's local id).",
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -30,7 +42,17 @@ def main(argv):
   # jax.distributed.initialize must run before anything else touches JAX.
   from reenact_jax import distributed
 
-  distributed.maybe_initialize(_DISTRIBUTED.value)
+  try:
+    distributed.maybe_initialize(
+      _DISTRIBUTED.value,
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+      local_device_ids=[int(i) for i in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None,
+    )
+  except ValueError as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
   from reenact_jax import checkpointing, trainer
 
   logging.info('Config:\n%s', _CONFIG.value)

@@ -9,6 +9,7 @@ import collections
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -20,8 +21,17 @@ import ml_collections
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
-from reenact_jax import checkpointing, input_pipeline, models, perceptual, sharding, steps
+from reenact_jax import (
+  checkpointing,
+  distributed,
+  input_pipeline,
+  models,
+  perceptual,
+  sharding,
+  steps,
+)
 from reenact_jax import evaluate as evaluate_lib
 from reenact_jax import train_state as train_state_lib
 
@@ -114,14 +124,27 @@ def make_init_fn(config, generator, discriminator, generator_tx, discriminator_t
 class Setup:
   """Everything a run (or a benchmark, or an evaluation) builds from the config."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None, *, with_losses: bool = True):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    mesh=None,
+    *,
+    with_losses: bool = True,
+    abstract_perceptual: bool = False,
+  ):
+    """with_losses=False: inference only (no VGG weights read). abstract_perceptual=True: the
+    VGG weights are shapes only, for lowering the train step ahead of time without the weights
+    file (aot_check); such a Setup can compile but never run a train step."""
     self.config = config
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
-    if config.train.batch_size % self.mesh.size:
+    accum = int(config.train.grad_accum_steps)
+    if accum < 1:
+      raise ValueError(f'config.train.grad_accum_steps={accum} must be at least 1.')
+    if config.train.batch_size % (self.mesh.size * accum):
       raise ValueError(
-        f'config.train.batch_size={config.train.batch_size} does not divide over the '
-        f'{self.mesh.size} devices of the mesh {dict(self.mesh.shape)}: use a multiple of '
-        f'{self.mesh.size}.'
+        f'config.train.batch_size={config.train.batch_size} does not divide into '
+        f'{accum} micro-batch(es) (train.grad_accum_steps) over the {self.mesh.size} devices '
+        f'of the mesh {dict(self.mesh.shape)}: use a multiple of {self.mesh.size * accum}.'
       )
     self.generator = models.make_generator(config.model, config.image_size)
     self.discriminator = models.make_discriminator(config.model)
@@ -138,7 +161,7 @@ class Setup:
     )
     rng = jax.random.PRNGKey(config.seed)
     self.abstract_state = jax.eval_shape(self.init_fn, rng)
-    self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh)
+    self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh, config.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)
     self.perceptual_params, self.perceptual_fn = None, None
@@ -146,8 +169,14 @@ class Setup:
       perceptual_params, self.perceptual_fn = perceptual.make_perceptual_loss(
         config.perceptual,
         compute_dtype=jnp.bfloat16 if config.model.compute_dtype == 'bfloat16' else jnp.float32,
+        abstract=abstract_perceptual,
       )
-      if perceptual_params is not None:
+      if abstract_perceptual and perceptual_params is not None:
+        self.perceptual_params = jax.tree.map(
+          lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=self.replicated),
+          perceptual_params,
+        )
+      elif perceptual_params is not None:
         self.perceptual_params = jax.device_put(perceptual_params, self.replicated)
     self.weights = steps.LossWeights.from_config(config.loss)
     self._rng = rng
@@ -165,6 +194,8 @@ class Setup:
       weights=self.weights,
       ema_decay=float(self.config.optim.ema_decay),
       warp_only=warp_only,
+      grad_accum_steps=int(self.config.train.grad_accum_steps),
+      micro_batch_sharding=NamedSharding(self.mesh, PartitionSpec(None, sharding.BATCH_AXES)),
     )
     return jax.jit(
       step,
@@ -298,6 +329,19 @@ def _setup_logging(workdir: epath.Path) -> logging.Handler:
   return handler
 
 
+def _enable_compilation_cache(setting: str, workdir: epath.Path) -> None:
+  """'' = WORKDIR/compilation_cache unless JAX_COMPILATION_CACHE_DIR already names one;
+  'none' = off; anything else is the cache's path. Restarts and every host of a pod then reuse
+  compiled steps instead of compiling again (minutes for the large configs)."""
+  if setting == 'none':
+    return
+  if not setting and os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  path = setting or str(workdir / 'compilation_cache')
+  jax.config.update('jax_compilation_cache_dir', path)
+  logging.info('Persistent compilation cache: %s', path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Train (resuming if WORKDIR has a checkpoint) until config.train.total_steps.
 
@@ -306,8 +350,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   log_handler = _setup_logging(workdir)
-  if config.train.compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', config.train.compilation_cache_dir)
+  _enable_compilation_cache(config.train.compilation_cache_dir, workdir)
+  distributed.log_topology()
   train_config = config.train
   setup = Setup(config)
   logging.info('Mesh: %s; %d processes.', dict(setup.mesh.shape), jax.process_count())
