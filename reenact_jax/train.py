@@ -62,6 +62,7 @@ def main(argv):
     logging.warning('%s Rerun the same command to resume.', stop)
   except (
     trainer.NonFiniteError,
+    trainer.ReplicaDivergenceError,
     checkpointing.IncompatibleCheckpointError,
     FileNotFoundError,
     ValueError,

@@ -40,6 +40,11 @@ class NonFiniteError(FloatingPointError):
   pass
 
 
+class ReplicaDivergenceError(RuntimeError):
+  """Hosts hold different values of a replicated parameter (a non-deterministic op or bad
+  hardware): continuing would train several different models under one name."""
+
+
 class Preempted(Exception):
   """SIGTERM arrived; a checkpoint of the last step was saved (entry points exit 0)."""
 
@@ -290,6 +295,39 @@ def _host_scalars(metrics: dict[str, jax.Array]) -> dict[str, float]:
   return {key: float(np.asarray(value.addressable_data(0))) for key, value in metrics.items()}
 
 
+@jax.jit
+def _fingerprints(tree) -> jax.Array:
+  # Per leaf, sum and sum of squares. On a replicated leaf every device reduces its own copy
+  # (SPMD, no communication), so each process sees the value of its local replica.
+  leaves = [leaf.astype(jnp.float32) for leaf in jax.tree.leaves(tree)]
+  return jnp.stack([jnp.sum(leaf) for leaf in leaves] + [jnp.sum(leaf * leaf) for leaf in leaves])
+
+
+def check_replicas(state: train_state_lib.TrainState, step: int) -> None:
+  """With several processes, check that every process holds the same parameters (by per-leaf
+  checksums of its local replicas, gathered from all processes) and log the fingerprint."""
+  if jax.process_count() == 1:
+    return
+  params = {'generator': state.generator_params, 'discriminator': state.discriminator_params}
+  local = np.asarray(_fingerprints(params).addressable_data(0))
+  everyone = np.asarray(multihost_utils.process_allgather(local))
+  differs = ~np.all(everyone == everyone[:1], axis=0)
+  names = [sharding.path_string(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  bad = sorted({names[index % len(names)] for index in np.flatnonzero(differs)})
+  if bad:
+    raise ReplicaDivergenceError(
+      f'At step {step} the processes hold different values of {len(bad)} parameter tensors '
+      f'(first: {", ".join(bad[:5])}). The newest checkpoint before this step is the last '
+      'consistent one; look for non-deterministic ops or a faulty host.'
+    )
+  logging.info(
+    'Step %d: parameters identical on all %d processes (fingerprint %.9e).',
+    step,
+    jax.process_count(),
+    float(np.sum(local, dtype=np.float64)),
+  )
+
+
 def check_finite(values: dict[str, float], step: int) -> None:
   bad = [key for key, value in values.items() if not np.isfinite(value)]
   if bad:
@@ -434,6 +472,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             step=step,
           )
         if save_now:
+          check_replicas(state, step)
           checkpointing.save(manager, step, state, data_state, config)
         if preempted:
           logging.warning('Checkpoint saved at step %d after SIGTERM; exiting.', step)
