@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODELS_DIR := $(VENV)/share/reenact_jax/mediapipe
 STAMP := $(VENV)/.installed
+# cpu (default), tpu (Cloud TPU VMs: libtpu) or cuda12 (NVIDIA GPUs: the CUDA 12 plugin and
+# wheels), all from PyPI at the pinned jax version.
+ACCELERATOR ?= cpu
+JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 
 .PHONY: setup test demo lint clean-demo
 
@@ -13,6 +17,11 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	case "$(ACCELERATOR)" in \
+	  cpu) ;; \
+	  tpu|cuda12) $(PY) -m pip install --quiet "jax[$(ACCELERATOR)]==$(JAX_VERSION)" ;; \
+	  *) echo "ACCELERATOR=$(ACCELERATOR): use cpu, tpu or cuda12" >&2; exit 2 ;; \
+	esac
 	touch $(STAMP)
 
 # The face detector and face-mesh .tflite models ship inside the mediapipe==0.10.21 wheel.

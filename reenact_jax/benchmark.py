@@ -4,6 +4,7 @@ r"""Micro-benchmarks: `python -m reenact_jax.benchmark --config=configs/base.py 
              jax.scipy.ndimage.map_coordinates(order=1), forward and forward+backward, at the
              config's volume size; prints ONE JSON line.
 --what=step  one compiled train step: step_time_ms (median), examples_per_sec, compile_s,
+             achieved_flops_per_sec and its fraction of a matmul peak measured in the same run,
              flops_per_step (XLA cost analysis), peak_bytes (XLA memory analysis).
 --what=input pairs_per_sec of the train input pipeline (decoded, augmented, batched; median of
              3 runs) and prepare_frames_per_sec of data preparation on the demo clip.
@@ -130,6 +131,24 @@ def benchmark_warp(config: ml_collections.ConfigDict, *, batch: int = 0, repeats
   return result
 
 
+def measure_matmul_peak(mesh, dtype, *, repeats: int = 5) -> float:
+  """FLOP/s of large square matmuls in `dtype`, one per device of `mesh`, all at once.
+
+  The practical peak of these devices for this dtype, measured in the same process as the
+  step it is compared with (on a shared machine a vendor's peak says little).
+  """
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  size = 1024 if mesh.devices.flat[0].platform == 'cpu' else 8192
+  sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+  shape = (mesh.size, size, size)
+  a = jax.device_put(jnp.ones(shape, dtype), sharding)
+  b = jax.device_put(jnp.ones(shape, dtype), sharding)
+  matmul = jax.jit(lambda a, b: jnp.einsum('bij,bjk->bik', a, b), out_shardings=sharding)
+  wall_ms, _ = _time_ms(matmul, a, b, repeats=repeats)
+  return 2.0 * mesh.size * size**3 / (wall_ms / 1e3)
+
+
 def benchmark_step(
   config: ml_collections.ConfigDict, *, repeats: int = 7, warp_only: bool = False
 ) -> dict[str, Any]:
@@ -137,8 +156,10 @@ def benchmark_step(
 
   step_time_ms is the median of `repeats` steps after compilation (each ended by
   block_until_ready on the metrics, the state donated from step to step, as in training);
-  flops_per_step from XLA's cost analysis of the compiled step; peak_bytes from its memory
-  analysis (arguments + outputs + temporaries - donated aliases, per device).
+  flops_per_step from XLA's cost analysis of the compiled step (all devices); peak_bytes from
+  its memory analysis (arguments + outputs + temporaries - donated aliases, per device);
+  achieved_flops_per_sec = flops_per_step / step time, and its ratio to the matmul peak of the
+  same devices in the compute dtype, measured in the same run (`measure_matmul_peak`).
   """
   from reenact_jax import sharding, trainer
 
@@ -181,18 +202,30 @@ def benchmark_step(
     if index:  # The first call pays for allocation and warm-up.
       times.append(time.perf_counter() - started)
   step_seconds = statistics.median(times)
+  devices = int(setup.mesh.size)
+  # XLA's cost analysis of an SPMD program counts one device's share.
+  flops_per_step = float(cost.get('flops', 0.0)) * devices
+  dtype = jnp.bfloat16 if config.model.compute_dtype == 'bfloat16' else jnp.float32
+  peak = measure_matmul_peak(setup.mesh, dtype)
+  achieved = flops_per_step / step_seconds
   return {
     'what': 'step',
     'phase': 1 if warp_only else 2,
     'image_size': int(config.image_size),
     'batch_size': int(config.train.batch_size),
-    'devices': int(jax.device_count()),
+    'devices': devices,
     'platform': jax.devices()[0].platform,
     'compute_dtype': config.model.compute_dtype,
+    'remat': bool(config.model.remat),
+    'grad_accum_steps': int(config.train.grad_accum_steps),
+    'mesh': dict(setup.mesh.shape),
     'step_time_ms': round(1000 * step_seconds, 2),
     'examples_per_sec': round(config.train.batch_size / step_seconds, 2),
     'compile_s': round(compile_s, 2),
-    'flops_per_step': float(cost.get('flops', 0.0)),
+    'flops_per_step': flops_per_step,
+    'achieved_flops_per_sec': achieved,
+    'matmul_peak_flops_per_sec': peak,
+    'fraction_of_matmul_peak': round(achieved / peak, 4),
     'peak_bytes': int(peak_bytes),
     'repeats': repeats,
   }
