@@ -93,6 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.max_to_keep = 3
   train.eval_every = 0  # 0: no periodic evaluation inside training.
   train.transfer_guard = True  # jax_transfer_guard='disallow' around the step.
+  # Local directory for this process's logs, copied to the workdir at every checkpoint ('' =
+  # the workdir itself, or a temporary directory when the workdir is gs:// or another store).
+  train.local_log_dir = ''
   train.grad_accum_steps = 1  # Micro-batches per optimizer step (same batch, less memory).
   # Persistent XLA cache: '' = WORKDIR/compilation_cache (unless JAX_COMPILATION_CACHE_DIR is
   # set), 'none' = off, or a path shared by runs.

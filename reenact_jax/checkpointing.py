@@ -30,6 +30,7 @@ RESUMABLE_KEYS = {
   'train.max_to_keep',
   'train.eval_every',
   'train.compilation_cache_dir',
+  'train.local_log_dir',
   'data.num_workers',
   'data.num_threads',
   'data.prefetch',

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import pathlib
 import signal
 import sys
 import time
@@ -34,6 +35,7 @@ from reenact_jax import (
 )
 from reenact_jax import evaluate as evaluate_lib
 from reenact_jax import train_state as train_state_lib
+from reenact_jax import workdir as workdir_lib
 
 
 class NonFiniteError(FloatingPointError):
@@ -233,16 +235,16 @@ class Setup:
 class MetricsWriter:
   """metrics.jsonl, TensorBoard scalars/images and a terminal progress line (process 0 only)."""
 
-  def __init__(self, workdir: epath.Path, total_steps: int):
+  def __init__(self, log_dir: pathlib.Path, total_steps: int):
     self._active = jax.process_index() == 0
     self._total_steps = total_steps
     self._jsonl = None
     self._tensorboard = None
     if self._active:
-      self._jsonl = (workdir / 'metrics.jsonl').open('a')
+      self._jsonl = (log_dir / 'metrics.jsonl').open('a')
       from tensorboardX import SummaryWriter
 
-      self._tensorboard = SummaryWriter(str(workdir / 'tensorboard'))
+      self._tensorboard = SummaryWriter(str(log_dir / 'tensorboard'))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self._active:
@@ -359,8 +361,8 @@ class _Prefetcher:
     return item
 
 
-def _setup_logging(workdir: epath.Path) -> logging.Handler:
-  handler = logging.FileHandler(str(workdir / f'train.{jax.process_index()}.log'))
+def _setup_logging(log_dir: pathlib.Path) -> logging.Handler:
+  handler = logging.FileHandler(str(log_dir / f'train.{jax.process_index()}.log'))
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
   logging.getLogger().addHandler(handler)
   logging.getLogger().setLevel(logging.INFO)
@@ -387,7 +389,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  log_handler = _setup_logging(workdir)
+  log_dir = workdir_lib.LogDir(workdir, config.train.local_log_dir)
+  log_handler = _setup_logging(log_dir.local)
   _enable_compilation_cache(config.train.compilation_cache_dir, workdir)
   distributed.log_topology()
   train_config = config.train
@@ -415,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   prefetcher = _Prefetcher(iterator, setup.mesh, config.data.prefetch)
   phase_steps = {True: setup.train_step(warp_only=True), False: setup.train_step(warp_only=False)}
   render = setup.render_step()
-  writer = MetricsWriter(workdir, train_config.total_steps)
+  writer = MetricsWriter(log_dir.local, train_config.total_steps)
   add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
   last_values: dict[str, float] = {}
@@ -468,12 +471,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             split=config.eval.split,
             cross_identity=False,
             max_clips=config.eval.max_clips,
-            workdir=str(workdir),
+            workdir=str(log_dir.local),
             step=step,
           )
         if save_now:
           check_replicas(state, step)
           checkpointing.save(manager, step, state, data_state, config)
+          log_dir.sync()
         if preempted:
           logging.warning('Checkpoint saved at step %d after SIGTERM; exiting.', step)
           break
@@ -484,6 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
     logging.getLogger().removeHandler(log_handler)
     log_handler.close()
+    log_dir.sync()
   if preempted:
     raise Preempted(f'Stopped by SIGTERM at step {step}; checkpoint saved in {workdir}.')
   return last_values

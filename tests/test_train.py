@@ -203,3 +203,36 @@ def test_unknown_config_key_is_an_error(tmp_path):
 def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error():
   with pytest.raises(ValueError, match=r'config.train.batch_size=4 does not divide'):
     trainer.Setup(_tiny_config(**{'train.batch_size': 4}))
+
+
+def test_logs_written_locally_are_copied_to_the_run_directory(tmp_path):
+  # What a gs:// workdir does (object stores cannot append), with a local stand-in for the store.
+  workdir = tmp_path / 'store' / 'run'
+  config = _tiny_config(
+    **{
+      'train.total_steps': 2,
+      'train.log_every': 1,
+      'train.image_log_every': 0,
+      'train.local_log_dir': str(tmp_path / 'local_a'),
+    }
+  )
+  trainer.train_and_evaluate(config, str(workdir))
+  assert (workdir / 'checkpoints' / '2').is_dir()
+  assert [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()] == [1, 2]
+  assert 'Restored' not in (workdir / 'train.0.log').read_text()
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+
+  # A resumed run on another machine (a new local directory) continues the same metrics file.
+  config.train.total_steps = 3
+  config.train.local_log_dir = str(tmp_path / 'local_b')
+  trainer.train_and_evaluate(config, str(workdir))
+  assert [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()] == [1, 2, 3]
+  log = (workdir / 'train.0.log').read_text()
+  assert 'Restored step 2' in log and log.count('Mesh:') == 2  # Both runs' lines.
+
+
+def test_remote_paths_are_recognised():
+  from reenact_jax import workdir as workdir_lib
+
+  assert workdir_lib.is_remote('gs://bucket/run') and workdir_lib.is_remote('s3://b/r')
+  assert not workdir_lib.is_remote('/shared/runs/vox256') and not workdir_lib.is_remote('runs/a')
