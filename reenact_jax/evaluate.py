@@ -547,16 +547,24 @@ def evaluate_workdir(
     ):
       if value is not None:
         config.eval[key] = value
-  return evaluate(
+  from reenact_jax import workdir as workdir_lib
+
+  # A gs:// run directory gets the report through a local directory (object stores cannot
+  # append to the TensorBoard file).
+  log_dir = workdir_lib.LogDir(workdir) if workdir_lib.is_remote(workdir) else None
+  result = evaluate(
     config,
     loaded.params,
     loaded.generator,
     split=split or config.eval.split,
     cross_identity=cross_identity,
     max_clips=config.eval.max_clips if max_clips is None else max_clips,
-    workdir=workdir,
+    workdir=str(log_dir.local) if log_dir else workdir,
     step=loaded.step,
   )
+  if log_dir:
+    log_dir.sync()
+  return result
 
 
 # ---------------------------------------------------------------------------------------- main

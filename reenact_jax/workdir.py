@@ -45,11 +45,18 @@ class LogDir:
     if self.workdir.exists():
       for pattern in _CONTINUED:
         for remote in self.workdir.glob(pattern):
-          if not (self.local / remote.name).exists():
-            (self.local / remote.name).write_bytes(remote.read_bytes())
+          local = self.local / remote.name
+          if not local.exists():
+            local.write_bytes(remote.read_bytes())
+            self._synced[local] = self._signature(local)  # Already in the workdir.
     logging.info(
       'Logs are written to %s and copied to %s at every checkpoint.', self.local, workdir
     )
+
+  @staticmethod
+  def _signature(path: pathlib.Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
   def sync(self) -> None:
     """Copy new or changed log files to the workdir (whole files; object stores cannot append)."""
@@ -58,8 +65,7 @@ class LogDir:
     for path in sorted(self.local.rglob('*')):
       if not path.is_file():
         continue
-      stat = path.stat()
-      signature = (stat.st_size, stat.st_mtime_ns)
+      signature = self._signature(path)
       if self._synced.get(path) == signature:
         continue
       target = self.workdir / path.relative_to(self.local).as_posix()
