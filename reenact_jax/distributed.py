@@ -78,3 +78,16 @@ def log_topology() -> None:
     jax.device_count(),
     local[0].device_kind if local else 'none',
   )
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+  """Wait until every process reaches `name` (no-op with one process).
+
+  Uses the coordination service (timeout `timeout_s`), not a device collective: CPU collectives
+  (gloo) give up after 30 s, less than hosts may differ in compile time.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed
+
+  jax_distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))

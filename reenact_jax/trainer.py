@@ -395,7 +395,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   distributed.log_topology()
   train_config = config.train
   setup = Setup(config)
-  logging.info('Mesh: %s; %d processes.', dict(setup.mesh.shape), jax.process_count())
+  logging.info(
+    'Mesh: %s; %d processes; batch %d = %d per device x %d devices (%d micro-batch(es)).',
+    dict(setup.mesh.shape),
+    jax.process_count(),
+    train_config.batch_size,
+    train_config.batch_size // setup.mesh.size,
+    setup.mesh.size,
+    train_config.grad_accum_steps,
+  )
 
   manager = checkpointing.make_manager(str(workdir), max_to_keep=train_config.max_to_keep)
   # Always resume from the newest checkpoint in the workdir: a rerun of the same command after
@@ -416,7 +424,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if data_state:
     iterator.set_state(data_state)
   prefetcher = _Prefetcher(iterator, setup.mesh, config.data.prefetch)
-  phase_steps = {True: setup.train_step(warp_only=True), False: setup.train_step(warp_only=False)}
+  # Compile the steps this run still needs before the first one: an out-of-memory config fails
+  # here, and hosts that compile at different speeds (cache hits, load) meet at a barrier with a
+  # long timeout instead of timing out in the first collective.
+  needed = []
+  if start_step < min(train_config.phase1_steps, train_config.total_steps):
+    needed.append(True)
+  if train_config.total_steps > train_config.phase1_steps:
+    needed.append(False)
+  phase_steps = {
+    warp_only: setup.lower_train_step(warp_only=warp_only).compile() for warp_only in needed
+  }
+  distributed.barrier('train_steps_compiled')
   render = setup.render_step()
   writer = MetricsWriter(log_dir.local, train_config.total_steps)
   add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
