@@ -2,6 +2,7 @@ r"""Ahead-of-time compile of the train step for a mesh: does the config fit, and
 
   python -m launch.aot_check --config=configs/vox256.py --mesh=data:64 --platform=cpu
   python -m launch.aot_check --config=configs/vox512.py --mesh=data:16,fsdp:4 --batch_per_device=2
+  python -m launch.aot_check --config=configs/vox256.py --tpu_topology=v4:4x4x4   # needs libtpu
 
 Lowers and compiles both training phases for the mesh without allocating the state or running a
 step, and prints one JSON line per phase: per-device bytes XLA plans (arguments, outputs,
@@ -10,8 +11,15 @@ per device). With --platform=cpu the mesh is made of fake host devices, so a 64-
 checked on a laptop before renting the chips; the byte counts are then XLA:CPU's plan, a close
 estimate of (not equal to) what XLA:TPU/GPU plans. With --platform=tpu or gpu, run it on one host
 of the target: it uses that host's devices.
+
+With --tpu_topology (e.g. 'v4:2x2x1', 'v5e:4x4', 'v5p:4x4x4') the step is compiled by XLA:TPU for
+that slice without any TPU present (libtpu's deviceless compilation; `pip install
+"libtpu==0.0.42.*"`, which `make setup ACCELERATOR=tpu` does): the exact TPU memory plan, which
+is what to trust for rematerialisation, since XLA:CPU schedules recomputation early and so shows
+almost none of its saving.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -33,11 +41,43 @@ _PLATFORM = flags.DEFINE_enum(
 _BATCH_PER_DEVICE = flags.DEFINE_integer(
   'batch_per_device', 0, 'Set train.batch_size to this times the mesh size (0: keep the config).'
 )
+_TPU_TOPOLOGY = flags.DEFINE_string(
+  'tpu_topology',
+  '',
+  "Compile for this Cloud TPU slice without TPUs, e.g. 'v4:2x2x1', 'v5e:4x4', 'v5p:2x2x1' "
+  '(needs libtpu; overrides --platform; the mesh must have one device per chip).',
+)
 flags.mark_flags_as_required(['config'])
 
 GIB = 2**30
 # High-bandwidth memory per chip, GiB (vendor figures), for the 'fits' column.
 HBM_GIB = {'tpu_v4': 32, 'tpu_v5e': 16, 'tpu_v5p': 95, 'h100': 80}
+# Chip configuration per TPU generation: v4 and v5p chips have two TensorCores run as one device.
+TPU_CHIP_CONFIG = {'v4': 'megacore', 'v5p': 'megacore', 'v5e': 'default', 'v6e': 'default'}
+
+
+def tpu_topology_devices(topology: str) -> list:
+  """The devices of a Cloud TPU slice, for compiling without TPUs (libtpu's deviceless AOT)."""
+  generation = topology.partition(':')[0]
+  if generation not in TPU_CHIP_CONFIG or ':' not in topology:
+    raise app.UsageError(
+      f'--tpu_topology={topology!r}: expected GENERATION:SHAPE with a generation in '
+      f"{sorted(TPU_CHIP_CONFIG)}, e.g. 'v4:2x2x1', 'v5e:4x4' or 'v5p:4x4x4'."
+    )
+  if importlib.util.find_spec('libtpu') is None:
+    raise app.UsageError(
+      '--tpu_topology needs libtpu, which is not installed: pip install "libtpu==0.0.42.*" '
+      '(or make setup ACCELERATOR=tpu). It compiles for TPU on this machine, no TPU needed.'
+    )
+  from jax.experimental import topologies
+
+  try:
+    description = topologies.get_topology_desc(
+      platform='tpu', topology_name=topology, chip_config_name=TPU_CHIP_CONFIG[generation]
+    )
+  except Exception as error:  # libtpu's message names what is wrong with the shape.
+    raise app.UsageError(f'--tpu_topology={topology!r}: libtpu rejects it: {error}') from error
+  return list(description.devices)
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -61,7 +101,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   mesh = parse_mesh(_MESH.value) if _MESH.value else None
-  if _PLATFORM.value == 'cpu':
+  if _TPU_TOPOLOGY.value:
+    os.environ['JAX_PLATFORMS'] = 'cpu'  # Nothing runs; the TPU devices are descriptions.
+    # libtpu otherwise locks /tmp/libtpu_lockfile, so that two checks could not run at once.
+    os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  elif _PLATFORM.value == 'cpu':
     # Before JAX starts: as many fake host devices as the mesh has.
     count = math.prod(mesh.values()) if mesh else 8
     os.environ['JAX_PLATFORMS'] = 'cpu'
@@ -73,17 +117,19 @@ def main(argv):
   with config.unlocked():
     if mesh:
       config.mesh.data, config.mesh.fsdp = mesh['data'], mesh['fsdp']
-  from reenact_jax import trainer  # Imports JAX: after XLA_FLAGS are set.
+  from reenact_jax import sharding, trainer  # Imports JAX: after XLA_FLAGS are set.
 
+  devices = tpu_topology_devices(_TPU_TOPOLOGY.value) if _TPU_TOPOLOGY.value else None
+  if devices is None:
+    import jax
+
+    devices = jax.devices()
   if _BATCH_PER_DEVICE.value:
-    devices = math.prod(mesh.values()) if mesh else None
-    if devices is None:
-      import jax
-
-      devices = jax.device_count()
-    config.train.batch_size = _BATCH_PER_DEVICE.value * devices
+    config.train.batch_size = _BATCH_PER_DEVICE.value * len(devices)
   try:
-    setup = trainer.Setup(config, abstract_perceptual=True)
+    setup = trainer.Setup(
+      config, sharding.make_mesh(config.mesh, devices), abstract_perceptual=True
+    )
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
@@ -109,6 +155,7 @@ def summarize(compiled, setup, *, warp_only: bool) -> dict:
   return {
     'phase': 1 if warp_only else 2,
     'platform': setup.mesh.devices.flat[0].platform,
+    'device_kind': setup.mesh.devices.flat[0].device_kind,
     'mesh': dict(setup.mesh.shape),
     'devices': devices,
     'batch_size': int(setup.config.train.batch_size),

@@ -2,6 +2,7 @@
 and the ahead-of-time memory check."""
 
 import functools
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -200,3 +201,40 @@ def test_aot_check_reports_memory_for_a_mesh():
     timeout=120,
   )
   assert bad.returncode != 0 and 'model:2' in bad.stderr
+
+
+def _aot_check(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, '-m', 'launch.aot_check', '--config=configs/tiny.py', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+@pytest.mark.skipif(
+  importlib.util.find_spec('libtpu') is not None, reason='libtpu is installed here'
+)
+def test_aot_check_for_a_tpu_slice_says_how_to_get_libtpu():
+  result = _aot_check('--tpu_topology=v4:2x2x1', timeout=120)
+  assert result.returncode != 0
+  assert 'pip install "libtpu==' in result.stderr
+
+
+@pytest.mark.skipif(
+  importlib.util.find_spec('libtpu') is None,
+  reason='needs libtpu (pip install "libtpu==0.0.42.*"): compiles for TPU without a TPU',
+)
+def test_aot_check_compiles_for_a_tpu_slice_without_tpus():
+  result = _aot_check('--tpu_topology=v5e:2x2', '--batch_per_device=2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [line['phase'] for line in lines] == [1, 2]
+  for line in lines:
+    assert line['platform'] == 'tpu' and 'v5' in line['device_kind']
+    assert line['mesh'] == {'data': 4, 'fsdp': 1} and line['batch_size'] == 8
+    assert line['flops_per_device'] > 0 and line['peak_bytes_per_device'] > line['argument_bytes']
+
+  wrong = _aot_check('--tpu_topology=v4:3x7x1', timeout=300)
+  assert wrong.returncode != 0 and 'v4:3x7x1' in wrong.stderr
