@@ -41,6 +41,16 @@ def _max_abs_difference(a, b):
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
 
 
+def _relative_update_difference(before, after, reference_after):
+  """|after - reference_after| / |reference_after - before| over all parameters (L2 norms)."""
+  leaves = [jax.tree.leaves(tree) for tree in (before, after, reference_after)]
+  difference, update = 0.0, 0.0
+  for start, end, reference in zip(*leaves, strict=True):
+    difference += float(np.sum((end - reference) ** 2))
+    update += float(np.sum((reference - start) ** 2))
+  return (difference / update) ** 0.5
+
+
 def test_train_step_on_8_devices_matches_1_device():
   assert jax.device_count() == 8, 'tests/conftest.py should give 8 fake CPU devices'
   config = _tiny_config()
@@ -58,7 +68,9 @@ def test_train_step_on_8_devices_matches_1_device():
   # The sharded step computes the same function of the same global batch.
   for key in metrics8:
     np.testing.assert_allclose(metrics8[key], metrics1[key], rtol=1e-4, atol=1e-5, err_msg=key)
-  assert _max_abs_difference(after8, after1) < 1e-4
+  # Adam turns rounding noise in gradients that are ~0 by construction (biases before a
+  # normalisation) into updates of up to +-lr, so compare the whole update, not each element.
+  assert _relative_update_difference(before, after8, after1) < 0.05
 
 
 def test_warp_only_phase_leaves_renderer_and_discriminator_unchanged():
