@@ -117,13 +117,11 @@ def main(argv):
   with config.unlocked():
     if mesh:
       config.mesh.data, config.mesh.fsdp = mesh['data'], mesh['fsdp']
-  from reenact_jax import sharding, trainer  # Imports JAX: after XLA_FLAGS are set.
+  import jax  # Only now: after XLA_FLAGS and JAX_PLATFORMS are set.
 
-  devices = tpu_topology_devices(_TPU_TOPOLOGY.value) if _TPU_TOPOLOGY.value else None
-  if devices is None:
-    import jax
+  from reenact_jax import sharding, trainer
 
-    devices = jax.devices()
+  devices = tpu_topology_devices(_TPU_TOPOLOGY.value) if _TPU_TOPOLOGY.value else jax.devices()
   if _BATCH_PER_DEVICE.value:
     config.train.batch_size = _BATCH_PER_DEVICE.value * len(devices)
   try:

@@ -424,14 +424,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if data_state:
     iterator.set_state(data_state)
   prefetcher = _Prefetcher(iterator, setup.mesh, config.data.prefetch)
+
   # Compile the steps this run still needs before the first one: an out-of-memory config fails
   # here, and hosts that compile at different speeds (cache hits, load) meet at a barrier with a
   # long timeout instead of timing out in the first collective.
-  needed = []
-  if start_step < min(train_config.phase1_steps, train_config.total_steps):
-    needed.append(True)
-  if train_config.total_steps > train_config.phase1_steps:
-    needed.append(False)
+  def warp_only_at(step: int) -> bool:
+    return step < train_config.phase1_steps
+
+  # Phases only move forward, so the first and last remaining steps name every phase needed.
+  remaining = range(start_step, train_config.total_steps)
+  needed = {warp_only_at(remaining[0]), warp_only_at(remaining[-1])} if remaining else set()
   phase_steps = {
     warp_only: setup.lower_train_step(warp_only=warp_only).compile() for warp_only in needed
   }
@@ -450,7 +452,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with _Preemption() as preemption:
       while step < train_config.total_steps:
         batch, next_data_state = prefetcher.next()
-        warp_only = step < train_config.phase1_steps
+        warp_only = warp_only_at(step)
         with jax.transfer_guard('disallow' if train_config.transfer_guard else 'allow'):
           state, metrics = phase_steps[warp_only](state, batch, setup.perceptual_params)
         step += 1
