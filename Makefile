@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ACCELERATOR ?= cpu
 JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 
-.PHONY: setup test demo lint clean-demo
+.PHONY: setup test test-slow test-all demo lint clean-demo
 
 setup: $(STAMP) $(MODELS_DIR)/.done
 
@@ -26,15 +26,22 @@ $(STAMP): requirements.txt
 
 # The face detector and face-mesh .tflite models ship inside the mediapipe==0.10.21 wheel.
 # We take only those files (mediapipe itself pins numpy<2); fetched from PyPI once, here.
-$(MODELS_DIR)/.done: $(STAMP) data/mediapipe_models.py
-	$(PY) -m data.mediapipe_models --output $(MODELS_DIR)
+$(MODELS_DIR)/.done: $(STAMP) data/mediapipe_models.py data/mediapipe_wheel.py
+	$(PY) -m data.mediapipe_models --output=$(MODELS_DIR)
 	touch $@
 
+# The fast suite (the README's test command); `make test-slow` runs the multi-process, AOT and
+# scale tests; `make test-all` both (CI runs both).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests
+
+test-all: test test-slow
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
 demo: setup
-	$(PY) -m reenact_jax.demo --output demo_out
+	$(PY) -m reenact_jax.demo --output=demo_out

@@ -2,7 +2,7 @@
 
 Other configs start from `get_config()` here and change values; they never add keys, so a
 misspelt key on the command line (`--config.trian.lr=...`) is an error, not a silent no-op.
-Sizes below are for 256×256 training (DESIGN.md §2).
+Sizes below are for 256×256 training.
 """
 
 import ml_collections

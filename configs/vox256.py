@@ -1,4 +1,4 @@
-"""VoxCeleb at 256×256: the paper's setting (DESIGN.md §2 sizes).
+"""VoxCeleb at 256×256: the paper's setting.
 
   python -m reenact_jax.train --config=configs/vox256.py --workdir=DIR \
       --config.data.dir=/path/to/shards --config.perceptual.weights_path=/path/to/vgg19.npz

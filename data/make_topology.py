@@ -1,6 +1,6 @@
 """Derives the face-topology asset (flip permutation, canonical face) from a real portrait.
 
-    python -m data.make_topology [--output reenact_jax/assets/face_topology.npz]
+    python -m data.make_topology [--output=reenact_jax/assets/face_topology.npz]
 
 Runs the 478-point face mesh on scikit-image's astronaut portrait and on its mirror image.
 - Flip permutation: the mirror image's landmarks, mirrored back, land on the original's
@@ -13,23 +13,24 @@ Runs the 478-point face mesh on scikit-image's astronaut portrait and on its mir
   frame in the normalised convention (x, y in [-1, 1], z on x's scale, mean z 0).
 """
 
-import argparse
 import pathlib
 
 import numpy as np
 import scipy.optimize
 import scipy.spatial.transform
 import skimage.data
+from absl import app, flags
 
-from data import face_models
-from reenact_jax import face_topology
+from reenact_jax import face, face_topology
 
 DEFAULT_OUTPUT = pathlib.Path(face_topology.__file__).parent / 'assets' / 'face_topology.npz'
 FACE_FRACTION = 0.6
 _MIRROR = np.diag([-1.0, 1.0, 1.0])
 
+_OUTPUT = flags.DEFINE_string('output', str(DEFAULT_OUTPUT), 'Where to write the asset.')
 
-def _landmarks(landmarker: face_models.FaceLandmarker, image: np.ndarray) -> np.ndarray:
+
+def _landmarks(landmarker: face.FaceLandmarker, image: np.ndarray) -> np.ndarray:
   landmarker.reset()
   points = landmarker(np.ascontiguousarray(image))
   if points is None:
@@ -88,14 +89,14 @@ def canonical_face(points: np.ndarray, permutation: np.ndarray) -> np.ndarray:
   return face
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--output', type=pathlib.Path, default=DEFAULT_OUTPUT)
-  args = parser.parse_args(argv)
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  output = pathlib.Path(_OUTPUT.value)
 
   image = skimage.data.astronaut()
   width = image.shape[1]
-  landmarker = face_models.FaceLandmarker()
+  landmarker = face.FaceLandmarker()
   original = _landmarks(landmarker, image)
   mirrored = _landmarks(landmarker, image[:, ::-1])
   mirrored_back = mirrored.copy()
@@ -107,19 +108,19 @@ def main(argv=None) -> None:
   points = (original + mirrored_back[permutation]) / 2
   canonical = canonical_face(points, permutation)
 
-  args.output.parent.mkdir(parents=True, exist_ok=True)
+  output.parent.mkdir(parents=True, exist_ok=True)
   np.savez_compressed(
-    args.output,
+    output,
     flip_permutation=permutation.astype(np.int16),
     canonical=canonical.astype(np.float32),
   )
   residual = np.abs(mirrored_back[permutation] - original)[:, :2].mean()
   print(
-    f'wrote {args.output}: {len(permutation)} landmarks, '
+    f'wrote {output}: {len(permutation)} landmarks, '
     f'{int((permutation == np.arange(len(permutation))).sum())} on the midline, '
     f'flip residual {residual:.2f} px'
   )
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -1,4 +1,6 @@
-r"""Micro-benchmarks: `python -m reenact_jax.benchmark --config=configs/base.py --what=warp`.
+r"""Benchmarks, each printing one JSON line.
+
+  python -m reenact_jax.benchmark --config=configs/base.py --what=warp|step|input|reenact
 
 --what=warp  the project's 3D warp (reenact_jax.warp.warp_3d) against
              jax.scipy.ndimage.map_coordinates(order=1), forward and forward+backward, at the
@@ -18,19 +20,11 @@ from the layers above in training), giving gradients w.r.t. both the volume and 
 """
 
 import json
-import statistics
-import time
-from collections.abc import Callable
-from typing import Any
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from reenact_jax import warp
+from reenact_jax import benchmarks
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
 _WHAT = flags.DEFINE_enum(
@@ -43,288 +37,22 @@ _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed runs after compilation (med
 _BATCH = flags.DEFINE_integer(
   'batch', 0, 'Warp batch size; 0: train.batch_size // device_count (at most 4 on CPU).'
 )
-
-# Upper bound on the warp batch on CPU, so the benchmark stays minutes, not hours.
-_CPU_MAX_BATCH = 4
-
-
-def _time_ms(fn: Callable, *args, repeats: int) -> tuple[float, float]:
-  """Median wall and process-CPU milliseconds of fn(*args), after one compile-and-run call.
-
-  The CPU time (summed over XLA's threads) is printed beside the wall time because on a
-  shared machine the wall time also measures the neighbours' load.
-  """
-  jax.block_until_ready(fn(*args))
-  wall, cpu = [], []
-  for _ in range(repeats):
-    wall_start, cpu_start = time.perf_counter(), time.process_time()
-    jax.block_until_ready(fn(*args))
-    wall.append(time.perf_counter() - wall_start)
-    cpu.append(time.process_time() - cpu_start)
-  return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
-
-
-def map_coordinates_warp_3d(volume: jax.Array, flow: jax.Array) -> jax.Array:
-  """The textbook baseline: map_coordinates(order=1, zeros outside) per batch and channel.
-
-  Same contract as `warp.warp_3d`: volume (B, D, H, W, C), flow (B, D, H, W, 3) normalised.
-  """
-  depth, height, width = flow.shape[1:4]
-  coords = warp.identity_grid_3d(depth, height, width) + flow
-  sizes = jnp.array(volume.shape[3:0:-1], coords.dtype)  # (W, H, D) for (x, y, z)
-  index = ((coords + 1.0) * sizes - 1.0) * 0.5
-
-  def one_channel(channel_volume, idx):
-    return jax.scipy.ndimage.map_coordinates(
-      channel_volume, [idx[..., 2], idx[..., 1], idx[..., 0]], order=1, mode='constant'
-    )
-
-  per_batch = jax.vmap(jax.vmap(one_channel, in_axes=(0, None)), in_axes=(0, 0))
-  return jnp.moveaxis(per_batch(jnp.moveaxis(volume, -1, 1), index), 1, -1)
-
-
-def _forward_backward(warp_fn: Callable) -> Callable:
-  def run(volume, flow, cotangent):
-    out, pull_back = jax.vjp(warp_fn, volume, flow)
-    return out, pull_back(cotangent)
-
-  return jax.jit(run)
-
-
-def warp_batch_size(config: ml_collections.ConfigDict) -> int:
-  batch = max(1, config.train.batch_size // jax.device_count())
-  if jax.default_backend() == 'cpu':
-    batch = min(batch, _CPU_MAX_BATCH)
-  return batch
-
-
-def benchmark_warp(config: ml_collections.ConfigDict, *, batch: int = 0, repeats: int = 7):
-  """Times warp.warp_3d and the map_coordinates baseline; returns the result dict."""
-  batch = batch or warp_batch_size(config)
-  size = config.image_size // 4
-  shape = (batch, config.model.volume_depth, size, size)
-  channels = config.model.volume_channels
-  volume_key, flow_key, cotangent_key = jax.random.split(jax.random.PRNGKey(0), 3)
-  volume = jax.random.normal(volume_key, (*shape, channels), jnp.float32)
-  # Flows of a few voxels, some reaching outside the volume: the padding path is exercised.
-  flow = 0.1 * jax.random.normal(flow_key, (*shape, 3), jnp.float32)
-  cotangent = jax.random.normal(cotangent_key, (*shape, channels), jnp.float32)
-
-  result = dict(
-    what='warp',
-    backend=jax.default_backend(),
-    devices=jax.device_count(),
-    shape_bdhwc=[*shape, channels],
-  )
-  for name, fn in [('warp3d', warp.warp_3d), ('map_coordinates', map_coordinates_warp_3d)]:
-    for mode, compiled, args in [
-      ('forward', jax.jit(fn), (volume, flow)),
-      ('forward_backward', _forward_backward(fn), (volume, flow, cotangent)),
-    ]:
-      wall_ms, cpu_ms = _time_ms(compiled, *args, repeats=repeats)
-      result[f'{name}_{mode}_ms'] = round(wall_ms, 3)
-      result[f'{name}_{mode}_cpu_ms'] = round(cpu_ms, 3)
-  for mode in ('forward', 'forward_backward'):
-    for suffix in ('ms', 'cpu_ms'):
-      ratio = result[f'map_coordinates_{mode}_{suffix}'] / result[f'warp3d_{mode}_{suffix}']
-      result[f'speedup_{mode}' + ('_cpu' if suffix == 'cpu_ms' else '')] = round(ratio, 2)
-  return result
-
-
-def measure_matmul_peak(mesh, dtype, *, repeats: int = 5) -> float:
-  """FLOP/s of large square matmuls in `dtype`, one per device of `mesh`, all at once.
-
-  The practical peak of these devices for this dtype, measured in the same process as the
-  step it is compared with (on a shared machine a vendor's peak says little).
-  """
-  from jax.sharding import NamedSharding, PartitionSpec
-
-  size = 1024 if mesh.devices.flat[0].platform == 'cpu' else 8192
-  sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
-  shape = (mesh.size, size, size)
-  a = jax.device_put(jnp.ones(shape, dtype), sharding)
-  b = jax.device_put(jnp.ones(shape, dtype), sharding)
-  matmul = jax.jit(lambda a, b: jnp.einsum('bij,bjk->bik', a, b), out_shardings=sharding)
-  wall_ms, _ = _time_ms(matmul, a, b, repeats=repeats)
-  return 2.0 * mesh.size * size**3 / (wall_ms / 1e3)
-
-
-def benchmark_step(
-  config: ml_collections.ConfigDict, *, repeats: int = 7, warp_only: bool = False
-) -> dict[str, Any]:
-  """One compiled train step at the config's sizes, on every device of this machine.
-
-  step_time_ms is the median of `repeats` steps after compilation (each ended by
-  block_until_ready on the metrics, the state donated from step to step, as in training);
-  flops_per_step from XLA's cost analysis of the compiled step (all devices); peak_bytes from
-  its memory analysis (arguments + outputs + temporaries - donated aliases, per device);
-  achieved_flops_per_sec = flops_per_step / step time, and its ratio to the matmul peak of the
-  same devices in the compute dtype, measured in the same run (`measure_matmul_peak`).
-  """
-  from reenact_jax import sharding, trainer
-
-  setup = trainer.Setup(config)
-  started = time.perf_counter()
-  compiled = setup.lower_train_step(warp_only=warp_only).compile()
-  compile_s = time.perf_counter() - started
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  memory = compiled.memory_analysis()
-  peak_bytes = (
-    memory.argument_size_in_bytes
-    + memory.output_size_in_bytes
-    + memory.temp_size_in_bytes
-    - memory.alias_size_in_bytes
-  )
-
-  state = setup.init_state()
-  local = {
-    key: np.asarray(value)
-    for key, value in trainer._example_batch(
-      config, config.train.batch_size // jax.process_count()
-    ).items()
-  }
-  rng = np.random.default_rng(0)
-  local['source'] = rng.random(local['source'].shape, np.float32)
-  local['driving'] = rng.random(local['driving'].shape, np.float32)
-  local['source_landmarks'] = rng.uniform(-0.5, 0.5, local['source_landmarks'].shape).astype(
-    np.float32
-  )
-  local['driving_landmarks'] = local['source_landmarks'] + rng.normal(
-    0, 0.01, local['source_landmarks'].shape
-  ).astype(np.float32)
-  batch = sharding.global_batch(local, setup.mesh)
-  times = []
-  for index in range(repeats + 1):
-    started = time.perf_counter()
-    state, metrics = compiled(state, batch, setup.perceptual_params)
-    jax.block_until_ready(metrics)
-    if index:  # The first call pays for allocation and warm-up.
-      times.append(time.perf_counter() - started)
-  step_seconds = statistics.median(times)
-  devices = int(setup.mesh.size)
-  # XLA's cost analysis of an SPMD program counts one device's share.
-  flops_per_step = float(cost.get('flops', 0.0)) * devices
-  dtype = jnp.bfloat16 if config.model.compute_dtype == 'bfloat16' else jnp.float32
-  peak = measure_matmul_peak(setup.mesh, dtype)
-  achieved = flops_per_step / step_seconds
-  return {
-    'what': 'step',
-    'phase': 1 if warp_only else 2,
-    'image_size': int(config.image_size),
-    'batch_size': int(config.train.batch_size),
-    'devices': devices,
-    'platform': jax.devices()[0].platform,
-    'compute_dtype': config.model.compute_dtype,
-    'remat': bool(config.model.remat),
-    'grad_accum_steps': int(config.train.grad_accum_steps),
-    'mesh': dict(setup.mesh.shape),
-    'step_time_ms': round(1000 * step_seconds, 2),
-    'examples_per_sec': round(config.train.batch_size / step_seconds, 2),
-    'compile_s': round(compile_s, 2),
-    'flops_per_step': flops_per_step,
-    'achieved_flops_per_sec': achieved,
-    'matmul_peak_flops_per_sec': peak,
-    'fraction_of_matmul_peak': round(achieved / peak, 4),
-    'peak_bytes': int(peak_bytes),
-    'repeats': repeats,
-  }
-
-
-def benchmark_input(config: ml_collections.ConfigDict, *, repeats: int = 3) -> dict[str, Any]:
-  """Input pipeline pairs/s (median of `repeats` runs) and data preparation frames/s."""
-  from data import demo
-  from reenact_jax import input_pipeline
-
-  runs = [
-    input_pipeline.measure_throughput(config, num_batches=20, warmup_batches=4)
-    for _ in range(repeats)
-  ]
-  result = dict(runs[0])
-  result['pairs_per_sec'] = round(statistics.median(run['pairs_per_sec'] for run in runs), 1)
-  result['pairs_per_sec_runs'] = [round(run['pairs_per_sec'], 1) for run in runs]
-  result['data_source'] = config.data.source
-  result.update(demo.measure_prepare_speed(resolution=config.image_size))
-  result['what'] = 'input'
-  return result
-
-
-def _time_calls(fn, inputs, repeats: int) -> float:
-  """Median seconds of fn(*inputs) after one warm-up call, each ended by block_until_ready."""
-  jax.block_until_ready(fn(*inputs))
-  times = []
-  for _ in range(repeats):
-    started = time.perf_counter()
-    jax.block_until_ready(fn(*inputs))
-    times.append(time.perf_counter() - started)
-  return statistics.median(times)
-
-
-def benchmark_reenact(
-  config: ml_collections.ConfigDict, *, repeats: int = 7, workdir: str = ''
-) -> dict[str, Any]:
-  """Frames per second of the jitted generator and of the exported artifact, batch 1 and 8.
-
-  Rendering only (inputs already decoded and cropped, as in `reenact` after video decode). The
-  generator is the EMA generator of WORKDIR's newest checkpoint, or, without --workdir, freshly
-  initialised parameters of the config (speed does not depend on the values), written as a
-  step-0 checkpoint to a temporary folder so the exported artifact is made by the real
-  `export` path.
-  """
-  import tempfile
-
-  from reenact_jax import checkpointing, export, exported, inference, trainer
-
-  with tempfile.TemporaryDirectory() as scratch:
-    if not workdir:
-      workdir = f'{scratch}/run'
-      setup = trainer.Setup(config, with_losses=False)
-      manager = checkpointing.make_manager(workdir, max_to_keep=1, async_save=False)
-      checkpointing.save(manager, 0, setup.init_state(), None, config)
-      manager.wait_until_finished()
-      manager.close()
-    loaded = inference.load_generator(workdir)
-    export.export_generator(workdir, f'{scratch}/export', verify=False)
-    artifact = exported.load(f'{scratch}/export')
-    config = loaded.config
-    result = {
-      'what': 'reenact',
-      'image_size': int(config.image_size),
-      'platform': jax.devices()[0].platform,
-      'step': loaded.step,
-    }
-    rng = np.random.default_rng(0)
-    for batch in (1, 8):
-      size, points = config.image_size, config.model.num_landmarks
-      landmarks = rng.uniform(-0.5, 0.5, (batch, points, 3)).astype(np.float32)
-      inputs = [
-        rng.random((batch, size, size, 3), np.float32),
-        landmarks,
-        landmarks + rng.normal(0, 0.01, landmarks.shape).astype(np.float32),
-        (rng.random((batch, size, size, 1)) > 0.5).astype(np.float32),
-      ]
-      device_inputs = [jax.device_put(x, jax.local_devices()[0]) for x in inputs]
-      jitted = _time_calls(loaded, device_inputs, repeats)
-      artifact_seconds = _time_calls(artifact, inputs, repeats)
-      result[f'frames_per_sec_batch{batch}'] = round(batch / jitted, 2)
-      result[f'exported_frames_per_sec_batch{batch}'] = round(batch / artifact_seconds, 2)
-  return result
+flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/base.py.')
   if _WHAT.value == 'warp':
-    print(json.dumps(benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)))
+    result = benchmarks.benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)
   elif _WHAT.value == 'step':
-    print(json.dumps(benchmark_step(config, repeats=_REPEATS.value)))
+    result = benchmarks.benchmark_step(config, repeats=_REPEATS.value)
   elif _WHAT.value == 'input':
-    print(json.dumps(benchmark_input(config)))
+    result = benchmarks.benchmark_input(config)
   else:
-    print(json.dumps(benchmark_reenact(config, repeats=_REPEATS.value, workdir=_WORKDIR.value)))
+    result = benchmarks.benchmark_reenact(config, repeats=_REPEATS.value, workdir=_WORKDIR.value)
+  print(json.dumps(result))
 
 
 if __name__ == '__main__':

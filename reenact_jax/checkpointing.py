@@ -8,6 +8,7 @@ One orbax CheckpointManager with three items per step:
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
@@ -15,6 +16,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 
 # Config sections that decide the shapes of the state: a checkpoint is only compatible with a
 # config that agrees on all of them.
@@ -47,16 +49,21 @@ class IncompatibleCheckpointError(ValueError):
   pass
 
 
-def make_manager(workdir: str, *, max_to_keep: int, async_save: bool = True):
+ITEMS = ('state', 'data', 'config')
+
+
+def make_manager(
+  workdir: str, *, max_to_keep: int = 1, async_save: bool = True, read_only: bool = False
+) -> ocp.CheckpointManager:
+  """The run's CheckpointManager over WORKDIR/checkpoints (read_only: for inference)."""
   directory = epath.Path(workdir) / 'checkpoints'
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep,
-    enable_async_checkpointing=async_save,
-    create=True,
-  )
-  return ocp.CheckpointManager(
-    directory.absolute(), options=options, item_names=('state', 'data', 'config')
-  )
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True)
+  else:
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+    )
+  return ocp.CheckpointManager(directory.absolute(), options=options, item_names=ITEMS)
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -74,13 +81,37 @@ def save(manager, step: int, state, data_state: dict[str, Any] | None, config) -
   )
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if isinstance(tree, dict):
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    return flat
-  return {prefix[:-1]: tuple(tree) if isinstance(tree, list) else tree}
+def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
+  """{'model.encoder_channels': (64, 128, 256), ...}: dotted keys, lists as tuples."""
+  flat = traverse_util.flatten_dict(tree, sep='.')
+  return {key: tuple(value) if isinstance(value, list) else value for key, value in flat.items()}
+
+
+def _tuples(value: Any) -> Any:
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The run's config as a checkpoint recorded it (every key; sequences as tuples)."""
+  return ml_collections.ConfigDict(_tuples(saved))
+
+
+def read_saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
+  """The config stored with checkpoint `step`."""
+  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  try:
+    config = config_from_json(saved['config'])
+    config.image_size, config.model.num_landmarks  # noqa: B018 (must exist)
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    raise IncompatibleCheckpointError(
+      f'The checkpoint in {manager.directory} holds a config this version of reenact_jax does '
+      f'not know ({type(error).__name__}: {error}). Use the reenact_jax version that trained it.'
+    ) from error
+  return config
 
 
 def check_compatible(saved_config: dict[str, Any], config, checkpoint_dir: str) -> None:
@@ -126,6 +157,44 @@ def check_compatible(saved_config: dict[str, Any], config, checkpoint_dir: str) 
       + '\nResume with the configuration it was trained with, or start a new run in another '
       '--workdir.'
     )
+
+
+def restore_or_init(
+  manager: ocp.CheckpointManager, config, abstract_state, init: Callable[[], Any]
+) -> tuple[Any, dict[str, Any] | None, int]:
+  """(state, data iterator state or None, step) of the newest checkpoint, or init() at step 0.
+
+  Always resume from the newest checkpoint in the workdir: a rerun of the same command after a
+  crash or preemption continues exactly where the run stopped.
+  """
+  latest = manager.latest_step()
+  if latest is None:
+    return init(), None, 0
+  state, data_state = restore(manager, latest, abstract_state, config)
+  return state, data_state, int(latest)
+
+
+def restore_ema_params(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
+  """Only the EMA generator parameters of checkpoint `step` (host arrays), by partial restore."""
+  target = {'ema_params': abstract_params}
+  try:
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=target,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True,
+        )
+      ),
+    )
+  except (ValueError, KeyError, TypeError) as error:
+    raise IncompatibleCheckpointError(
+      f'The generator in the checkpoint at step {step} in {manager.directory} does not match the '
+      f'model this code builds ({type(error).__name__}: {str(error)[:500]}). It was written by '
+      'another version of reenact_jax; retrain or use the matching code version.'
+    ) from error
+  return restored['state']['ema_params']
 
 
 def restore(manager, step: int, abstract_state, config) -> tuple[Any, dict[str, Any]]:

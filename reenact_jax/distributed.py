@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 from absl import logging
+from jax._src import distributed as jax_distributed
 
 # Environment variables that mean "this process is one of several". A Cloud TPU pod is not
 # visible in the environment (JAX asks the metadata server): its launcher passes mode='on'.
@@ -88,6 +89,4 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax._src import distributed as jax_distributed
-
   jax_distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))

@@ -1,4 +1,4 @@
-"""Landmark geometry: similarity fits, the initial dense 3D facial flow, face masks, head pose.
+"""Landmark geometry: similarity fits, the initial dense 3D facial flow, head pose.
 
 Conventions (shared with the rest of the project): landmarks are (B, N, 3) float32 with x, y
 normalised to [-1, 1] over the image (align_corners=False: pixel i's centre is at
@@ -84,6 +84,15 @@ def apply_similarity(
   return moved.reshape(points.shape)
 
 
+def invert_similarity(scale, rotation, translation):
+  """Parameters of x = (y - t) @ R / s, the inverse of y = s x @ R.T + t (batched, (B,) ...).
+
+  Works on numpy and JAX arrays alike.
+  """
+  inverse_translation = -(translation[:, None, :] @ rotation)[:, 0] / scale[:, None]
+  return 1.0 / scale, rotation.swapaxes(-1, -2), inverse_translation
+
+
 def _gaussian_1d(centres: jax.Array, positions: jax.Array, sigma: float) -> jax.Array:
   """exp(-(positions - centres)^2 / (2 sigma^2)): (B, N) centres, (S,) positions -> (B, S, N)."""
   delta = positions[None, :, None] - centres[:, None, :]
@@ -100,7 +109,7 @@ def initial_flow(
   sigma: float,
   stable_indices: Sequence[int] | np.ndarray | jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-  """Initial backward 3D facial flow from driving space to source space (DESIGN §2.2).
+  """Initial backward 3D facial flow from driving space to source space.
 
   Definition. With p a driving-space voxel centre (normalised (x, y, z), see
   `warp.identity_grid_3d`), L_S, L_D the source / driving landmarks:
@@ -174,42 +183,6 @@ def initial_flow(
   return flow, confidence
 
 
-def face_mask(
-  landmarks: jax.Array,
-  polygon_indices: Sequence[int] | np.ndarray | jax.Array,
-  height: int,
-  width: int,
-) -> jax.Array:
-  """Filled polygon of landmarks[:, polygon_indices] (x, y), tested at pixel centres.
-
-  Even-odd rule: a pixel centre is inside if a ray towards +x crosses an odd number of
-  polygon edges. Edges are evaluated per image row, so memory is O(B H W K).
-
-  Args:
-    landmarks: (B, N, 3) (z ignored).
-    polygon_indices: (K,) landmark indices in polygon order (closed implicitly).
-    height, width: output size, pixels.
-
-  Returns:
-    (B, H, W, 1) float32 in {0, 1}.
-  """
-  polygon = landmarks[:, jnp.asarray(polygon_indices, jnp.int32), :2].astype(jnp.float32)
-  start = polygon  # (B, K, 2)
-  end = jnp.roll(polygon, -1, axis=1)
-  ys = (2.0 * jnp.arange(height, dtype=jnp.float32) + 1.0) / height - 1.0
-  xs = (2.0 * jnp.arange(width, dtype=jnp.float32) + 1.0) / width - 1.0
-  y0, y1 = start[:, None, :, 1], end[:, None, :, 1]  # (B, 1, K)
-  x0, x1 = start[:, None, :, 0], end[:, None, :, 0]
-  row = ys[None, :, None]  # (1, H, 1)
-  # Half-open straddle test (y0 <= y < y1 or y1 <= y < y0) counts a vertex exactly once.
-  straddles = (y0 > row) != (y1 > row)  # (B, H, K)
-  span = jnp.where(straddles, y1 - y0, 1.0)
-  crossing_x = x0 + (row - y0) * (x1 - x0) / span  # (B, H, K)
-  crossings = straddles[:, :, None, :] & (xs[None, None, :, None] < crossing_x[:, :, None, :])
-  inside = jnp.sum(crossings, axis=-1) % 2 == 1  # (B, H, W)
-  return inside[..., None].astype(jnp.float32)
-
-
 def head_pose(
   landmarks: jax.Array,
   canonical: jax.Array,
@@ -276,8 +249,8 @@ def rotation_to_euler(rotation: jax.Array) -> jax.Array:
 __all__ = [
   'similarity_transform',
   'apply_similarity',
+  'invert_similarity',
   'initial_flow',
-  'face_mask',
   'head_pose',
   'rotation_to_euler',
   'euler_to_rotation',

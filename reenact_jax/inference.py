@@ -1,6 +1,9 @@
-"""Load a trained generator (EMA weights) from a run directory, for reenact / evaluate / export.
+"""A trained generator for inference: the EMA weights of a run's checkpoint, and the one compiled
+forward pass that training images, evaluation, reenact, export and the benchmarks all run.
 
-The config is read from the checkpoint itself, so a user needs only the workdir.
+The config is read from the checkpoint itself, so a user needs only the workdir; only the EMA
+generator parameters are read from it (orbax partial restore), not the optimiser states or the
+discriminator.
 """
 
 import dataclasses
@@ -10,10 +13,8 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from etils import epath
 
-from configs import base
 from reenact_jax import checkpointing, models
 
 
@@ -21,66 +22,38 @@ class CheckpointNotFoundError(FileNotFoundError):
   pass
 
 
-def _tuples(value: Any) -> Any:
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
-
-
-def config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The run's config: base defaults updated with what the checkpoint recorded."""
-  config = base.get_config()
-  config.update_from_flattened_dict(_flatten(_tuples(saved)))
-  return config
-
-
-def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+@functools.lru_cache(maxsize=8)
+def render_fn(generator: models.Generator, out_sharding: Any = None):
+  """`models.render` compiled: (params, inputs dict) -> outputs dict (see models.render)."""
+  return jax.jit(functools.partial(models.render, generator), out_shardings=out_sharding)
 
 
 @dataclasses.dataclass
 class LoadedGenerator:
   config: ml_collections.ConfigDict
-  generator: Any  # models.Generator
-  params: Any  # EMA generator params, on the first local device
+  generator: models.Generator
+  params: Any  # EMA generator params, on the first local device.
   step: int
 
-  @functools.cached_property
-  def render(self):
-    """jitted (params, source, source_landmarks, driving_landmarks, source_mask) -> outputs."""
-
-    def render(params, source, source_landmarks, driving_landmarks, source_mask):
-      return models.render(
-        self.generator, params, source, source_landmarks, driving_landmarks, source_mask
-      )
-
-    return jax.jit(render)
-
-  def __call__(self, source, source_landmarks, driving_landmarks, source_mask):
-    return self.render(self.params, source, source_landmarks, driving_landmarks, source_mask)
+  def __call__(self, inputs: dict[str, Any]) -> dict[str, jax.Array]:
+    """The generator's outputs for a batch of inputs (models.INPUT_NAMES, host or device)."""
+    return render_fn(self.generator)(self.params, inputs)
 
 
 def load_generator(workdir: str, step: int | None = None) -> LoadedGenerator:
-  """The EMA generator of the newest (or the given) checkpoint in WORKDIR/checkpoints."""
+  """The EMA generator of the newest (or the given) checkpoint in WORKDIR/checkpoints.
+
+  Raises:
+    CheckpointNotFoundError: no (such) checkpoint.
+    checkpointing.IncompatibleCheckpointError: the checkpoint does not fit this code.
+  """
   directory = epath.Path(workdir) / 'checkpoints'
   if not directory.exists():
     raise CheckpointNotFoundError(
       f'No checkpoints in {directory}. Train first: python -m reenact_jax.train '
       f'--config=configs/demo.py --workdir={workdir}'
     )
-  manager = ocp.CheckpointManager(
-    directory.absolute(),
-    options=ocp.CheckpointManagerOptions(read_only=True),
-    item_names=('state', 'data', 'config'),
-  )
+  manager = checkpointing.make_manager(str(workdir), read_only=True)
   try:
     steps = manager.all_steps()
     if not steps:
@@ -91,31 +64,15 @@ def load_generator(workdir: str, step: int | None = None) -> LoadedGenerator:
       raise CheckpointNotFoundError(
         f'No checkpoint for step {step} in {directory}; available steps: {sorted(steps)}.'
       )
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    try:
-      config = config_from_json(saved['config'])
-    except (KeyError, TypeError, ValueError) as error:
-      raise checkpointing.IncompatibleCheckpointError(
-        f'The checkpoint in {directory} was written with a config this version of reenact_jax '
-        f'does not know ({type(error).__name__}: {error}). Use the reenact_jax version that '
-        'trained it.'
-      ) from error
-    # The whole state onto one local device; only the EMA parameters are kept.
-    from reenact_jax import sharding, trainer
-
-    config.mesh.data, config.mesh.fsdp = 1, 1
-    setup = trainer.Setup(
-      config,
-      mesh=sharding.make_mesh(config.mesh, devices=jax.local_devices()[:1]),
-      with_losses=False,
-    )
-    abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-    state, _ = checkpointing.restore(manager, step, abstract, config)
+    config = checkpointing.read_saved_config(manager, step)
+    generator = models.make_generator(config.model, config.image_size)
+    abstract = jax.eval_shape(functools.partial(models.init_params, generator), jax.random.key(0))
+    params = checkpointing.restore_ema_params(manager, step, abstract)
   finally:
     manager.close()
   # On the first local device once, not re-uploaded with every call.
-  params = jax.device_put(state.ema_params, jax.local_devices()[0])
-  return LoadedGenerator(config=config, generator=setup.generator, params=params, step=int(step))
+  params = jax.device_put(params, jax.local_devices()[0])
+  return LoadedGenerator(config=config, generator=generator, params=params, step=int(step))
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:

@@ -1,4 +1,4 @@
-"""Evaluation measurements as pure functions (DESIGN.md §7): image error, landmarks, head pose.
+"""Evaluation measurements as pure functions: image error, landmarks, head pose.
 
 Images are float in [0, 1], (B, H, W, 3); every image measure returns one value per image, (B,),
 so the caller averages over frames. Landmarks are (B, N, 3); `akd` takes them in pixels, the
@@ -9,7 +9,6 @@ frame, z on the scale of x).
 import dm_pix
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from reenact_jax import geometry
 
@@ -43,20 +42,6 @@ def akd(prediction_landmarks: np.ndarray, target_landmarks: np.ndarray) -> np.nd
   """
   difference = np.asarray(prediction_landmarks)[..., :2] - np.asarray(target_landmarks)[..., :2]
   return np.linalg.norm(difference, axis=-1).mean(axis=-1)
-
-
-def pixels_to_normalised(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
-  """(..., N, 3) landmarks in frame pixels -> the normalised convention (CONTRACT.md).
-
-  x' = 2 x / W - 1, y' = 2 y / H - 1, z' = 2 z / W centred on the face (mean z' = 0).
-  """
-  landmarks = np.asarray(landmarks, np.float64)
-  normalised = np.empty_like(landmarks)
-  normalised[..., 0] = 2.0 * landmarks[..., 0] / width - 1.0
-  normalised[..., 1] = 2.0 * landmarks[..., 1] / height - 1.0
-  z = 2.0 * landmarks[..., 2] / width
-  normalised[..., 2] = z - z.mean(axis=-1, keepdims=True)
-  return normalised
 
 
 def head_pose_angles(
@@ -114,22 +99,3 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   b = np.asarray(b, np.float64)
   norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
   return 1.0 - (a * b).sum(axis=-1) / np.maximum(norms, 1e-12)
-
-
-def frechet_distance(
-  mean_a: np.ndarray, covariance_a: np.ndarray, mean_b: np.ndarray, covariance_b: np.ndarray
-) -> float:
-  """Fréchet distance between two Gaussians (the FID formula), in squared feature units.
-
-  |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
-  """
-  root = scipy.linalg.sqrtm(covariance_a @ covariance_b)
-  if not np.isfinite(root).all():
-    # A singular product (few samples): regularise both covariances slightly, as is customary.
-    offset = np.eye(covariance_a.shape[0]) * 1e-6
-    root = scipy.linalg.sqrtm((covariance_a + offset) @ (covariance_b + offset))
-  root = np.real(root)
-  difference = mean_a - mean_b
-  return float(
-    difference @ difference + np.trace(covariance_a) + np.trace(covariance_b) - 2 * np.trace(root)
-  )

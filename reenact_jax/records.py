@@ -19,6 +19,7 @@ A record is a msgpack map (format version 1):
 """
 
 import bisect
+import dataclasses
 import json
 import logging
 import pathlib
@@ -27,8 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import cv2
+import grain
 import msgpack
 import numpy as np
+
+from reenact_jax import face_topology
 
 FORMAT_VERSION = 1
 SPLITS = ('train', 'test')
@@ -37,6 +41,16 @@ CLIP_INDEX = 'clip_index.json'
 _SHARD_PATTERN = re.compile(
   r'^(?P<split>[a-z]+)\.array_record-(?P<index>\d{5})-of-(?P<count>\d{5})$'
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """One clip of a frame source: its frames are indices first .. first + num_frames - 1."""
+
+  identity: str
+  name: str
+  first: int  # Index of the clip's first frame in its frame source.
+  num_frames: int
 
 
 class RecordDecodeError(ValueError):
@@ -164,6 +178,23 @@ def mask_from_polygon(polygon: np.ndarray, height: int, width: int) -> np.ndarra
   return mask.astype(np.float32)[..., None]
 
 
+def face_oval_mask(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Filled face-oval polygon of `landmarks`.
+
+  Args:
+    landmarks: (N, 3) or (N, 2) normalised landmarks (MediaPipe topology).
+    height, width: mask size, pixels.
+
+  Returns:
+    (height, width, 1) float32 mask in {0, 1}: pixels whose centres are inside the
+    face_topology.FACE_OVAL polygon (records.mask_from_polygon, as for prepared data).
+  """
+  landmarks = np.asarray(landmarks)
+  if landmarks.ndim != 2 or landmarks.shape[-1] not in (2, 3):
+    raise ValueError(f'landmarks must have shape (N, 3) or (N, 2), got {landmarks.shape}.')
+  return mask_from_polygon(landmarks[face_topology.FACE_OVAL, :2], height, width)
+
+
 def read_json(data_dir: str | pathlib.Path, name: str) -> dict[str, Any]:
   path = pathlib.Path(data_dir) / name
   if not path.is_file():
@@ -183,8 +214,6 @@ def open_split(data_dir: str | pathlib.Path, split: str):
     dicts with 'identity', 'clip', 'first' (index of the clip's first record in `source`) and
     'num_frames', in record order.
   """
-  import grain
-
   data_dir = pathlib.Path(data_dir)
   index = read_json(data_dir, CLIP_INDEX)
   if split not in index['splits']:
@@ -232,8 +261,6 @@ class RecordFrames:
     image_size: int,
     skip_corrupt: bool = False,
   ):
-    from reenact_jax.input_pipeline import Clip
-
     self.data_dir = pathlib.Path(data_dir)
     self.split = split
     self.image_size = int(image_size)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from reenact_jax import losses
+from reenact_jax import losses, models
 from reenact_jax import train_state as train_state_lib
 
 PyTree = Any
@@ -64,7 +64,6 @@ def _generator_losses(
   discriminator_variables: PyTree,
   perceptual_params: PyTree,
   batch: dict[str, jax.Array],
-  rng: jax.Array,
   *,
   generator: nn.Module,
   discriminator: nn.Module,
@@ -74,13 +73,9 @@ def _generator_losses(
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
   outputs = generator.apply(
     {'params': generator_params},
-    batch['source'],
-    batch['source_landmarks'],
-    batch['driving_landmarks'],
-    batch['source_mask'],
+    **{name: batch[name] for name in models.INPUT_NAMES},
     with_cycle=True,
     warp_only=warp_only,
-    rngs={'dropout': rng},
   )
   terms = {name: jnp.zeros((), jnp.float32) for name in GENERATOR_TERMS}
   forward, backward = losses.cyclic_warp(
@@ -171,6 +166,114 @@ def split_micro_batches(
   return jax.tree.map(split, batch)
 
 
+def _accumulate(step_fn, micro_batches: PyTree, init: PyTree, num: int) -> tuple[PyTree, PyTree]:
+  """Runs step_fn(carry, micro_batch) -> (carry, output) over the leading axis of
+  `micro_batches` with lax.scan (activation memory of one micro-batch) and returns (carry
+  divided by num, stacked outputs). With num = 1 it is a single call."""
+
+  def body(carry, micro_batch):
+    summed, extra = carry
+    (values, extra), output = step_fn(micro_batch, extra)
+    return (_tree_add(summed, values), extra), output
+
+  (summed, extra), outputs = jax.lax.scan(body, init, micro_batches)
+  return (jax.tree.map(lambda x: x / num, summed), extra), outputs
+
+
+def generator_update(
+  state: train_state_lib.TrainState,
+  micro_batches: dict[str, jax.Array],
+  perceptual_params: PyTree,
+  *,
+  generator: nn.Module,
+  discriminator: nn.Module,
+  perceptual_fn: PerceptualFn,
+  weights: LossWeights,
+  ema_decay: float,
+  warp_only: bool,
+) -> tuple[train_state_lib.TrainState, dict[str, jax.Array], jax.Array | None]:
+  """One Adam step of the generator on the mean gradient over the micro-batches (k, B/k, ...).
+
+  Returns the new state, the loss terms (micro-batch means), the gradient norm and the
+  generated images (k, B/k, H, W, 3) for the discriminator (None in phase 1).
+  """
+  num = jax.tree.leaves(micro_batches)[0].shape[0]
+  discriminator_variables = {
+    'params': state.discriminator_params,
+    'batch_stats': state.discriminator_stats,
+  }
+  grad_fn = jax.value_and_grad(
+    functools.partial(
+      _generator_losses,
+      generator=generator,
+      discriminator=discriminator,
+      perceptual_fn=perceptual_fn,
+      weights=weights,
+      warp_only=warp_only,
+    ),
+    has_aux=True,
+  )
+
+  def micro_step(micro_batch, unused):
+    (_, (terms, outputs)), grads = grad_fn(
+      state.generator_params, discriminator_variables, perceptual_params, micro_batch
+    )
+    fake = None if warp_only else jax.lax.stop_gradient(outputs['output'])
+    return ((terms, grads), unused), fake
+
+  zeros = (
+    {name: jnp.zeros((), jnp.float32) for name in (*GENERATOR_TERMS, 'total')},
+    jax.tree.map(jnp.zeros_like, state.generator_params),
+  )
+  ((terms, grads), _), fake = _accumulate(micro_step, micro_batches, (zeros, ()), num)
+  updates, opt_state = state.generator_tx.update(
+    grads, state.generator_opt_state, state.generator_params
+  )
+  params = optax.apply_updates(state.generator_params, updates)
+  state = state.replace(
+    generator_params=params,
+    generator_opt_state=opt_state,
+    ema_params=train_state_lib.update_ema(state.ema_params, params, ema_decay),
+  )
+  return state, terms, optax.tree.norm(grads), fake
+
+
+def discriminator_update(
+  state: train_state_lib.TrainState,
+  real: jax.Array,
+  fake: jax.Array,
+  *,
+  discriminator: nn.Module,
+) -> tuple[train_state_lib.TrainState, jax.Array, jax.Array]:
+  """One Adam step of the discriminator on real and generated micro-batches (k, B/k, H, W, 3).
+
+  The spectral-norm power iteration runs once per micro-batch. Returns the new state, the hinge
+  loss (micro-batch mean) and the gradient norm.
+  """
+  num = real.shape[0]
+  grad_fn = jax.value_and_grad(
+    functools.partial(_discriminator_loss, discriminator=discriminator), has_aux=True
+  )
+
+  def micro_step(images, stats):
+    (loss, stats), grads = grad_fn(state.discriminator_params, stats, *images)
+    return ((loss, grads), stats), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.discriminator_params))
+  ((loss, grads), stats), _ = _accumulate(
+    micro_step, (real, fake), (zeros, state.discriminator_stats), num
+  )
+  updates, opt_state = state.discriminator_tx.update(
+    grads, state.discriminator_opt_state, state.discriminator_params
+  )
+  state = state.replace(
+    discriminator_params=optax.apply_updates(state.discriminator_params, updates),
+    discriminator_stats=stats,
+    discriminator_opt_state=opt_state,
+  )
+  return state, loss, optax.tree.norm(grads)
+
+
 def train_step(
   state: train_state_lib.TrainState,
   batch: dict[str, jax.Array],
@@ -191,116 +294,38 @@ def train_step(
   RGB are optimised (the encoder, flow network and projection get gradients; the renderer,
   inpainter and discriminator do not change). warp_only=False is phase 2: every loss.
 
-  grad_accum_steps=k > 1 splits the batch into k micro-batches (`split_micro_batches`), runs
-  them one after the other (lax.scan: activation memory of one micro-batch) and applies the
-  mean of their gradients in one optimizer update; the logged terms are the micro-batch means.
-  Losses that are means over the batch give the same step as k = 1 up to how masked means
-  weigh examples; the discriminator's spectral-norm power iteration runs once per micro-batch.
+  The batch is split into grad_accum_steps = k micro-batches (`split_micro_batches`), run one
+  after the other (activation memory of one micro-batch), and the mean of their gradients is
+  applied in one optimizer update; k = 1 is the whole batch at once. Losses that are means over
+  the batch give the same step for every k up to how masked means weigh examples.
 
   Returns the new state and a dict of float32 scalars: 'loss/<term>' for every term,
   'grad_norm/generator', 'grad_norm/discriminator', 'phase'.
   """
-  discriminator_variables = {
-    'params': state.discriminator_params,
-    'batch_stats': state.discriminator_stats,
-  }
-  grad_fn = jax.value_and_grad(
-    functools.partial(
-      _generator_losses,
-      generator=generator,
-      discriminator=discriminator,
-      perceptual_fn=perceptual_fn,
-      weights=weights,
-      warp_only=warp_only,
-    ),
-    has_aux=True,
+  micro_batches = split_micro_batches(batch, grad_accum_steps, micro_batch_sharding)
+  state, terms, generator_grad_norm, fake = generator_update(
+    state,
+    micro_batches,
+    perceptual_params,
+    generator=generator,
+    discriminator=discriminator,
+    perceptual_fn=perceptual_fn,
+    weights=weights,
+    ema_decay=ema_decay,
+    warp_only=warp_only,
   )
-  step_rng = jax.random.fold_in(state.rng, state.step)
-
-  def generator_micro_step(micro_batch, rng):
-    (_, (terms, outputs)), grads = grad_fn(
-      state.generator_params, discriminator_variables, perceptual_params, micro_batch, rng
-    )
-    fake = None if warp_only else jax.lax.stop_gradient(outputs['output'])
-    return terms, grads, fake
-
-  if grad_accum_steps == 1:
-    terms, generator_grads, fake = generator_micro_step(batch, step_rng)
-    real = batch['driving']
-  else:
-    micro_batches = split_micro_batches(batch, grad_accum_steps, micro_batch_sharding)
-
-    def accumulate(carry, inputs):
-      micro_batch, index = inputs
-      terms, grads, fake = generator_micro_step(micro_batch, jax.random.fold_in(step_rng, index))
-      return _tree_add(carry, (terms, grads)), fake
-
-    zeros = (
-      {name: jnp.zeros((), jnp.float32) for name in (*GENERATOR_TERMS, 'total')},
-      jax.tree.map(jnp.zeros_like, state.generator_params),
-    )
-    (terms, generator_grads), fake = jax.lax.scan(
-      accumulate, zeros, (micro_batches, jnp.arange(grad_accum_steps))
-    )
-    terms, generator_grads = jax.tree.map(lambda x: x / grad_accum_steps, (terms, generator_grads))
-    real = micro_batches['driving']
-
-  updates, generator_opt_state = state.generator_tx.update(
-    generator_grads, state.generator_opt_state, state.generator_params
-  )
-  generator_params = optax.apply_updates(state.generator_params, updates)
-  ema_params = train_state_lib.update_ema(state.ema_params, generator_params, ema_decay)
-
-  discriminator_params = state.discriminator_params
-  discriminator_stats = state.discriminator_stats
-  discriminator_opt_state = state.discriminator_opt_state
   discriminator_loss = jnp.zeros((), jnp.float32)
   discriminator_grad_norm = jnp.zeros((), jnp.float32)
   if not warp_only:
-    disc_grad_fn = jax.value_and_grad(
-      functools.partial(_discriminator_loss, discriminator=discriminator), has_aux=True
+    state, discriminator_loss, discriminator_grad_norm = discriminator_update(
+      state, micro_batches['driving'], fake, discriminator=discriminator
     )
-    if grad_accum_steps == 1:
-      (discriminator_loss, discriminator_stats), discriminator_grads = disc_grad_fn(
-        state.discriminator_params, state.discriminator_stats, real, fake
-      )
-    else:
-
-      def accumulate_disc(carry, inputs):
-        loss_sum, grads_sum, stats = carry
-        (loss, stats), grads = disc_grad_fn(state.discriminator_params, stats, *inputs)
-        return (loss_sum + loss, _tree_add(grads_sum, grads), stats), None
-
-      zeros = jax.tree.map(jnp.zeros_like, state.discriminator_params)
-      (discriminator_loss, discriminator_grads, discriminator_stats), _ = jax.lax.scan(
-        accumulate_disc,
-        (jnp.zeros((), jnp.float32), zeros, state.discriminator_stats),
-        (real, fake),
-      )
-      discriminator_loss, discriminator_grads = jax.tree.map(
-        lambda x: x / grad_accum_steps, (discriminator_loss, discriminator_grads)
-      )
-    updates, discriminator_opt_state = state.discriminator_tx.update(
-      discriminator_grads, state.discriminator_opt_state, state.discriminator_params
-    )
-    discriminator_params = optax.apply_updates(state.discriminator_params, updates)
-    discriminator_grad_norm = optax.global_norm(discriminator_grads)
-
   metrics = {f'loss/{name}': value for name, value in terms.items()}
   metrics['loss/disc'] = discriminator_loss
-  metrics['grad_norm/generator'] = optax.global_norm(generator_grads)
+  metrics['grad_norm/generator'] = generator_grad_norm
   metrics['grad_norm/discriminator'] = discriminator_grad_norm
   metrics['phase'] = jnp.asarray(1.0 if warp_only else 2.0, jnp.float32)
-  new_state = state.replace(
-    step=state.step + 1,
-    generator_params=generator_params,
-    generator_opt_state=generator_opt_state,
-    ema_params=ema_params,
-    discriminator_params=discriminator_params,
-    discriminator_stats=discriminator_stats,
-    discriminator_opt_state=discriminator_opt_state,
-  )
-  return new_state, metrics
+  return state.replace(step=state.step + 1), metrics
 
 
 def render_step(
@@ -309,16 +334,8 @@ def render_step(
   *,
   generator: nn.Module,
 ) -> dict[str, jax.Array]:
-  """Forward pass for logging and evaluation: the generator's images, (B, H, W, 3) each."""
-  outputs = generator.apply(
-    {'params': generator_params},
-    batch['source'],
-    batch['source_landmarks'],
-    batch['driving_landmarks'],
-    batch['source_mask'],
-    with_cycle=False,
-    warp_only=False,
-  )
+  """Forward pass for the training image grids: the generator's images, (B, H, W, 3) each."""
+  outputs = models.render(generator, generator_params, batch)
   height, width = batch['source'].shape[1:3]
   projected = jax.image.resize(
     outputs['projected'], outputs['projected'].shape[:1] + (height, width, 3), 'nearest'

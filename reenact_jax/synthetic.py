@@ -14,7 +14,7 @@ change between two frames of a clip. Used by tests and smoke training
 similarity plus a small smooth non-rigid (Gaussian RBF) deformation, applied exactly
 consistently to the image (cv2.remap) and to its landmarks. The demo uses it on bundled stills.
 
-Conventions (CONTRACT.md): images float32 (H, W, 3) in [0, 1]; masks float32 {0, 1} (H, W, 1);
+Conventions (reenact_jax/geometry.py): images float32 (H, W, 3) in [0, 1]; masks float32 {0, 1} (H, W, 1);
 landmarks (N, 3) float32, x and y normalised to [-1, 1] with x_norm = 2 * x_px / W - 1 where
 pixel i's centre is at x_px = i + 0.5, z on the scale of x with mean 0. Numpy and OpenCV only:
 this runs inside data-loading workers, never under jit.
@@ -26,7 +26,7 @@ import math
 import cv2
 import numpy as np
 
-from reenact_jax import face_topology, records
+from reenact_jax import face_topology
 
 # Head motion limits over a clip, degrees (yaw about y, pitch about x, roll about the view axis).
 MAX_YAW_DEG = 25.0
@@ -64,23 +64,6 @@ def _to_cv_points(xy_norm: np.ndarray, height: int, width: int) -> np.ndarray:
   x_px = (xy_norm[:, 0] + 1.0) * (0.5 * width) - 0.5
   y_px = (xy_norm[:, 1] + 1.0) * (0.5 * height) - 0.5
   return np.round(np.stack([x_px, y_px], axis=-1) * _SHIFT_SCALE).astype(np.int32)
-
-
-def face_oval_mask(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Filled face-oval polygon of `landmarks`.
-
-  Args:
-    landmarks: (N, 3) or (N, 2) normalised landmarks (MediaPipe topology).
-    height, width: mask size, pixels.
-
-  Returns:
-    (height, width, 1) float32 mask in {0, 1}: pixels whose centres are inside the
-    face_topology.FACE_OVAL polygon (records.mask_from_polygon, as for prepared data).
-  """
-  landmarks = np.asarray(landmarks)
-  if landmarks.ndim != 2 or landmarks.shape[-1] not in (2, 3):
-    raise ValueError(f'landmarks must have shape (N, 3) or (N, 2), got {landmarks.shape}.')
-  return records.mask_from_polygon(landmarks[face_topology.FACE_OVAL, :2], height, width)
 
 
 # ------------------------------------------------------------------------- clip identity
@@ -373,7 +356,7 @@ def render_frame(
   centre = topology['centre']
   points += np.array([centre[0] + motion['tx'], centre[1] + motion['ty'], -mean_z])
   landmarks = points.astype(np.float32)
-  # Draw from the float32 landmarks we return, so the mask is exactly face_oval_mask(landmarks).
+  # Draw from the float32 landmarks we return: the mask is exactly records.face_oval_mask of them.
   xy = landmarks[:, :2].astype(np.float64)
 
   # Skin texture follows the least-squares affine motion of the rigid landmarks. Normalised
@@ -458,121 +441,3 @@ def render_frame(
   image = clip['colour_table'].take(rows, axis=0)
   image += face * _SKIN_GAIN.take(labels)[..., None]
   return dict(image=image, landmarks=landmarks, mask=mask)
-
-
-# ------------------------------------------------------------------------- re-posing stills
-
-
-def _rbf_displacement(points: np.ndarray, centres: np.ndarray, vectors: np.ndarray, sigma):
-  """(..., 2) Gaussian RBF field sum_k v_k exp(-|p - c_k|^2 / (2 sigma^2)) at points (..., 2)."""
-  squared = ((points[..., None, :] - centres) ** 2).sum(axis=-1)
-  return np.exp(squared * (-0.5 / sigma**2)) @ vectors
-
-
-def repose(
-  image: np.ndarray,
-  landmarks: np.ndarray,
-  *,
-  rng: np.random.Generator,
-  max_rotation_deg: float,
-  max_scale: float,
-  max_translation: float,
-  max_deformation: float = 0.03,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Random smooth re-posing of a still portrait and its landmarks (a pseudo driving frame).
-
-  Output pixel q samples the input at p = v - d(v) with v = A^-1(q): A is a similarity about
-  the face centre (in-plane rotation, scale, translation) and d a smooth Gaussian-RBF
-  displacement made of a few bumps centred on random landmarks. The landmarks go through the
-  exact inverse of that sampling map (fixed-point iteration), so image and landmarks stay
-  consistent to sub-pixel accuracy. z is scaled with the similarity (an in-plane rotation
-  leaves it unchanged) and re-centred. Pixels sampled from outside the input are mirrored
-  (cv2.BORDER_REFLECT_101), so no black corners appear.
-
-  Args:
-    image: (H, W, 3) float32 in [0, 1].
-    landmarks: (N, 3) normalised landmarks of `image` (MediaPipe topology).
-    rng: source of randomness (the result is a deterministic function of its state).
-    max_rotation_deg: largest in-plane rotation, degrees.
-    max_scale: largest relative scale change (0.1: scale in [0.9, 1.1]).
-    max_translation: largest shift per axis, normalised units (1 = half the image).
-    max_deformation: largest displacement of one non-rigid bump, as a fraction of the face
-      oval's diagonal; at most 0.05, which keeps the map invertible.
-
-  Returns:
-    (image (H, W, 3) float32, landmarks (N, 3) float32, mask (H, W, 1) float32 face-oval fill
-    of the new landmarks).
-  """
-  image = np.asarray(image, np.float32)
-  landmarks = np.asarray(landmarks, np.float64)
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f'image must have shape (H, W, 3), got {image.shape}.')
-  if landmarks.ndim != 2 or landmarks.shape[-1] != 3:
-    raise ValueError(f'landmarks must have shape (N, 3), got {landmarks.shape}.')
-  if not 0.0 <= max_deformation <= 0.05:
-    raise ValueError(
-      f'max_deformation must be in [0, 0.05] (fraction of the face size), got {max_deformation}.'
-    )
-  height, width = image.shape[:2]
-
-  # Similarity A(v) = s R (v - c) + c + t about the face centre c.
-  oval = landmarks[face_topology.FACE_OVAL, :2]
-  centre = oval.mean(axis=0)
-  face_size = float(np.linalg.norm(oval.max(axis=0) - oval.min(axis=0)))
-  angle = math.radians(rng.uniform(-max_rotation_deg, max_rotation_deg))
-  scale = 1.0 + rng.uniform(-max_scale, max_scale)
-  translation = rng.uniform(-max_translation, max_translation, size=2)
-  rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-
-  # Non-rigid part: a few bumps at random landmarks. Each bump's gradient is at most
-  # amplitude / sigma * exp(-1/2) <= 0.15, so with 4 bumps |grad d| <= 0.61 < 1: the map is a
-  # diffeomorphism and the fixed-point inversion below converges.
-  num_bumps = 4
-  sigma = 0.2 * face_size
-  centres = landmarks[rng.choice(len(landmarks), num_bumps, replace=False), :2]
-  directions = rng.normal(size=(num_bumps, 2))
-  directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-  vectors = directions * rng.uniform(0.0, max_deformation * face_size, size=(num_bumps, 1))
-
-  # Image: backward map from output pixel centres to input pixel coordinates.
-  xs = (np.arange(width) + 0.5) * (2.0 / width) - 1.0
-  ys = (np.arange(height) + 0.5) * (2.0 / height) - 1.0
-  grid = np.stack(np.meshgrid(xs, ys), axis=-1)  # (H, W, 2) normalised (x, y).
-  v = (grid - centre - translation) @ rotation / scale + centre  # A^-1: R^-1 = R^T.
-  p = v - _rbf_displacement(v, centres, vectors, sigma)
-  map_x = ((p[..., 0] + 1.0) * (0.5 * width) - 0.5).astype(np.float32)
-  map_y = ((p[..., 1] + 1.0) * (0.5 * height) - 0.5).astype(np.float32)
-  moved_image = cv2.remap(
-    image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-  )
-
-  # Landmarks: solve v - d(v) = p for v (contraction), then apply A.
-  source = landmarks[:, :2]
-  v = source.copy()
-  for _ in range(50):
-    v = source + _rbf_displacement(v, centres, vectors, sigma)
-  moved_xy = scale * (v - centre) @ rotation.T + centre + translation
-  moved_z = scale * landmarks[:, 2]
-  moved_landmarks = np.concatenate([moved_xy, (moved_z - moved_z.mean())[:, None]], axis=1)
-  moved_landmarks = moved_landmarks.astype(np.float32)
-  mask = face_oval_mask(moved_landmarks, height, width)
-  return np.clip(moved_image, 0.0, 1.0), moved_landmarks, mask
-
-
-def _benchmark() -> None:
-  """Prints render_frame throughput (frames/s, one process) at 32 and 128 pixels."""
-  import time
-
-  for size in (32, 128):
-    for clip in range(8):  # Warm the per-clip caches, as in training.
-      render_frame(clip, 0, image_size=size, num_frames=32, seed=0)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 2.0:
-      render_frame(count % 8, count % 32, image_size=size, num_frames=32, seed=0)
-      count += 1
-    rate = count / (time.perf_counter() - start)
-    print(f'render_frame {size}x{size}: {rate:.0f} frames/s')
-
-
-if __name__ == '__main__':
-  _benchmark()

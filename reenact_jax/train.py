@@ -12,6 +12,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# Importing these creates no JAX backend, so jax.distributed.initialize still runs first (main).
+from reenact_jax import checkpointing, distributed, trainer
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, metrics.')
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -40,8 +43,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # jax.distributed.initialize must run before anything else touches JAX.
-  from reenact_jax import distributed
-
   try:
     distributed.maybe_initialize(
       _DISTRIBUTED.value,
@@ -53,8 +54,6 @@ def main(argv):
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
-  from reenact_jax import checkpointing, trainer
-
   logging.info('Config:\n%s', _CONFIG.value)
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -21,21 +21,24 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
+from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
+from tensorboardX import SummaryWriter
 
 from reenact_jax import (
   checkpointing,
   distributed,
+  evaluation,
   input_pipeline,
   models,
   perceptual,
   sharding,
   steps,
 )
-from reenact_jax import evaluate as evaluate_lib
 from reenact_jax import train_state as train_state_lib
 from reenact_jax import workdir as workdir_lib
+from reenact_jax.models import layers
 
 
 class NonFiniteError(FloatingPointError):
@@ -81,41 +84,25 @@ class _Preemption:
     return multihost_utils.reached_preemption_sync_point(step)
 
 
-def _example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, jax.Array]:
-  size, landmarks = config.image_size, config.model.num_landmarks
-  image = jnp.zeros((batch_size, size, size, 3), jnp.float32)
-  mask = jnp.zeros((batch_size, size, size, 1), jnp.float32)
-  points = jnp.zeros((batch_size, landmarks, 3), jnp.float32)
-  return {
-    'source': image,
-    'driving': image,
-    'source_landmarks': points,
-    'driving_landmarks': points,
-    'source_mask': mask,
-    'driving_mask': mask,
-  }
+def example_batch(generator: models.Generator, batch_size: int) -> dict[str, jax.Array]:
+  """Zeros shaped like a training batch: the generator's inputs plus the driving frame."""
+  batch = models.example_inputs(generator, batch_size)
+  batch['driving'] = batch['source']
+  batch['driving_mask'] = batch['source_mask']
+  return batch
 
 
-def make_init_fn(config, generator, discriminator, generator_tx, discriminator_tx):
+def make_init_fn(generator, discriminator, generator_tx, discriminator_tx):
   """rng -> fresh TrainState (to run under eval_shape, then jit with out_shardings)."""
 
   def init(rng: jax.Array) -> train_state_lib.TrainState:
-    batch = _example_batch(config, 1)
     # Parameter init draws from an 'rbg' key: XLA compiles its many random draws several times
     # faster than threefry's. The state keeps the threefry key for the training steps.
     seed = jax.random.bits(jax.random.fold_in(rng, 1), dtype=jnp.uint32)
     generator_rng, discriminator_rng = jax.random.split(jax.random.key(seed, impl='rbg'))
-    generator_params = generator.init(
-      generator_rng,
-      batch['source'],
-      batch['source_landmarks'],
-      batch['driving_landmarks'],
-      batch['source_mask'],
-      with_cycle=True,
-      warp_only=False,
-    )['params']
+    generator_params = models.init_params(generator, generator_rng)
     discriminator_variables = discriminator.init(
-      discriminator_rng, batch['driving'], update_stats=False
+      discriminator_rng, example_batch(generator, 1)['driving'], update_stats=False
     )
     return train_state_lib.create(
       rng=rng,
@@ -129,19 +116,16 @@ def make_init_fn(config, generator, discriminator, generator_tx, discriminator_t
 
 
 class Setup:
-  """Everything a run (or a benchmark, or an evaluation) builds from the config."""
+  """What a run builds from its config: models, optimisers, mesh, shardings, the abstract state;
+  and, on first use, the perceptual loss weights and the compiled steps, which it keeps (runs
+  that share a Setup compile once)."""
 
   def __init__(
-    self,
-    config: ml_collections.ConfigDict,
-    mesh=None,
-    *,
-    with_losses: bool = True,
-    abstract_perceptual: bool = False,
+    self, config: ml_collections.ConfigDict, mesh=None, *, abstract_perceptual: bool = False
   ):
-    """with_losses=False: inference only (no VGG weights read). abstract_perceptual=True: the
-    VGG weights are shapes only, for lowering the train step ahead of time without the weights
-    file (aot_check); such a Setup can compile but never run a train step."""
+    """abstract_perceptual=True: the VGG weights are shapes only, for lowering the train step
+    ahead of time without the weights file (aot_check); such a Setup can compile but never run
+    a train step."""
     self.config = config
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
     accum = int(config.train.grad_accum_steps)
@@ -163,41 +147,48 @@ class Setup:
     discriminator_tx = train_state_lib.make_optimizer(
       config.optim, total, config.optim.discriminator_lr
     )
-    self.init_fn = make_init_fn(
-      config, self.generator, self.discriminator, generator_tx, discriminator_tx
-    )
-    rng = jax.random.PRNGKey(config.seed)
-    self.abstract_state = jax.eval_shape(self.init_fn, rng)
+    self.init_fn = make_init_fn(self.generator, self.discriminator, generator_tx, discriminator_tx)
+    self._rng = jax.random.PRNGKey(config.seed)
+    self.abstract_state = jax.eval_shape(self.init_fn, self._rng)
     self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh, config.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)
-    self.perceptual_params, self.perceptual_fn = None, None
-    if with_losses:  # Inference needs no VGG weights.
-      perceptual_params, self.perceptual_fn = perceptual.make_perceptual_loss(
-        config.perceptual,
-        compute_dtype=jnp.bfloat16 if config.model.compute_dtype == 'bfloat16' else jnp.float32,
-        abstract=abstract_perceptual,
-      )
-      if abstract_perceptual and perceptual_params is not None:
-        self.perceptual_params = jax.tree.map(
-          lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=self.replicated),
-          perceptual_params,
-        )
-      elif perceptual_params is not None:
-        self.perceptual_params = jax.device_put(perceptual_params, self.replicated)
     self.weights = steps.LossWeights.from_config(config.loss)
-    self._rng = rng
+    self._abstract_perceptual = abstract_perceptual
+    self._compiled_steps = {}
+
+  @functools.cached_property
+  def perceptual(self) -> tuple[Any, steps.PerceptualFn]:
+    """(VGG weights on every device (None when the backbone is 'none'), loss function)."""
+    params, loss_fn = perceptual.make_perceptual_loss(
+      self.config.perceptual,
+      compute_dtype=layers.compute_dtype(self.config.model.compute_dtype),
+      abstract=self._abstract_perceptual,
+    )
+    if params is None:
+      return None, loss_fn
+    if self._abstract_perceptual:
+      params = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=self.replicated),
+        params,
+      )
+      return params, loss_fn
+    return jax.device_put(params, self.replicated), loss_fn
 
   def init_state(self) -> train_state_lib.TrainState:
     init = jax.jit(self.init_fn, out_shardings=self.state_shardings)
     return init(self._rng)
 
   def train_step(self, *, warp_only: bool):
+    """The jitted train step of one phase: (state, batch, perceptual params) -> (state, metrics).
+
+    The state is donated.
+    """
     step = functools.partial(
       steps.train_step,
       generator=self.generator,
       discriminator=self.discriminator,
-      perceptual_fn=self.perceptual_fn,
+      perceptual_fn=self.perceptual[1],
       weights=self.weights,
       ema_decay=float(self.config.optim.ema_decay),
       warp_only=warp_only,
@@ -214,22 +205,59 @@ class Setup:
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {
       key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=self.batch_sharding)
-      for key, value in jax.eval_shape(lambda: _example_batch(self.config, batch_size)).items()
+      for key, value in jax.eval_shape(lambda: example_batch(self.generator, batch_size)).items()
     }
 
   def lower_train_step(self, *, warp_only: bool):
     """The train step lowered on abstract inputs: compile it to check memory before running."""
     state = checkpointing.abstract_with_shardings(self.abstract_state, self.state_shardings)
     return self.train_step(warp_only=warp_only).lower(
-      state, self.abstract_batch(self.config.train.batch_size), self.perceptual_params
+      state, self.abstract_batch(self.config.train.batch_size), self.perceptual[0]
     )
 
+  def compiled_train_step(self, *, warp_only: bool):
+    """The train step of one phase compiled ahead of time (once per Setup)."""
+    if warp_only not in self._compiled_steps:
+      self._compiled_steps[warp_only] = self.lower_train_step(warp_only=warp_only).compile()
+    return self._compiled_steps[warp_only]
+
+  @functools.cached_property
   def render_step(self):
+    """The jitted (EMA params, batch) -> image grid columns, for the training image logs."""
     return jax.jit(
       functools.partial(steps.render_step, generator=self.generator),
       in_shardings=(self.state_shardings.ema_params, self.batch_sharding),
       out_shardings=self.batch_sharding,
     )
+
+
+# What a Setup does not depend on: a run may reuse the Setup of a config that differs only here.
+_LOOP_KEYS = frozenset(
+  {
+    'total_steps',
+    'train.total_steps',
+    'train.log_every',
+    'train.image_log_every',
+    'train.checkpoint_every',
+    'train.max_to_keep',
+    'train.eval_every',
+    'train.local_log_dir',
+    'train.compilation_cache_dir',
+  }
+)
+
+
+def _check_setup_fits(setup: Setup, config: ml_collections.ConfigDict) -> None:
+  mine = traverse_util.flatten_dict(checkpointing.config_to_json(setup.config), sep='.')
+  theirs = traverse_util.flatten_dict(checkpointing.config_to_json(config), sep='.')
+  ignored = set(_LOOP_KEYS) | {key for key in mine | theirs if key.startswith('data.')}
+  if config.optim.schedule == 'cosine' and not config.optim.decay_steps:
+    ignored -= {'total_steps', 'train.total_steps'}  # The schedule's length.
+  differ = sorted(
+    k for k in set(mine) | set(theirs) if k not in ignored and mine.get(k) != theirs.get(k)
+  )
+  if differ:
+    raise ValueError(f'The given Setup was built for another config (differs in {differ}).')
 
 
 class MetricsWriter:
@@ -242,8 +270,6 @@ class MetricsWriter:
     self._tensorboard = None
     if self._active:
       self._jsonl = (log_dir / 'metrics.jsonl').open('a')
-      from tensorboardX import SummaryWriter
-
       self._tensorboard = SummaryWriter(str(log_dir / 'tensorboard'))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -382,8 +408,14 @@ def _enable_compilation_cache(setting: str, workdir: epath.Path) -> None:
   logging.info('Persistent compilation cache: %s', path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, setup: Setup | None = None
+) -> dict[str, float]:
   """Train (resuming if WORKDIR has a checkpoint) until config.train.total_steps.
+
+  Args:
+    setup: a Setup of this config to reuse (with its compiled steps), e.g. across the runs of a
+      test session; it may differ from `config` only in the loop's settings (_LOOP_KEYS, data).
 
   Returns the last logged metrics (empty if no step ran).
   """
@@ -394,7 +426,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _enable_compilation_cache(config.train.compilation_cache_dir, workdir)
   distributed.log_topology()
   train_config = config.train
-  setup = Setup(config)
+  if setup is None:
+    setup = Setup(config)
+  else:
+    _check_setup_fits(setup, config)
   logging.info(
     'Mesh: %s; %d processes; batch %d = %d per device x %d devices (%d micro-batch(es)).',
     dict(setup.mesh.shape),
@@ -406,17 +441,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
 
   manager = checkpointing.make_manager(str(workdir), max_to_keep=train_config.max_to_keep)
-  # Always resume from the newest checkpoint in the workdir: a rerun of the same command after
-  # a crash or preemption continues exactly where the run stopped.
-  latest = manager.latest_step()
-  if latest is None:
-    state = setup.init_state()
-    data_state = None
-    start_step = 0
-  else:
-    abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-    state, data_state = checkpointing.restore(manager, latest, abstract, config)
-    start_step = int(latest)
+  state, data_state, start_step = checkpointing.restore_or_init(
+    manager,
+    config,
+    checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings),
+    setup.init_state,
+  )
 
   frames = input_pipeline.make_frame_source(config, 'train')
   input_pipeline.log_source(frames)
@@ -434,11 +464,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Phases only move forward, so the first and last remaining steps name every phase needed.
   remaining = range(start_step, train_config.total_steps)
   needed = {warp_only_at(remaining[0]), warp_only_at(remaining[-1])} if remaining else set()
-  phase_steps = {
-    warp_only: setup.lower_train_step(warp_only=warp_only).compile() for warp_only in needed
-  }
+  phase_steps = {warp_only: setup.compiled_train_step(warp_only=warp_only) for warp_only in needed}
+  perceptual_params = setup.perceptual[0]
   distributed.barrier('train_steps_compiled')
-  render = setup.render_step()
+  render = setup.render_step
   writer = MetricsWriter(log_dir.local, train_config.total_steps)
   add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
@@ -454,7 +483,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch, next_data_state = prefetcher.next()
         warp_only = warp_only_at(step)
         with jax.transfer_guard('disallow' if train_config.transfer_guard else 'allow'):
-          state, metrics = phase_steps[warp_only](state, batch, setup.perceptual_params)
+          state, metrics = phase_steps[warp_only](state, batch, perceptual_params)
         step += 1
         data_state = next_data_state
         accumulated = metrics if accumulated is None else add(accumulated, metrics)
@@ -485,7 +514,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             image_grid(jax.tree.map(np.asarray, images)),
           )
         if train_config.eval_every and (step % train_config.eval_every == 0 or is_last):
-          evaluate_lib.evaluate(
+          evaluation.evaluate(
             config,
             state.ema_params,
             setup.generator,

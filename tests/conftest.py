@@ -23,7 +23,17 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope='session')
-def tiny_workdir(tmp_path_factory):
+def tiny_setup():
+  """trainer.Setup of configs/tiny.py on the 8 devices, shared by the session's tiny runs: its
+  train steps are traced and compiled once (pass it as train_and_evaluate(..., setup=))."""
+  from configs import tiny
+  from reenact_jax import trainer
+
+  return trainer.Setup(tiny.get_config())
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(tmp_path_factory, tiny_setup):
   """A run directory holding a 3-step checkpoint of configs/tiny.py (trained once per session)."""
   from configs import tiny
   from reenact_jax import trainer
@@ -32,15 +42,15 @@ def tiny_workdir(tmp_path_factory):
   config = tiny.get_config()
   config.train.total_steps = 3
   config.train.image_log_every = 0
-  trainer.train_and_evaluate(config, str(workdir))
+  trainer.train_and_evaluate(config, str(workdir), setup=tiny_setup)
   return workdir
 
 
 @pytest.fixture(scope='session')
 def carphone_cache_64(tmp_path_factory):
   """A data.cache_dir holding the demo clip prepared at 64x64 (carphone_64/), made once."""
-  from data import demo
+  from reenact_jax import bundled
 
   cache = tmp_path_factory.mktemp('demo_cache')
-  demo.prepared_demo_dir(cache, resolution=64)
+  bundled.prepared_demo_dir(cache, resolution=64)
   return cache

@@ -13,3 +13,23 @@ def config_with(base=tiny, **overrides):
       node = node[parent]
     node[leaf] = value
   return config
+
+
+def run_command(module: str, *args: str, timeout: float = 600, env=None):
+  """`python -m module args...` from the repository root, as a user runs it: the completed
+  process (stdout and stderr captured as text). Commands are tested this way, never imported:
+  their absl flags are global to a process."""
+  import os
+  import pathlib
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**os.environ, **(env or {})},
+  )

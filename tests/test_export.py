@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from reenact_jax import export, exported, inference, synthetic
+from reenact_jax import exported, exporter, inference, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH_SIZES = (2, 3)
@@ -21,7 +21,7 @@ def artifact(tiny_workdir, tmp_path_factory):
   """(artifact folder, LoadedGenerator) of the tiny run's newest checkpoint."""
   output = tmp_path_factory.mktemp('export') / 'artifact'
   # The test compares with the in-process generator itself, so skip export's own check.
-  export.export_generator(str(tiny_workdir), str(output), verify=False)
+  exporter.export_generator(str(tiny_workdir), str(output), verify=False)
   return output, inference.load_generator(str(tiny_workdir))
 
 
@@ -81,7 +81,7 @@ def test_artifact_runs_without_flax_at_two_batch_sizes(artifact, tmp_path):
   for batch_size in BATCH_SIZES:
     inputs = np.load(tmp_path / f'inputs{batch_size}.npz')
     got = np.load(tmp_path / f'outputs{batch_size}.npz')
-    want = loaded.render(loaded.params, *(inputs[name] for name in exported.INPUT_NAMES))
+    want = loaded({name: inputs[name] for name in exported.INPUT_NAMES})
     for name in ('output', 'foreground', 'alpha', 'background', 'projected', 'flow', 'occlusion'):
       assert got[name].shape == want[name].shape, name
       assert got[name].shape[0] == batch_size
@@ -161,8 +161,8 @@ def test_wrong_input_shapes_name_the_input(artifact):
 def test_unwritable_output_and_missing_checkpoint_are_clear(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a folder')
-  with pytest.raises(export.ExportError, match='Cannot write the export to'):
-    export.export_generator(str(tmp_path), str(blocker / 'export'))
+  with pytest.raises(exporter.ExportError, match='Cannot write the export to'):
+    exporter.export_generator(str(tmp_path), str(blocker / 'export'))
   # The command line: one message on stderr, exit code 1, no traceback.
   result = subprocess.run(
     [

@@ -129,21 +129,6 @@ def test_initial_flow_matches_direct_formula():
   np.testing.assert_allclose(confidence.reshape(2, -1, 1), expected_conf, atol=1e-5)
 
 
-def test_face_mask_square_area():
-  # Square with corners at +-0.5 (normalised) covers exactly the middle half of a 32x32 image.
-  square = jnp.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0], [-0.5, 0.5, 0.0]])
-  landmarks = jnp.stack([square, square * 0.5])
-  mask = jax.jit(geometry.face_mask, static_argnums=(2, 3))(landmarks, jnp.arange(4), 32, 32)
-  assert mask.shape == (2, 32, 32, 1)
-  assert float(mask[0].sum()) == 16 * 16
-  assert float(mask[1].sum()) == 8 * 8
-  assert float(mask[0, 8, 8, 0]) == 1.0 and float(mask[0, 7, 8, 0]) == 0.0
-  # A triangle: half a square, up to the pixels on its diagonal.
-  triangle = square[jnp.array([0, 1, 2])][None]
-  area = float(geometry.face_mask(triangle, jnp.arange(3), 32, 32).sum())
-  assert abs(area - 128) <= 16
-
-
 def test_head_pose_and_euler_angles_round_trip():
   canonical = _landmarks(10, batch=1)[0]
   angles, rotation = _random_rotation(11, 3)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from reenact_jax import face_topology, input_pipeline, records
+from reenact_jax import augmentation, benchmarks, face_topology, input_pipeline, records, synthetic
 from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ class IndexFrames:
     first = 0
     for identity, sizes in clip_sizes.items():
       for number, size in enumerate(sizes):
-        self.clips.append(input_pipeline.Clip(identity, f'{identity}/{number}', first, size))
+        self.clips.append(records.Clip(identity, f'{identity}/{number}', first, size))
         first += size
     self._image_size = image_size
 
@@ -82,7 +82,7 @@ def test_pairs_come_from_one_clip_and_respect_the_frame_gap():
 
 def test_identities_are_drawn_uniformly_whatever_their_clip_and_frame_counts():
   frames = IndexFrames({'small': [2], 'big': [50] * 10, 'medium': [20, 30, 3], 'one': [1]})
-  make_pair = input_pipeline.MakePair(frames, seed=3, augmentation=None)
+  make_pair = input_pipeline.MakePair(frames, seed=3, augment=None)
   draws = 6000
   identities = collections.Counter(
     _clip_of(frames, make_pair.indices(i)[0]).identity for i in range(draws)
@@ -122,7 +122,7 @@ def _bright_spot(image):
 
 def test_flip_keeps_the_left_eye_the_left_eye():
   frame = _marked_frame()
-  flipped = input_pipeline.flip_frame(frame)
+  flipped = augmentation.flip_frame(frame)
   left, right = (
     flipped['landmarks'][indices, 0].mean()
     for indices in (face_topology.LEFT_EYE, face_topology.RIGHT_EYE)
@@ -142,27 +142,25 @@ def test_flip_keeps_the_left_eye_the_left_eye():
 @pytest.mark.parametrize('seed', range(4))
 def test_fused_augmentation_equals_flip_then_affine_then_colour(seed):
   """augment_pair (one warp, one colour matrix) against the step-by-step definition."""
-  from reenact_jax import synthetic
-
   frames = [
     synthetic.render_frame(2, index, image_size=64, num_frames=8, seed=0) for index in (1, 5)
   ]
-  augmentation = input_pipeline.Augmentation(
+  augment = augmentation.Augmentation(
     flip=True, color_jitter=0.3, scale_jitter=0.1, translate_jitter=0.1
   )
-  fast = input_pipeline.augment_pair(*frames, np.random.default_rng(seed), augmentation)
+  fast = augmentation.augment_pair(*frames, np.random.default_rng(seed), augment)
 
   rng = np.random.default_rng(seed)
   expected = frames
   if rng.random() < 0.5:
-    expected = [input_pipeline.flip_frame(frame) for frame in expected]
+    expected = [augmentation.flip_frame(frame) for frame in expected]
   scale = 1.0 + rng.uniform(-0.1, 0.1)
   translate = tuple(rng.uniform(-0.1, 0.1, size=2) * 2.0)
-  expected = [input_pipeline.affine_frame(frame, scale, translate) for frame in expected]
+  expected = [augmentation.affine_frame(frame, scale, translate) for frame in expected]
   state = rng.bit_generator.state
   for frame in expected:
     rng.bit_generator.state = state  # Same colour factors for both frames.
-    frame['image'] = input_pipeline.color_jitter(frame['image'], rng, 0.3)
+    frame['image'] = augmentation.color_jitter(frame['image'], rng, 0.3)
 
   for got, want in zip(fast, expected, strict=True):
     assert got['image'].dtype == np.float32 and got['image'].shape == (64, 64, 3)
@@ -174,14 +172,14 @@ def test_fused_augmentation_equals_flip_then_affine_then_colour(seed):
 def test_augmented_image_follows_the_augmented_landmarks():
   """The dot on the right eye stays on the (remapped) eye landmarks through flip + scale + shift."""
   frame = _marked_frame(size=96)
-  augmentation = input_pipeline.Augmentation(
+  augment = augmentation.Augmentation(
     flip=True, color_jitter=0.0, scale_jitter=0.15, translate_jitter=0.1
   )
   flips = set()
   for seed in range(8):
     rng = np.random.default_rng(seed)
     flipped = rng.random() < 0.5
-    source, _ = input_pipeline.augment_pair(frame, frame, np.random.default_rng(seed), augmentation)
+    source, _ = augmentation.augment_pair(frame, frame, np.random.default_rng(seed), augment)
     eye = face_topology.LEFT_EYE if flipped else face_topology.RIGHT_EYE
     spot = _bright_spot(source['image'])
     assert np.linalg.norm(spot - source['landmarks'][eye, :2].mean(0)) < 0.04, seed
@@ -321,7 +319,7 @@ def test_corrupt_record_names_its_shard_or_is_counted_and_logged(
     'train',
   )
   # Corrupt the source frame of the stream's first pair, so the first batch reads it.
-  make_pair = input_pipeline.MakePair(frames, seed=config.seed, augmentation=None)
+  make_pair = input_pipeline.MakePair(frames, seed=config.seed, augment=None)
   bad = make_pair.indices(0)[0]
   shard = _corrupt_copy(frames.data_dir, tmp_path / 'data', bad)
 
@@ -341,7 +339,7 @@ def test_corrupt_record_names_its_shard_or_is_counted_and_logged(
 
 def test_measure_throughput_reports_pairs_per_second():
   config = _config(**{'train.batch_size': 4, 'data.num_threads': 2})
-  result = input_pipeline.measure_throughput(config, num_batches=2, warmup_batches=1)
+  result = benchmarks.measure_throughput(config, num_batches=2, warmup_batches=1)
   assert result['pairs_per_sec'] > 0 and result['cpu_ms_per_pair'] > 0
   assert {
     key: result[key] for key in ('num_workers', 'num_threads', 'batch_size', 'image_size')

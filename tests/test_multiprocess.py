@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from reenact_jax import checkpointing, trainer
 from tests import helpers
@@ -23,6 +24,7 @@ def _free_port() -> int:
     return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_checkpoint(tmp_path):
   port = _free_port()
   processes = []

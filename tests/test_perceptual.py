@@ -7,8 +7,6 @@ padding, pooling mode or normalisation in the Flax port or the converter fails t
 
 import functools
 import os
-import subprocess
-import sys
 from unittest import mock
 
 import h5py
@@ -19,22 +17,23 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from reenact_jax import perceptual
+from reenact_jax import perceptual, vgg_conversion
+from reenact_jax.models import vgg
+from tests.helpers import run_command
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Odd, non-square size: floor-mode pooling gives relu5_1 of 2x1 (34->17->8->4->2, 26->13->6->3->1).
 IMAGE_SHAPE = (2, 34, 26, 3)
 # Convolutions per block up to conv5_1.
 BLOCKS = ((1, 2), (2, 2), (3, 4), (4, 4), (5, 1))
 
-_apply_features = jax.jit(perceptual.VGG19Features().apply)
+_apply_features = jax.jit(vgg.VGG19Features().apply)
 
 
 def _he_init_weights(seed):
   """Random VGG19 conv weights, He-initialised so activations keep a scale near 1."""
   rng = np.random.default_rng(seed)
   weights = {}
-  for name, _, in_channels, out_channels in perceptual.VGG19_CONVS:
+  for name, _, in_channels, out_channels in vgg.VGG19_CONVS:
     std = np.sqrt(2.0 / (9 * in_channels))
     kernel_oihw = rng.normal(0.0, std, (out_channels, in_channels, 3, 3)).astype(np.float32)
     bias = rng.normal(0.0, 0.1, (out_channels,)).astype(np.float32)
@@ -75,7 +74,7 @@ def _reference_features(images, taps, biases, mean, std, *, bgr):
 
 def _assert_matches_reference(features, reference):
   assert len(features) == len(reference) == 5
-  for layer, got, want in zip(perceptual.LAYER_NAMES, features, reference, strict=True):
+  for layer, got, want in zip(vgg.LAYER_NAMES, features, reference, strict=True):
     assert got.shape == want.shape, layer
     scale = np.abs(want).max()
     # The comparison means something only if the layer is neither dead nor tiny.
@@ -101,16 +100,14 @@ def torch_reference(torch_weights, images):
     for name, (kernel, _) in torch_weights.items()
   }
   biases = {name: bias for name, (_, bias) in torch_weights.items()}
-  return _reference_features(
-    images, taps, biases, perceptual.IMAGENET_MEAN, perceptual.IMAGENET_STD, bgr=False
-  )
+  return _reference_features(images, taps, biases, vgg.IMAGENET_MEAN, vgg.IMAGENET_STD, bgr=False)
 
 
 @pytest.fixture(scope='module')
 def torch_files(torch_weights, tmp_path_factory):
   """The torchvision state dict as .npz (plain keys) and .safetensors ('module.' prefixed)."""
   state = {}
-  for name, index, _, _ in perceptual.VGG19_CONVS:
+  for name, index, _, _ in vgg.VGG19_CONVS:
     kernel, bias = torch_weights[name]
     state[f'features.{index}.weight'] = kernel
     state[f'features.{index}.bias'] = bias
@@ -128,7 +125,7 @@ def torch_files(torch_weights, tmp_path_factory):
 @pytest.fixture(scope='module')
 def converted_path(torch_files, tmp_path_factory):
   path = str(tmp_path_factory.mktemp('converted') / 'vgg19.npz')
-  perceptual.convert(torch_files['npz'], path)
+  vgg_conversion.convert(torch_files['npz'], path)
   return path
 
 
@@ -152,7 +149,7 @@ def test_converted_torchvision_weights_match_numpy_reference(
   torch_files, torch_reference, images, tmp_path, input_format, output_extension
 ):
   output = str(tmp_path / f'vgg19{output_extension}')
-  returned = perceptual.convert(torch_files[input_format], output)
+  returned = vgg_conversion.convert(torch_files[input_format], output)
   params = perceptual.load_vgg19_params(output)
   assert jax.tree.all(jax.tree.map(np.array_equal, returned, params))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
@@ -167,7 +164,7 @@ def test_converted_keras_h5_weights_match_numpy_reference(images, tmp_path):
   # Keras scales its inputs to [0, 255]; rescale the He init so activations stay near 1.
   with h5py.File(h5_path, 'w') as h5:
     h5.create_group('input_1')
-    for name, _, _, _ in perceptual.VGG19_CONVS:
+    for name, _, _, _ in vgg.VGG19_CONVS:
       block, conv = name[4:].split('_')
       layer = f'block{block}_conv{conv}'
       if conv == '1' and block != '1':
@@ -184,13 +181,13 @@ def test_converted_keras_h5_weights_match_numpy_reference(images, tmp_path):
     h5.attrs['layer_names'] = [name.encode() for name in layer_names]
 
   output = str(tmp_path / 'vgg19_keras.npz')
-  perceptual.convert(h5_path, output)
+  vgg_conversion.convert(h5_path, output)
   params = perceptual.load_vgg19_params(output)
   features = _apply_features({'params': params}, images)
 
   # Reference: Keras 'caffe' preprocessing (BGR, [0, 255], minus the mean) with HWIO kernels.
   with h5py.File(h5_path, 'r') as h5:
-    kernels = {name: h5[f'block{name[4]}_conv{name[6]}'] for name, *_ in perceptual.VGG19_CONVS}
+    kernels = {name: h5[f'block{name[4]}_conv{name[6]}'] for name, *_ in vgg.VGG19_CONVS}
     taps, biases = {}, {}
     for name, group in kernels.items():
       layer = group.name.strip('/')
@@ -205,13 +202,13 @@ def test_converted_keras_h5_weights_match_numpy_reference(images, tmp_path):
 
 
 def test_bfloat16_compute_keeps_float32_params_and_is_close(converted_path, images):
-  module = perceptual.VGG19Features(dtype=jnp.bfloat16)
+  module = vgg.VGG19Features(dtype=jnp.bfloat16)
   shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
   params = perceptual.load_vgg19_params(converted_path)
   low = jax.jit(module.apply)({'params': params}, images)
   high = _apply_features({'params': params}, images)
-  for layer, got, want in zip(perceptual.LAYER_NAMES, low, high, strict=True):
+  for layer, got, want in zip(vgg.LAYER_NAMES, low, high, strict=True):
     assert got.dtype == jnp.bfloat16
     error = jnp.abs(got.astype(jnp.float32) - want).max()
     assert error <= 0.05 * jnp.abs(want).max(), layer
@@ -219,7 +216,7 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close(converted_path, imag
 
 def test_num_layers_truncates_and_too_small_input_is_a_clear_error(converted_path):
   params = perceptual.load_vgg19_params(converted_path)
-  module = perceptual.VGG19Features()
+  module = vgg.VGG19Features()
   features = module.apply({'params': params}, jnp.zeros((1, 4, 4, 3)), num_layers=3)
   assert [f.shape for f in features] == [(1, 4, 4, 64), (1, 2, 2, 128), (1, 1, 1, 256)]
   with pytest.raises(ValueError, match=r'4x4 pixels are too small to reach relu4_1'):
@@ -228,23 +225,11 @@ def test_num_layers_truncates_and_too_small_input_is_a_clear_error(converted_pat
 
 def test_command_line_convert(torch_files, converted_path, tmp_path):
   output = str(tmp_path / 'cli.npz')
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'reenact_jax.perceptual',
-      'convert',
-      f'--input={torch_files["npz"]}',
-      f'--output={output}',
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
-    check=False,
+  result = run_command(
+    'reenact_jax.convert_vgg', f'--input={torch_files["npz"]}', f'--output={output}'
   )
   assert result.returncode == 0, result.stderr
-  assert 'shapes checked' in result.stdout
+  assert 'checked' in result.stdout
   got = perceptual.load_vgg19_params(output)
   want = perceptual.load_vgg19_params(converted_path)
   assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
@@ -258,8 +243,8 @@ def test_missing_weights_file_names_path_and_convert_command(tmp_path):
   with pytest.raises(FileNotFoundError) as error:
     perceptual.load_vgg19_params(path)
   assert path in str(error.value)
-  assert 'python -m reenact_jax.perceptual convert' in str(error.value)
-  with pytest.raises(FileNotFoundError, match='python -m reenact_jax.perceptual convert'):
+  assert 'python -m reenact_jax.convert_vgg' in str(error.value)
+  with pytest.raises(FileNotFoundError, match='python -m reenact_jax.convert_vgg'):
     perceptual.make_perceptual_loss(_perceptual_config(path))
 
 
@@ -286,15 +271,15 @@ def test_converter_refuses_wrong_networks(torch_files):
   state = dict(torch_files['state'])
   state['features.10.weight'] = np.zeros((256, 64, 3, 3), np.float32)
   with pytest.raises(ValueError, match=r"'features.10.weight' \(conv3_1\) has shape"):
-    perceptual.torchvision_to_flat_params(state, 'x.npz')
+    vgg_conversion.torchvision_to_flat_params(state, 'x.npz')
   vgg16_like = dict(torch_files['state'])
   vgg16_like['features.17.weight'] = vgg16_like.pop('features.16.weight')
   with pytest.raises(ValueError, match='VGG16'):
-    perceptual.torchvision_to_flat_params(vgg16_like, 'x.npz')
+    vgg_conversion.torchvision_to_flat_params(vgg16_like, 'x.npz')
   with pytest.raises(ValueError, match='needs torch'):
     open_path = os.path.join(os.path.dirname(torch_files['npz']), 'vgg19.pth')
     open(open_path, 'wb').close()
-    perceptual.convert(open_path, 'out.npz')
+    vgg_conversion.convert(open_path, 'out.npz')
 
 
 def test_vgg19_without_weights_path_is_an_error():
@@ -360,7 +345,7 @@ def test_loss_is_weighted_mean_l1_summed_over_scales_with_gradient_to_prediction
     params, prediction, target
   )
 
-  apply = jax.jit(functools.partial(perceptual.VGG19Features().apply, num_layers=3))
+  apply = jax.jit(functools.partial(vgg.VGG19Features().apply, num_layers=3))
   half = (2, 8, 8, 3)
   expected = 0.0
   for a, b in (

@@ -8,9 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from data import clips as clips_lib
-from data import demo, prepare
-from reenact_jax import face_topology, records
+from reenact_jax import bundled, crops, face_topology, media, preparation, records
+from tests.helpers import run_command
 
 RESOLUTION = 64
 
@@ -41,7 +40,7 @@ def _polygon_area(points: np.ndarray) -> float:
 
 @pytest.fixture(scope='module')
 def carphone_dir(tmp_path_factory) -> pathlib.Path:
-  return demo.prepared_demo_dir(tmp_path_factory.mktemp('cache'), resolution=RESOLUTION)
+  return bundled.prepared_demo_dir(tmp_path_factory.mktemp('cache'), resolution=RESOLUTION)
 
 
 def _all_records(data_dir):
@@ -108,7 +107,7 @@ def test_carphone_landmarks_masks_poses_and_counts(carphone_dir):
 
 def test_demo_dir_is_cached(carphone_dir):
   stamp = (carphone_dir / records.MANIFEST).stat().st_mtime_ns
-  again = demo.prepared_demo_dir(carphone_dir.parent, resolution=RESOLUTION)
+  again = bundled.prepared_demo_dir(carphone_dir.parent, resolution=RESOLUTION)
   assert again == carphone_dir
   assert (again / records.MANIFEST).stat().st_mtime_ns == stamp
 
@@ -123,11 +122,11 @@ def test_record_frames_for_the_input_pipeline(carphone_dir):
   assert frame['landmarks'].shape == (478, 3)
 
 
-def test_folder_with_good_corrupt_and_faceless_clips(tmp_path, capsys):
+def test_folder_with_good_corrupt_and_faceless_clips(tmp_path):
   videos = tmp_path / 'videos'
   for identity in ('alice', 'bob', 'carol'):
     (videos / identity).mkdir(parents=True)
-  carphone = demo.carphone_path()
+  carphone = bundled.carphone_path()
   shutil.copy(carphone, videos / 'alice' / 'talk.mp4')
   # Corrupt: the first half of a real video (its index lives at the end of the file).
   data = carphone.read_bytes()
@@ -135,10 +134,14 @@ def test_folder_with_good_corrupt_and_faceless_clips(tmp_path, capsys):
   _write_video(videos / 'carol' / 'gradient.mp4', _gradient_frames(12))
   output = tmp_path / 'shards'
 
-  code = prepare.main(
-    ['--input', str(videos), '--output', str(output), '--resolution', '32', '--max-frames', '40']
+  done = run_command(
+    'data.prepare',
+    f'--input={videos}',
+    f'--output={output}',
+    '--resolution=32',
+    '--max-frames=40',
   )
-  assert code == 0
+  assert done.returncode == 0, done.stderr
   manifest = json.loads((output / records.MANIFEST).read_text())
   assert manifest['num_clips'] == 1 and manifest['clips'][0]['identity'] == 'alice'
   assert manifest['num_skipped'] == 2
@@ -147,7 +150,7 @@ def test_folder_with_good_corrupt_and_faceless_clips(tmp_path, capsys):
   assert reasons['gradient.mp4']['kind'] == 'no_face'
   assert 'no face' in reasons['gradient.mp4']['reason']
   assert manifest['skipped_counts'] == {'unreadable': 1, 'no_face': 1}
-  printed = capsys.readouterr().out
+  printed = done.stdout
   assert 'Skipped 2 inputs' in printed and 'broken.mp4' in printed
   # The only kept identity is alone in its split, and the counts match the shards.
   train, _ = records.open_split(output, 'train')
@@ -156,9 +159,9 @@ def test_folder_with_good_corrupt_and_faceless_clips(tmp_path, capsys):
 
   # An output folder that holds shards is not overwritten without --overwrite.
   shards = sorted(p.name for p in output.iterdir())
-  code = prepare.main(['--input', str(videos), '--output', str(output), '--resolution', '16'])
-  assert code == 2
-  assert '--overwrite' in capsys.readouterr().err
+  done = run_command('data.prepare', f'--input={videos}', f'--output={output}', '--resolution=16')
+  assert done.returncode == 2
+  assert '--overwrite' in done.stderr and 'Traceback' not in done.stderr
   assert sorted(p.name for p in output.iterdir()) == shards
   assert json.loads((output / records.MANIFEST).read_text())['resolution'] == 32
 
@@ -175,7 +178,7 @@ def test_other_bad_inputs_are_skipped_with_reasons(tmp_path):
   whole = (videos / 'frank' / 'whole.mp4').read_bytes()
   (videos / 'frank' / 'cut.mp4').write_bytes(whole[: len(whole) // 2])
   (videos / 'frank' / 'whole.mp4').unlink()
-  manifest = prepare.prepare(videos, tmp_path / 'out', resolution=16)
+  manifest = preparation.prepare(videos, tmp_path / 'out', resolution=16)
   kinds = {pathlib.Path(item['path']).name: item['kind'] for item in manifest['skipped']}
   assert kinds == {
     'one_frame.mp4': 'too_short',
@@ -183,18 +186,14 @@ def test_other_bad_inputs_are_skipped_with_reasons(tmp_path):
     'cut.mp4': 'unreadable',
   }
   assert manifest['num_clips'] == 0 and manifest['num_frames'] == 0
-  assert prepare.main(['--input', str(videos), '--output', str(tmp_path / 'o2')]) == 1
+  assert not preparation.prepare(videos, tmp_path / 'o2', resolution=16)['num_clips']
 
 
 def test_splits_are_identity_disjoint(tmp_path):
   import cv2
 
   # Three identities as frame folders cut from the real clip.
-  frames = list(
-    clips_lib.read_frames(
-      clips_lib.ClipInput('x', 'x', str(demo.carphone_path()), False), max_frames=12
-    )
-  )
+  frames = list(media.read_frames(bundled.carphone_path(), max_frames=12))
   videos = tmp_path / 'frames'
   for identity in ('id0', 'id1', 'id2'):
     folder = videos / identity / 'clip'
@@ -206,7 +205,7 @@ def test_splits_are_identity_disjoint(tmp_path):
   faceless.mkdir(parents=True)
   for number, frame in enumerate(_gradient_frames(3)):
     cv2.imwrite(str(faceless / f'{number}.png'), frame)
-  manifest = prepare.prepare(videos, tmp_path / 'out', resolution=16, test_fraction=0.3)
+  manifest = preparation.prepare(videos, tmp_path / 'out', resolution=16, test_fraction=0.3)
   assert manifest['num_clips'] == 3 and manifest['split_mode'] == 'identity'
   assert manifest['skipped_counts'] == {'no_face': 1}
   identities = {}
@@ -242,13 +241,13 @@ def test_crop_and_normalisation_round_trip():
   # A landmark at a pixel centre of the crop lands on that centre in normalised units.
   box = (10, 20, 40)
   points = np.array([[[10.5, 20.5, 4.0], [49.5, 59.5, -4.0]]])
-  normalised = clips_lib.normalise_landmarks(points, box)
+  normalised = crops.normalise_landmarks(points, box)
   np.testing.assert_allclose(
     normalised[0, :, :2], [[-1 + 1 / 40, -1 + 1 / 40], [1 - 1 / 40, 1 - 1 / 40]]
   )
   np.testing.assert_allclose(normalised[0, :, 2], [0.2, -0.2])
   frame = np.arange(100 * 100 * 3, dtype=np.uint8).reshape(100, 100, 3)
-  assert clips_lib.crop_frame(frame, (-10, -10, 40), 20).shape == (20, 20, 3)
+  assert crops.crop_frame(frame, (-10, -10, 40), 20).shape == (20, 20, 3)
 
 
 def test_tfds_builder_reads_the_prepared_frames(carphone_dir, tmp_path):

@@ -10,9 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from data import demo
-from reenact_jax import face_topology
-from reenact_jax import reenact as reenact_lib
+from reenact_jax import bundled, face_topology, media, motion, reenactment
 
 NUM_FRAMES = 10
 BATCH_SIZE = 4  # 10 frames -> batches of 4, 4 and a padded 2.
@@ -36,7 +34,7 @@ def inputs(tmp_path_factory) -> dict:
   source = folder / 'astronaut.png'
   Image.fromarray(skimage.data.astronaut()).save(source)
   driving = folder / 'carphone10.mp4'
-  with av.open(str(demo.carphone_path())) as reader, av.open(str(driving), 'w') as writer:
+  with av.open(str(bundled.carphone_path())) as reader, av.open(str(driving), 'w') as writer:
     in_stream = reader.streams.video[0]
     out_stream = writer.add_stream('libx264', rate=in_stream.average_rate)
     out_stream.width, out_stream.height = (
@@ -58,7 +56,7 @@ def inputs(tmp_path_factory) -> dict:
 
 def test_absolute_with_side_by_side(tiny_workdir, inputs, tmp_path):
   output = tmp_path / 'out.mp4'
-  summary = reenact_lib.reenact(
+  summary = reenactment.reenact(
     tiny_workdir,
     inputs['source'],
     inputs['driving'],
@@ -89,7 +87,7 @@ def test_absolute_with_side_by_side(tiny_workdir, inputs, tmp_path):
 
 def test_relative_best_frame_paste_back(tiny_workdir, inputs, tmp_path):
   output = tmp_path / 'pasted.mp4'
-  summary = reenact_lib.reenact(
+  summary = reenactment.reenact(
     tiny_workdir,
     inputs['source'],
     inputs['driving'],
@@ -135,7 +133,7 @@ def test_relative_landmarks_pose_and_expression():
     face = person + (opening if t == 2 else 0.0)
     driving.append(face @ _yaw(angle).T + [shift, -shift, 0.0])
   driving = np.stack(driving)
-  moved = reenact_lib.relative_landmarks(source.astype(np.float32), driving.astype(np.float32), 0)
+  moved = motion.relative_landmarks(source.astype(np.float32), driving.astype(np.float32), 0)
   assert moved.shape == driving.shape and moved.dtype == np.float32
   # The source performs the driving pose change about its own centre, at its own scale, and
   # the mouth opens by the driving opening over the size ratio: since the driving person is the
@@ -145,7 +143,7 @@ def test_relative_landmarks_pose_and_expression():
   np.testing.assert_allclose(moved[0], _centred(source), atol=2e-5)
   # The same frame without the opening: only the lower lip differs, by 0.05 / 0.7 downwards.
   closed = driving[2] - opening @ _yaw(0.3).T
-  without = reenact_lib.relative_landmarks(
+  without = motion.relative_landmarks(
     source.astype(np.float32), np.stack([driving[0], closed]).astype(np.float32), 0
   )[1]
   shift = moved[2] - without
@@ -164,10 +162,10 @@ def test_reference_frame_picks_the_matching_expression():
   driving[:, lip, 1] += 0.06  # Every frame has the mouth open ...
   driving[3, lip, 1] -= 0.06  # ... but frame 3, which has the source's (closed) mouth.
   has_face = np.ones(5, bool)
-  assert reenact_lib.reference_frame(source, driving, has_face, find_best=False) == 0
-  assert reenact_lib.reference_frame(source, driving, has_face, find_best=True) == 3
+  assert motion.reference_frame(source, driving, has_face, find_best=False) == 0
+  assert motion.reference_frame(source, driving, has_face, find_best=True) == 3
   has_face[3] = False  # A filled-in frame (no face found there) is never the reference.
-  assert reenact_lib.reference_frame(source, driving, has_face, find_best=True) != 3
+  assert motion.reference_frame(source, driving, has_face, find_best=True) != 3
 
 
 def test_input_checks(tmp_path):
@@ -175,19 +173,19 @@ def test_input_checks(tmp_path):
   from PIL import Image
 
   Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(image)
-  with pytest.raises(reenact_lib.ReenactError, match='megapixel limit'):
-    reenact_lib.read_image(image, max_pixels=500)
-  assert reenact_lib.read_image(image).shape == (20, 30, 3)
+  with pytest.raises(media.InputError, match='megapixel limit'):
+    media.read_image(image, max_pixels=500)
+  assert media.read_image(image).shape == (20, 30, 3)
   (tmp_path / 'text.png').write_text('not an image')
-  with pytest.raises(reenact_lib.ReenactError, match='not a readable image'):
-    reenact_lib.read_image(tmp_path / 'text.png')
+  with pytest.raises(media.InputError, match='not a readable image'):
+    media.read_image(tmp_path / 'text.png')
   (tmp_path / 'text.mp4').write_text('not a video')
-  with pytest.raises(reenact_lib.ReenactError, match='not a readable video'):
-    reenact_lib.probe_video(tmp_path / 'text.mp4')
-  with pytest.raises(reenact_lib.ReenactError, match='does not exist'):
-    reenact_lib.check_output(tmp_path / 'missing_folder' / 'out.mp4')
-  with pytest.raises(reenact_lib.ReenactError, match='extensions'):
-    reenact_lib.check_output(tmp_path / 'out.gif')
+  with pytest.raises(media.InputError, match='not a readable video'):
+    media.probe_video(tmp_path / 'text.mp4')
+  with pytest.raises(media.InputError, match='does not exist'):
+    media.check_output(tmp_path / 'missing_folder' / 'out.mp4')
+  with pytest.raises(media.InputError, match='extensions'):
+    media.check_output(tmp_path / 'out.gif')
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:

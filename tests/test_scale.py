@@ -32,9 +32,7 @@ def _train(config, batch, *, phases=(False,), devices=None):
   global_batch = sharding.global_batch(batch, setup.mesh)
   history = []
   for warp_only in phases:
-    state, metrics = setup.train_step(warp_only=warp_only)(
-      state, global_batch, setup.perceptual_params
-    )
+    state, metrics = setup.train_step(warp_only=warp_only)(state, global_batch, setup.perceptual[0])
     history.append(jax.tree.map(np.asarray, metrics))
   return setup, state, history
 
@@ -78,6 +76,7 @@ def test_logical_rules_shard_the_first_divisible_dimension():
   )
 
 
+@pytest.mark.slow
 def test_fsdp_matches_data_parallel_and_really_shards():
   overrides = {'mesh.fsdp_min_size': 1024}
   data_parallel = helpers.config_with(**{'mesh.data': 8, 'mesh.fsdp': 1, **overrides})
@@ -113,6 +112,7 @@ def test_fsdp_matches_data_parallel_and_really_shards():
   del fsdp_setup
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_trains_with_finite_losses():
   batch, (_, _, reference) = _plain_two_device_run()
   config = helpers.config_with(**{'model.compute_dtype': 'bfloat16'})
@@ -129,6 +129,7 @@ def test_bfloat16_compute_trains_with_finite_losses():
     np.testing.assert_allclose(history[0][key], reference[0][key], rtol=5e-2, err_msg=key)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_step():
   batch, (plain_setup, plain, plain_history) = _plain_two_device_run()
   remat_config = helpers.config_with(**{'model.remat': True})
@@ -153,6 +154,7 @@ def test_micro_batches_keep_each_device_its_examples():
   np.testing.assert_array_equal(micro, [[0, 2, 4, 6], [1, 3, 5, 7]])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_big_batch():
   batch, (_, _, one_history) = _plain_two_device_run()
   config = helpers.config_with(**{'train.grad_accum_steps': 2})
@@ -168,6 +170,7 @@ def test_gradient_accumulation_matches_one_big_batch():
     trainer.Setup(helpers.config_with(**{'train.grad_accum_steps': 3}))
 
 
+@pytest.mark.slow
 def test_aot_check_reports_memory_for_a_mesh():
   result = subprocess.run(
     [
@@ -213,6 +216,7 @@ def _aot_check(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
   )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
   importlib.util.find_spec('libtpu') is not None, reason='libtpu is installed here'
 )
@@ -222,6 +226,7 @@ def test_aot_check_for_a_tpu_slice_says_how_to_get_libtpu():
   assert 'pip install "libtpu==' in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
   importlib.util.find_spec('libtpu') is None,
   reason='needs libtpu (pip install "libtpu==0.0.42.*"): compiles for TPU without a TPU',

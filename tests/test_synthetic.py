@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from reenact_jax import face_topology, records, synthetic
+from reenact_jax import augmentation, face_topology, records, synthetic
 
 NUM_FRAMES = 16
 
@@ -84,7 +84,7 @@ def test_mask_is_face_oval_fill_of_plausible_area():
     out = _frame(clip, 7, size=64)
     area = out['mask'].mean()
     assert 0.1 < area < 0.7, area
-    expected = synthetic.face_oval_mask(out['landmarks'], 64, 64)
+    expected = records.face_oval_mask(out['landmarks'], 64, 64)
     np.testing.assert_array_equal(out['mask'], expected)
     # Independent check: pixel centres inside the oval polygon (matplotlib-free ray test).
     polygon = out['landmarks'][face_topology.FACE_OVAL, :2]
@@ -164,7 +164,7 @@ def test_repose_moves_image_and_landmarks_together(motion):
     x_px, y_px = (landmarks[index, :2] + 1) * size / 2 - 0.5
     image = np.zeros((size, size, 3), np.float32)
     image[..., 0] = np.exp(-((gx - x_px) ** 2 + (gy - y_px) ** 2) / (2 * 1.5**2))
-    moved, moved_landmarks, mask = synthetic.repose(
+    moved, moved_landmarks, mask = augmentation.repose(
       image, landmarks, rng=np.random.default_rng(trial), **motion
     )
     assert moved.shape == image.shape and moved.dtype == np.float32
@@ -174,7 +174,7 @@ def test_repose_moves_image_and_landmarks_together(motion):
     expected = (moved_landmarks[index, :2] + 1) * size / 2 - 0.5
     assert np.linalg.norm(centroid - expected) < 0.3, (trial, centroid, expected)
     largest_move = max(largest_move, np.linalg.norm(expected - [x_px, y_px]))
-    np.testing.assert_array_equal(mask, synthetic.face_oval_mask(moved_landmarks, size, size))
+    np.testing.assert_array_equal(mask, records.face_oval_mask(moved_landmarks, size, size))
     assert abs(moved_landmarks[:, 2].mean()) < 1e-5
   assert largest_move > 1.5  # It really moved.
 
@@ -182,7 +182,7 @@ def test_repose_moves_image_and_landmarks_together(motion):
 def test_repose_is_a_similarity_plus_small_deformation_of_the_landmarks():
   landmarks = _frame(1, 0)['landmarks']
   image = _frame(1, 0)['image']
-  _, moved, _ = synthetic.repose(
+  _, moved, _ = augmentation.repose(
     image,
     landmarks,
     rng=np.random.default_rng(5),
@@ -200,8 +200,8 @@ def test_repose_is_a_similarity_plus_small_deformation_of_the_landmarks():
 def test_repose_is_deterministic_in_its_rng():
   out = _frame(0, 0)
   kwargs = dict(max_rotation_deg=10.0, max_scale=0.05, max_translation=0.05)
-  a = synthetic.repose(out['image'], out['landmarks'], rng=np.random.default_rng(7), **kwargs)
-  b = synthetic.repose(out['image'], out['landmarks'], rng=np.random.default_rng(7), **kwargs)
+  a = augmentation.repose(out['image'], out['landmarks'], rng=np.random.default_rng(7), **kwargs)
+  b = augmentation.repose(out['image'], out['landmarks'], rng=np.random.default_rng(7), **kwargs)
   for x, y in zip(a, b, strict=True):
     np.testing.assert_array_equal(x, y)
 
@@ -210,9 +210,9 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match='frame_index'):
     _frame(0, NUM_FRAMES)
   with pytest.raises(ValueError, match='landmarks'):
-    synthetic.face_oval_mask(np.zeros((478,)), 8, 8)
+    records.face_oval_mask(np.zeros((478,)), 8, 8)
   with pytest.raises(ValueError, match='max_deformation'):
-    synthetic.repose(
+    augmentation.repose(
       np.zeros((8, 8, 3)),
       np.zeros((478, 3)),
       rng=np.random.default_rng(0),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from reenact_jax import checkpointing, input_pipeline, sharding, trainer
+from reenact_jax import workdir as workdir_lib
 from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,13 +27,11 @@ def _first_batch(config):
   return next(iter(dataset))
 
 
-def _run_one_step(config, devices, batch, *, warp_only):
-  mesh = sharding.make_mesh(config.mesh, devices=devices)
-  setup = trainer.Setup(config, mesh=mesh)
+def _run_one_step(setup, batch, *, warp_only):
   state = setup.init_state()
   before = jax.tree.map(np.asarray, (state.generator_params, state.discriminator_params))
-  step = setup.train_step(warp_only=warp_only)
-  state, metrics = step(state, sharding.global_batch(batch, mesh), setup.perceptual_params)
+  step = setup.compiled_train_step(warp_only=warp_only)
+  state, metrics = step(state, sharding.global_batch(batch, setup.mesh), setup.perceptual[0])
   after = jax.tree.map(np.asarray, (state.generator_params, state.discriminator_params))
   return before, after, jax.tree.map(np.asarray, metrics)
 
@@ -51,12 +50,13 @@ def _relative_update_difference(before, after, reference_after):
   return (difference / update) ** 0.5
 
 
-def test_train_step_on_8_devices_matches_1_device():
+def test_train_step_on_8_devices_matches_1_device(tiny_setup):
   assert jax.device_count() == 8, 'tests/conftest.py should give 8 fake CPU devices'
   config = _tiny_config()
   batch = _first_batch(config)
-  before, after8, metrics8 = _run_one_step(config, jax.devices(), batch, warp_only=False)
-  _, after1, metrics1 = _run_one_step(config, jax.devices()[:1], batch, warp_only=False)
+  before, after8, metrics8 = _run_one_step(tiny_setup, batch, warp_only=False)
+  one_device = trainer.Setup(config, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  _, after1, metrics1 = _run_one_step(one_device, batch, warp_only=False)
 
   for key, value in metrics8.items():
     assert np.isfinite(value), key
@@ -73,11 +73,10 @@ def test_train_step_on_8_devices_matches_1_device():
   assert _relative_update_difference(before, after8, after1) < 0.05
 
 
-def test_warp_only_phase_leaves_renderer_and_discriminator_unchanged():
-  config = _tiny_config()
-  batch = _first_batch(config)
+def test_warp_only_phase_leaves_renderer_and_discriminator_unchanged(tiny_setup):
+  batch = _first_batch(_tiny_config())
   (generator_before, discriminator_before), (generator_after, discriminator_after), metrics = (
-    _run_one_step(config, jax.devices()[:2], batch, warp_only=True)
+    _run_one_step(tiny_setup, batch, warp_only=True)
   )
   assert metrics['phase'] == 1.0
   assert _max_abs_difference(discriminator_before, discriminator_after) == 0.0
@@ -85,7 +84,7 @@ def test_warp_only_phase_leaves_renderer_and_discriminator_unchanged():
     name: _max_abs_difference(generator_before[name], generator_after[name]) > 0
     for name in generator_before
   }
-  # Phase 1 trains E, F and P (DESIGN §3); renderer and inpainter wait for phase 2.
+  # Phase 1 trains E, F and P; renderer and inpainter wait for phase 2.
   assert changed == {
     'encoder': True,
     'flow_net': True,
@@ -95,8 +94,7 @@ def test_warp_only_phase_leaves_renderer_and_discriminator_unchanged():
   }, changed
 
 
-def _final_params(workdir, config):
-  setup = trainer.Setup(config)
+def _final_params(workdir, config, setup):
   manager = checkpointing.make_manager(str(workdir), max_to_keep=2)
   abstract = checkpointing.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
   step = manager.latest_step()
@@ -105,18 +103,18 @@ def _final_params(workdir, config):
   return step, jax.tree.map(np.asarray, state), data_state
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, tiny_setup):
   total = 6
   straight = _tiny_config(**{'train.total_steps': total, 'train.checkpoint_every': 100})
-  trainer.train_and_evaluate(straight, str(tmp_path / 'straight'))
+  trainer.train_and_evaluate(straight, str(tmp_path / 'straight'), setup=tiny_setup)
 
   first_half = _tiny_config(**{'train.total_steps': total // 2, 'train.checkpoint_every': 100})
-  trainer.train_and_evaluate(first_half, str(tmp_path / 'resumed'))
+  trainer.train_and_evaluate(first_half, str(tmp_path / 'resumed'), setup=tiny_setup)
   second_half = _tiny_config(**{'train.total_steps': total, 'train.checkpoint_every': 100})
-  trainer.train_and_evaluate(second_half, str(tmp_path / 'resumed'))
+  trainer.train_and_evaluate(second_half, str(tmp_path / 'resumed'), setup=tiny_setup)
 
-  step_a, state_a, data_a = _final_params(tmp_path / 'straight', straight)
-  step_b, state_b, data_b = _final_params(tmp_path / 'resumed', straight)
+  step_a, state_a, data_a = _final_params(tmp_path / 'straight', straight, tiny_setup)
+  step_b, state_b, data_b = _final_params(tmp_path / 'resumed', straight, tiny_setup)
   assert step_a == step_b == total
   assert int(state_a.step) == total
   # Every leaf of the state: params, optimizer states, EMA, spectral-norm stats, RNG, step.
@@ -142,32 +140,40 @@ def test_resume_is_exact(tmp_path):
   assert list((tmp_path / 'straight' / 'tensorboard').glob('events.out.tfevents.*'))
 
 
-def test_checkpoint_from_another_config_is_refused(tmp_path):
-  trainer.train_and_evaluate(_tiny_config(**{'train.total_steps': 1}), str(tmp_path))
+def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_setup):
+  config = _tiny_config(**{'train.total_steps': 1})
+  trainer.train_and_evaluate(config, str(tmp_path), setup=tiny_setup)
   other = _tiny_config(**{'train.total_steps': 2, 'model.volume_channels': 8})
   with pytest.raises(checkpointing.IncompatibleCheckpointError, match='model.volume_channels'):
     trainer.train_and_evaluate(other, str(tmp_path))
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_setup, monkeypatch):
   config = _tiny_config(
-    **{
-      'train.total_steps': 6,
-      'train.checkpoint_every': 1,
-      'train.log_every': 1,
-      'train.phase1_steps': 2,
-      'loss.l1': float('nan'),
-    }
+    **{'train.total_steps': 6, 'train.checkpoint_every': 1, 'train.log_every': 1}
   )
+  # From the third batch on the driving frames are NaN (a broken record, a bad augmentation).
+  next_batch = trainer._Prefetcher.next
+  calls = []
+
+  def poisoned(self):
+    batch, data_state = next_batch(self)
+    calls.append(1)
+    if len(calls) >= 3:
+      batch = {**batch, 'driving': batch['driving'] * np.float32(np.nan)}
+    return batch, data_state
+
+  monkeypatch.setattr(trainer._Prefetcher, 'next', poisoned)
   with pytest.raises(trainer.NonFiniteError, match=r'loss/total.*step 3'):
-    trainer.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path), setup=tiny_setup)
   manager = checkpointing.make_manager(str(tmp_path), max_to_keep=2)
   assert manager.latest_step() == 2
   manager.close()
 
 
-def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path, tiny_setup):
+  # The test session's 8 fake devices: the steps come from the persistent compilation cache.
+  env = dict(os.environ)
   command = [
     sys.executable,
     '-m',
@@ -188,8 +194,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path):
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 0, stderr[-3000:]
-  config = _tiny_config()
-  step, state, _ = _final_params(tmp_path, config)
+  step, state, _ = _final_params(tmp_path, _tiny_config(), tiny_setup)
   assert step >= 2 and int(state.step) == step
 
 
@@ -217,7 +222,7 @@ def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error():
     trainer.Setup(_tiny_config(**{'train.batch_size': 4}))
 
 
-def test_logs_written_locally_are_copied_to_the_run_directory(tmp_path):
+def test_logs_written_locally_are_copied_to_the_run_directory(tmp_path, tiny_setup):
   # What a gs:// workdir does (object stores cannot append), with a local stand-in for the store.
   workdir = tmp_path / 'store' / 'run'
   config = _tiny_config(
@@ -228,7 +233,7 @@ def test_logs_written_locally_are_copied_to_the_run_directory(tmp_path):
       'train.local_log_dir': str(tmp_path / 'local_a'),
     }
   )
-  trainer.train_and_evaluate(config, str(workdir))
+  trainer.train_and_evaluate(config, str(workdir), setup=tiny_setup)
   assert (workdir / 'checkpoints' / '2').is_dir()
   assert [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()] == [1, 2]
   assert 'Restored' not in (workdir / 'train.0.log').read_text()
@@ -237,14 +242,12 @@ def test_logs_written_locally_are_copied_to_the_run_directory(tmp_path):
   # A resumed run on another machine (a new local directory) continues the same metrics file.
   config.train.total_steps = 3
   config.train.local_log_dir = str(tmp_path / 'local_b')
-  trainer.train_and_evaluate(config, str(workdir))
+  trainer.train_and_evaluate(config, str(workdir), setup=tiny_setup)
   assert [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()] == [1, 2, 3]
   log = (workdir / 'train.0.log').read_text()
   assert 'Restored step 2' in log and log.count('Mesh:') == 2  # Both runs' lines.
 
 
 def test_remote_paths_are_recognised():
-  from reenact_jax import workdir as workdir_lib
-
   assert workdir_lib.is_remote('gs://bucket/run') and workdir_lib.is_remote('s3://b/r')
   assert not workdir_lib.is_remote('/shared/runs/vox256') and not workdir_lib.is_remote('runs/a')

@@ -1,4 +1,4 @@
-"""Multi-scale patch discriminator with spectral norm (DESIGN §2, discriminator)."""
+"""Multi-scale patch discriminator with spectral norm."""
 
 from collections.abc import Sequence
 

@@ -1,4 +1,4 @@
-"""Appearance encoder E (DESIGN §2.1): source image -> 3D feature volume f_S."""
+"""Appearance encoder E: source image -> 3D feature volume f_S."""
 
 from collections.abc import Sequence
 

@@ -1,4 +1,4 @@
-"""3D flow prediction network F (DESIGN §2.3): a 3D U-Net hourglass that corrects the prior."""
+"""3D flow prediction network F: a 3D U-Net hourglass that corrects the prior."""
 
 from collections.abc import Sequence
 

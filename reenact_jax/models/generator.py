@@ -1,10 +1,9 @@
 """The generator: encoder, geometric prior, 3D flow, warp, projection, renderer, inpainter.
 
-DESIGN §2. Built by `make_generator(config.model, config.image_size)` outside jit; the module
+Built by `make_generator(config.model, config.image_size)` outside jit; the module
 holds only plain Python fields.
 """
 
-import logging
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from reenact_jax import geometry, warp
+from reenact_jax import face_topology, geometry, warp
 from reenact_jax.models import layers
 from reenact_jax.models.encoder import AppearanceEncoder
 from reenact_jax.models.flow import FlowHourglass3D
@@ -23,6 +22,8 @@ from reenact_jax.models.renderer import ForegroundRenderer
 
 # Spatial downsampling from the image to the feature volume (H' = H / 4), fixed by the design.
 VOLUME_STRIDE = 4
+# The generator's inputs, in the order of Generator.__call__ (and of the exported artifact).
+INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask')
 
 
 class Generator(nn.Module):
@@ -174,21 +175,11 @@ class Generator(nn.Module):
 
 
 def _stable_indices(num_landmarks: int) -> tuple[int, ...]:
-  """face_topology.STABLE when that module exists, else every landmark (logged)."""
-  try:
-    from reenact_jax import face_topology
-  except ImportError:
-    logging.warning(
-      'reenact_jax.face_topology is not available: the rigid fit of the flow prior uses all '
-      '%d landmarks instead of the stable ones.',
-      num_landmarks,
-    )
-    return tuple(range(num_landmarks))
   indices = tuple(int(i) for i in np.asarray(face_topology.STABLE).reshape(-1))
-  if not indices or max(indices) >= num_landmarks:
+  if max(indices) >= num_landmarks:
     raise ValueError(
-      f'face_topology.STABLE indexes up to {max(indices, default=-1)} but '
-      f'model.num_landmarks={num_landmarks}; the landmark topology and the config disagree.'
+      f'face_topology.STABLE indexes up to {max(indices)} but model.num_landmarks={num_landmarks};'
+      ' the landmark topology and the config disagree.'
     )
   return indices
 
@@ -274,17 +265,39 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
   )
 
 
-def render(generator: Generator, params, source, source_landmarks, driving_landmarks, source_mask):
+def example_inputs(generator: Generator, batch_size: int = 1) -> dict[str, jax.Array]:
+  """Zero inputs of the generator's shapes (INPUT_NAMES), for initialisation and lowering."""
+  size, points = generator.image_size, generator.num_landmarks
+  image = jnp.zeros((batch_size, size, size, 3), jnp.float32)
+  landmarks = jnp.zeros((batch_size, points, 3), jnp.float32)
+  mask = jnp.zeros((batch_size, size, size, 1), jnp.float32)
+  return {
+    'source': image,
+    'source_landmarks': landmarks,
+    'driving_landmarks': landmarks,
+    'source_mask': mask,
+  }
+
+
+def init_params(generator: Generator, rng: jax.Array):
+  """Fresh generator parameters (every part, the renderer and inpainter included)."""
+  return generator.init(rng, **example_inputs(generator), with_cycle=True, warp_only=False)[
+    'params'
+  ]
+
+
+def render(generator: Generator, params, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """The inference forward pass (full renderer, no cycle): the dict of outputs.
 
-  Shared by reenact, evaluate and export so that they all run the same function.
+  The one forward pass of the project: training images, evaluation, reenact, export and the
+  benchmarks all call it (through inference.render_fn where it is compiled).
+
+  Args:
+    inputs: INPUT_NAMES -> arrays, see Generator.__call__.
   """
   return generator.apply(
     {'params': params},
-    source,
-    source_landmarks,
-    driving_landmarks,
-    source_mask,
+    **{name: inputs[name] for name in INPUT_NAMES},
     with_cycle=False,
     warp_only=False,
   )

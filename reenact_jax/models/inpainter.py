@@ -1,4 +1,4 @@
-"""Background inpainter I (DESIGN §2.7): gated-convolution U-Net that fills the face hole."""
+"""Background inpainter I: gated-convolution U-Net that fills the face hole."""
 
 from collections.abc import Sequence
 

@@ -1,4 +1,4 @@
-"""Projection P (DESIGN §2.5): 3D feature volume -> 2D features and a low-resolution RGB image."""
+"""Projection P: 3D feature volume -> 2D features and a low-resolution RGB image."""
 
 import flax.linen as nn
 import jax

