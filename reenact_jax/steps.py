@@ -167,16 +167,24 @@ def split_micro_batches(
 
 
 def _accumulate(step_fn, micro_batches: PyTree, init: PyTree, num: int) -> tuple[PyTree, PyTree]:
-  """Runs step_fn(carry, micro_batch) -> (carry, output) over the leading axis of
-  `micro_batches` with lax.scan (activation memory of one micro-batch) and returns (carry
-  divided by num, stacked outputs). With num = 1 it is a single call."""
+  """Runs step_fn(micro_batch, extra) -> ((values, extra), output) over the leading axis of
+  `micro_batches` with lax.scan (activation memory of one micro-batch) and returns ((summed
+  values / num, extra), stacked outputs).
+
+  With num = 1 the body runs once, outside any loop: XLA:CPU runs the convolutions of a while
+  loop's body several times slower (measured on the demo step: 6.6 s instead of 1.3 s).
+  """
 
   def body(carry, micro_batch):
     summed, extra = carry
     (values, extra), output = step_fn(micro_batch, extra)
     return (_tree_add(summed, values), extra), output
 
-  (summed, extra), outputs = jax.lax.scan(body, init, micro_batches)
+  if num == 1:
+    carry, output = body(init, jax.tree.map(lambda x: x[0], micro_batches))
+    (summed, extra), outputs = carry, jax.tree.map(lambda x: x[None], output)
+  else:
+    (summed, extra), outputs = jax.lax.scan(body, init, micro_batches)
   return (jax.tree.map(lambda x: x / num, summed), extra), outputs
 
 
