@@ -29,7 +29,13 @@ def get_config() -> ml_collections.ConfigDict:
   # 3D flow hourglass.
   model.flow_compress_channels = 4  # Channels of the compressed source volume fed to F.
   model.flow_channels = (32, 64, 128)  # Per encoder level of the 3D U-Net.
-  model.flow_residual_scale = 0.1  # tanh-bounded residual flow amplitude, normalised units.
+  # tanh-bounded amplitude of the learned residual flow, normalised units (the volume spans 2):
+  # 0.15 reaches 0.15 * 64 / 2 = 4.8 voxels (19 pixels) at 256x256, where the prior cannot
+  # (neck, shoulders, hair tips, lips, teeth).
+  model.flow_residual_scale = 0.15
+  # Each pixel shows the depth slices of the 3D flow weighted by softmax over depth of
+  # (learned logits + this * prior confidence): the slice of the face surface, at first.
+  model.visibility_sharpness = 8.0
   # Projection 3D -> 2D and the projected-RGB head.
   model.projection_channels = 256
   # Foreground renderer (TransUNet-style).
@@ -52,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = loss = ml_collections.ConfigDict()
   loss.cyclic_warp = 10.0
   loss.cyclic_backward = 1.0  # Relative weight of the backward (D->S) half of L_cyc.
+  loss.cyclic_face = 1.0  # Extra weight of the face (oval) inside the person in L_cyc.
   loss.perceptual = 10.0  # On the composite output.
   loss.perceptual_projected = 10.0  # On the projected RGB of the warped volume.
   loss.l1 = 10.0
@@ -79,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Length of the cosine decay; 0: train.total_steps. Set it when a run will be extended with a
   # larger total_steps, so that resuming does not change the schedule.
   optim.decay_steps = 0
+  # Warmup of the parts that start training in phase 2 (renderer, inpainter, discriminator),
+  # counted from the phase switch: they have their own Adam state and schedule.
+  optim.phase2_warmup_steps = 500
   optim.grad_clip_norm = 1.0
   optim.ema_decay = 0.999
 

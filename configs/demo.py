@@ -46,6 +46,7 @@ def get_config():
   optim.generator_lr = 1e-3
   optim.discriminator_lr = 1e-3
   optim.warmup_steps = 20
+  optim.phase2_warmup_steps = 20
   optim.ema_decay = 0.98
 
   train = config.train

@@ -25,6 +25,7 @@ def get_config():
   config.perceptual.backbone = 'none'
 
   config.optim.warmup_steps = 2
+  config.optim.phase2_warmup_steps = 2
   # No total_steps in the compiled step: runs of different lengths share compiled executables.
   config.optim.schedule = 'constant'
   config.optim.ema_decay = 0.9

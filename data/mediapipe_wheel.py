@@ -3,7 +3,7 @@
 The command is `python -m data.mediapipe_models`; this module is its library.
 
 mediapipe itself is never installed (it pins numpy<2); its wheel is a zip archive that ships the
-face-detection and face-mesh `.tflite` files, which `ai-edge-litert` runs. At setup time
+face-detection, face-mesh, iris and selfie-segmentation `.tflite` files, which `ai-edge-litert` runs. At setup time
 (`make setup`) this module downloads the wheel from the package registry once and extracts the
 models; at run time `reenact_jax.face.model_dir()` only looks for the extracted files and never
 touches the network.
@@ -22,11 +22,12 @@ MODEL_FILES = {
   'face_detection_short_range.tflite': (
     'mediapipe/modules/face_detection/face_detection_short_range.tflite'
   ),
-  'face_landmark.tflite': 'mediapipe/modules/face_landmark/face_landmark.tflite',
-  'face_landmark_with_attention.tflite': (
-    'mediapipe/modules/face_landmark/face_landmark_with_attention.tflite'
+  'face_detection_full_range_sparse.tflite': (
+    'mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite'
   ),
+  'face_landmark.tflite': 'mediapipe/modules/face_landmark/face_landmark.tflite',
   'iris_landmark.tflite': 'mediapipe/modules/iris_landmark/iris_landmark.tflite',
+  'selfie_segmentation.tflite': 'mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite',
 }
 
 # SHA-256 of each file as shipped in the mediapipe 0.10.21 wheel.
@@ -34,11 +35,12 @@ MODEL_SHA256 = {
   'face_detection_short_range.tflite': (
     'bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8'
   ),
-  'face_landmark.tflite': '1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814',
-  'face_landmark_with_attention.tflite': (
-    'e06a804e0144f9929eda782122916b35d60c697c3c9344013ca2bbe76a6ce2b4'
+  'face_detection_full_range_sparse.tflite': (
+    '2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1'
   ),
+  'face_landmark.tflite': '1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814',
   'iris_landmark.tflite': 'd1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f',
+  'selfie_segmentation.tflite': '9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c',
 }
 
 

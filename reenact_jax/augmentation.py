@@ -8,13 +8,15 @@ in data-loading threads, never under jit.
 """
 
 import dataclasses
+import functools
 import math
 
 import cv2
+import jax
 import ml_collections
 import numpy as np
 
-from reenact_jax import face_topology, records
+from reenact_jax import face_topology, geometry, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +37,14 @@ class Augmentation:
 
 
 def flip_frame(frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Mirror image, mask and landmarks; landmark indices are remapped (left eye stays left eye)."""
+  """Mirror image, mask, matte and landmarks; landmark indices are remapped (left eye stays
+  left eye)."""
   landmarks = frame['landmarks'][face_topology.FLIP_PERMUTATION].copy()
   landmarks[:, 0] = -landmarks[:, 0]
   return {
     'image': frame['image'][:, ::-1],
     'mask': frame['mask'][:, ::-1],
+    'matte': frame['matte'][:, ::-1],
     'landmarks': landmarks,
   }
 
@@ -48,7 +52,8 @@ def flip_frame(frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def affine_frame(
   frame: dict[str, np.ndarray], scale: float, translate: tuple[float, float]
 ) -> dict[str, np.ndarray]:
-  """p -> scale * p + translate in normalised coordinates, applied to image, mask, landmarks.
+  """p -> scale * p + translate in normalised coordinates, applied to image, mask, matte and
+  landmarks.
 
   z is scaled with x and y so the landmarks stay a similarity transform of the original face.
   """
@@ -79,10 +84,17 @@ def affine_frame(
     flags=cv2.INTER_NEAREST,
     borderMode=cv2.BORDER_CONSTANT,
   )[..., None]
+  matte = cv2.warpAffine(
+    frame['matte'][..., 0],
+    matrix_cv,
+    (width, height),
+    flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_REFLECT,
+  )[..., None]
   landmarks = frame['landmarks'] * scale
   landmarks[:, 0] += translate[0]
   landmarks[:, 1] += translate[1]
-  return {'image': image, 'mask': mask, 'landmarks': landmarks.astype(np.float32)}
+  return {'image': image, 'mask': mask, 'matte': matte, 'landmarks': landmarks.astype(np.float32)}
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
@@ -142,9 +154,9 @@ def _geometry_matrix(flip: bool, scale: float, translate, height: int, width: in
 def _transform_frame(
   frame: dict[str, np.ndarray], flip: bool, scale: float, translate, warp: bool
 ) -> dict[str, np.ndarray]:
-  """flip_frame then affine_frame in one resampling of the image and of the mask."""
+  """flip_frame then affine_frame in one resampling of the image, the mask and the matte."""
   landmarks = np.asarray(frame['landmarks'], np.float32)
-  image, mask = frame['image'], frame['mask']
+  image, mask, matte = frame['image'], frame['mask'], frame['matte']
   if flip:
     landmarks = landmarks[face_topology.FLIP_PERMUTATION]
     landmarks[:, 0] = -landmarks[:, 0]
@@ -157,11 +169,15 @@ def _transform_frame(
     mask = cv2.warpAffine(
       mask[..., 0], matrix, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT
     )[..., None]
+    matte = cv2.warpAffine(
+      matte[..., 0], matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+    )[..., None]
     landmarks = landmarks * np.float32(scale)
     landmarks[:, :2] += np.asarray(translate, np.float32)
   elif flip:
     image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
-  return {'image': image, 'mask': mask, 'landmarks': landmarks}
+    matte = np.ascontiguousarray(matte[:, ::-1])
+  return {'image': image, 'mask': mask, 'matte': matte, 'landmarks': landmarks}
 
 
 def augment_pair(
@@ -201,29 +217,47 @@ def _rbf_displacement(points: np.ndarray, centres: np.ndarray, vectors: np.ndarr
   return np.exp(squared * (-0.5 / sigma**2)) @ vectors
 
 
+@functools.cache
+def _head_region_fn(size: int):
+  return jax.jit(lambda landmarks: geometry.head_region(landmarks[None], size, size)[0])
+
+
+def head_weight(landmarks: np.ndarray, matte: np.ndarray) -> np.ndarray:
+  """(H, W) float32: the person matte (H, W, 1) times the head region of the landmarks (N, 3)."""
+  height, width = matte.shape[:2]
+  if height != width:
+    raise ValueError(f'head_weight needs a square frame, got {matte.shape[:2]}.')
+  region = np.asarray(_head_region_fn(height)(np.asarray(landmarks, np.float32)))
+  return matte[..., 0] * region
+
+
 def repose(
   image: np.ndarray,
   landmarks: np.ndarray,
+  matte: np.ndarray,
   *,
   rng: np.random.Generator,
   max_rotation_deg: float,
   max_scale: float,
   max_translation: float,
   max_deformation: float = 0.03,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Random smooth re-posing of a still portrait and its landmarks (a pseudo driving frame).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Random smooth re-posing of the head in a still portrait (a pseudo driving frame).
 
-  Output pixel q samples the input at p = v - d(v) with v = A^-1(q): A is a similarity about
-  the face centre (in-plane rotation, scale, translation) and d a smooth Gaussian-RBF
-  displacement made of a few bumps centred on random landmarks. The landmarks go through the
-  exact inverse of that sampling map (fixed-point iteration), so image and landmarks stay
-  consistent to sub-pixel accuracy. z is scaled with the similarity (an in-plane rotation
-  leaves it unchanged) and re-centred. Pixels sampled from outside the input are mirrored
-  (cv2.BORDER_REFLECT_101), so no black corners appear.
+  The head (person matte times geometry.head_region: face, hair, ears) moves; the torso and the
+  background stay, as the model's geometric prior assumes. The head layer samples the input at
+  p = v - d(v) with v = A^-1(q): A is a similarity about the face centre (in-plane rotation,
+  scale, translation) and d a smooth Gaussian-RBF displacement made of a few bumps centred on
+  random landmarks. It is composited by its moved head weight over the background layer: the
+  input with its head region filled from the surrounding background (cv2.inpaint), which is what
+  a moved head uncovers. The landmarks go through the exact inverse of the head's sampling map
+  (fixed-point iteration), so image and landmarks stay consistent to sub-pixel accuracy. z is
+  scaled with the similarity (an in-plane rotation leaves it unchanged) and re-centred.
 
   Args:
-    image: (H, W, 3) float32 in [0, 1].
+    image: (H, W, 3) float32 in [0, 1], square.
     landmarks: (N, 3) normalised landmarks of `image` (MediaPipe topology).
+    matte: (H, W, 1) float32 person matte in [0, 1].
     rng: source of randomness (the result is a deterministic function of its state).
     max_rotation_deg: largest in-plane rotation, degrees.
     max_scale: largest relative scale change (0.1: scale in [0.9, 1.1]).
@@ -233,7 +267,7 @@ def repose(
 
   Returns:
     (image (H, W, 3) float32, landmarks (N, 3) float32, mask (H, W, 1) float32 face-oval fill
-    of the new landmarks).
+    of the new landmarks, matte (H, W, 1) float32 of the moved person).
   """
   image = np.asarray(image, np.float32)
   landmarks = np.asarray(landmarks, np.float64)
@@ -266,7 +300,7 @@ def repose(
   directions /= np.linalg.norm(directions, axis=1, keepdims=True)
   vectors = directions * rng.uniform(0.0, max_deformation * face_size, size=(num_bumps, 1))
 
-  # Image: backward map from output pixel centres to input pixel coordinates.
+  # The head layer: backward map from output pixel centres to input pixel coordinates.
   xs = (np.arange(width) + 0.5) * (2.0 / width) - 1.0
   ys = (np.arange(height) + 0.5) * (2.0 / height) - 1.0
   grid = np.stack(np.meshgrid(xs, ys), axis=-1)  # (H, W, 2) normalised (x, y).
@@ -274,9 +308,22 @@ def repose(
   p = v - _rbf_displacement(v, centres, vectors, sigma)
   map_x = ((p[..., 0] + 1.0) * (0.5 * width) - 0.5).astype(np.float32)
   map_y = ((p[..., 1] + 1.0) * (0.5 * height) - 0.5).astype(np.float32)
-  moved_image = cv2.remap(
-    image, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+  remap = lambda array, border: cv2.remap(
+    array, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=border
   )
+  head = head_weight(landmarks, matte)
+  moved_head = remap(head, cv2.BORDER_CONSTANT)[..., None]
+  head_layer = remap(image, cv2.BORDER_REFLECT_101)
+
+  # The background layer: the input with its head (grown by a few pixels) filled in.
+  radius = max(1, round(0.02 * height))
+  hole = cv2.dilate((head > 0.1).astype(np.uint8), np.ones((2 * radius + 1,) * 2, np.uint8))
+  background = cv2.inpaint(
+    np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), hole, radius * 2, cv2.INPAINT_TELEA
+  ).astype(np.float32) * np.float32(1 / 255)
+  moved_image = moved_head * head_layer + (1.0 - moved_head) * background
+  torso = matte * (1.0 - hole[..., None])
+  moved_matte = np.maximum(moved_head, torso)
 
   # Landmarks: solve v - d(v) = p for v (contraction), then apply A.
   source = landmarks[:, :2]
@@ -288,4 +335,9 @@ def repose(
   moved_landmarks = np.concatenate([moved_xy, (moved_z - moved_z.mean())[:, None]], axis=1)
   moved_landmarks = moved_landmarks.astype(np.float32)
   mask = records.face_oval_mask(moved_landmarks, height, width)
-  return np.clip(moved_image, 0.0, 1.0), moved_landmarks, mask
+  return (
+    np.clip(moved_image, 0.0, 1.0),
+    moved_landmarks,
+    mask,
+    np.clip(moved_matte, 0.0, 1.0).astype(np.float32),
+  )

@@ -54,7 +54,7 @@ def prepared_demo_dir(
   half-written.
   """
   cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-  target = cache_dir / f'carphone_{resolution}'
+  target = cache_dir / f'carphone_v{records.FORMAT_VERSION}_{resolution}'
   if (target / records.MANIFEST).is_file():
     return target
   cache_dir.mkdir(parents=True, exist_ok=True)
@@ -86,37 +86,46 @@ def portrait_images() -> dict[str, np.ndarray]:
   return {'astronaut': astronaut, 'astronaut_mirrored': np.ascontiguousarray(astronaut[:, ::-1])}
 
 
-def crop_portrait(image: np.ndarray, resolution: int, landmarker=None):
-  """(crop (S, S, 3) uint8, landmarks (N, 3) normalised to the crop, box) of one portrait.
+def crop_portrait(image: np.ndarray, resolution: int, landmarker=None, segmenter=None):
+  """(crop (S, S, 3) uint8, landmarks (N, 3) normalised to the crop, matte (S, S) float32, box)
+  of one portrait, with the same face models and crop rule as data preparation.
 
-  Uses the same detector, landmark model and crop rule as data preparation. Raises ValueError
-  when the image has no face.
+  Raises ValueError when the image has no face.
   """
   landmarker = landmarker or face.FaceLandmarker()
+  segmenter = segmenter or face.PersonSegmenter()
   landmarker.reset()
   points = landmarker(image)
   if points is None:
     raise ValueError('no face found')
   box = crops.crop_box(points[None], image.shape[0], image.shape[1])
   crop = crops.crop_frame(image, box, resolution)
-  return crop, crops.normalise_landmarks(points[None], box)[0], box
+  matte = segmenter(crop)
+  return crop, crops.normalise_landmarks(points[None], box)[0], matte, box
 
 
 def prepared_portraits(cache_dir: str | os.PathLike, resolution: int) -> pathlib.Path:
-  """An .npz with 'images' (P, S, S, 3) uint8 and 'landmarks' (P, N, 3) float32, made once."""
-  path = pathlib.Path(cache_dir) / f'portraits_{resolution}.npz'
+  """An .npz with 'images' (P, S, S, 3) uint8, 'landmarks' (P, N, 3) float32 and 'mattes'
+  (P, S, S) uint8, made once."""
+  path = pathlib.Path(cache_dir) / f'portraits_v2_{resolution}.npz'
   if path.is_file():
     return path
   path.parent.mkdir(parents=True, exist_ok=True)
-  images, landmarks = [], []
+  images, landmarks, mattes = [], [], []
   for name, image in portrait_images().items():
     try:
-      crop, points, _ = crop_portrait(image, resolution)
+      crop, points, matte, _ = crop_portrait(image, resolution)
     except ValueError as error:
       raise RuntimeError(f'Bundled portrait {name!r}: {error}.') from error
     images.append(crop)
     landmarks.append(points)
+    mattes.append(np.round(matte * 255).astype(np.uint8))
   scratch = path.with_suffix('.partial.npz')
-  np.savez(scratch, images=np.stack(images), landmarks=np.stack(landmarks).astype(np.float32))
+  np.savez(
+    scratch,
+    images=np.stack(images),
+    landmarks=np.stack(landmarks).astype(np.float32),
+    mattes=np.stack(mattes),
+  )
   scratch.rename(path)
   return path

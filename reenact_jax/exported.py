@@ -11,7 +11,7 @@ Usage:
 
   from reenact_jax import exported
   reenact = exported.load('runs/demo/export')
-  outputs = reenact(source, source_landmarks, driving_landmarks, source_mask)
+  outputs = reenact(source, source_landmarks, driving_landmarks, source_mask, source_matte)
   frame = np.asarray(outputs['output'])  # (B, H, W, 3) float32 in [0, 1]
 
 This module imports only the standard library, numpy and jax (no flax, no training code, no
@@ -31,10 +31,10 @@ SPEC_FILE = 'spec.json'
 EXPORTED_FILE = 'generator.jax_exported'
 WEIGHTS_FILE = 'weights.npz'
 FORMAT = 'reenact_jax.exported'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the source person matte is an input.
 
 # The order of the positional inputs of the callable returned by `load`.
-INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask')
+INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask', 'source_matte')
 
 _REEXPORT_HINT = 'Re-export it: python -m reenact_jax.export --workdir=RUN_DIR --output={path}'
 
@@ -157,7 +157,7 @@ class ExportedGenerator:
       )
     return checked
 
-  def __call__(self, source, source_landmarks, driving_landmarks, source_mask):
+  def __call__(self, source, source_landmarks, driving_landmarks, source_mask, source_matte):
     """Reenacts `source` with the pose and expression of `driving_landmarks`.
 
     Args:
@@ -165,25 +165,23 @@ class ExportedGenerator:
       source_landmarks, driving_landmarks: (B, N, 3) float32 normalised landmarks (see
         spec['landmarks']).
       source_mask: (B, H, W, 1) float32 {0, 1} face mask of the source.
+      source_matte: (B, H, W, 1) float32 [0, 1] person matte of the source.
 
     Returns:
       dict of jax arrays, float32: 'output', 'foreground', 'background' (B, H, W, 3) and
       'alpha' (B, H, W, 1) in [0, 1]; 'projected' (B, H/4, W/4, 3) in [0, 1]; and the flow
       fields listed in spec['outputs'].
     """
-    inputs = self._check_inputs(
-      dict(
-        zip(INPUT_NAMES, (source, source_landmarks, driving_landmarks, source_mask), strict=True)
-      )
-    )
+    arrays = (source, source_landmarks, driving_landmarks, source_mask, source_matte)
+    inputs = self._check_inputs(dict(zip(INPUT_NAMES, arrays, strict=True)))
     return self._call(self._weights, *(inputs[name] for name in INPUT_NAMES))
 
 
 def load(path: str | pathlib.Path) -> ExportedGenerator:
   """Loads the artifact folder written by `python -m reenact_jax.export`.
 
-  Returns a callable `(source, source_landmarks, driving_landmarks, source_mask) -> dict of
-  outputs`; see `ExportedGenerator.__call__`. Any batch size works (compiled once per size).
+  Returns a callable `(source, source_landmarks, driving_landmarks, source_mask,
+  source_matte) -> dict of outputs`; see `ExportedGenerator.__call__`. Any batch size works (compiled once per size).
   """
   path = pathlib.Path(path)
   spec = _read_spec(path)

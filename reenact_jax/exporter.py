@@ -5,7 +5,7 @@ which loads it with only jax and numpy):
 
   generator.jax_exported   `jax.export` serialised StableHLO of the generator for CPU, CUDA and
                            TPU, batch size symbolic ('b'); arguments (weights, source,
-                           source_landmarks, driving_landmarks, source_mask)
+                           source_landmarks, driving_landmarks, source_mask, source_matte)
   weights.npz              EMA weights as {'/'-joined parameter path: float32 array}
   spec.json                inputs and outputs (names, shapes with 'b', dtypes, value ranges),
                            landmark convention, image size, step, weights list, config summary
@@ -47,9 +47,11 @@ LANDMARK_CONVENTION = (
 # What each generator output is: (value range, description). Outputs absent here are not exported.
 OUTPUT_DESCRIPTIONS = {
   'output': ('[0, 1]', 'reenacted frame: alpha * foreground + (1 - alpha) * background'),
-  'foreground': ('[0, 1]', 'rendered face foreground RGB'),
-  'alpha': ('[0, 1]', 'alpha matte of the foreground'),
-  'background': ('[0, 1]', 'source background with the face region inpainted'),
+  'foreground': ('[0, 1]', 'rendered person foreground RGB'),
+  'alpha': ('[0, 1]', 'alpha matte of the foreground (the driving-posed person)'),
+  'background': ('[0, 1]', 'source background with the person region inpainted'),
+  'warped_source': ('[0, 1]', 'the source pixels moved by the 2D projection of the 3D flow'),
+  'flow_2d': ('normalised units', 'backward 2D image flow (dx, dy), the projected 3D flow'),
   'projected': ('[0, 1]', 'low-resolution RGB of the warped 3D feature volume'),
   'flow': (
     'normalised units',
@@ -124,6 +126,13 @@ def _input_specs(image_size: int, num_landmarks: int) -> list[dict[str, Any]]:
       'range': '{0, 1}',
       'description': 'filled face-oval polygon of the source landmarks, (b, H, W, 1), 1 = face',
     },
+    {
+      'name': 'source_matte',
+      'shape': ['b', size, size, 1],
+      'dtype': 'float32',
+      'range': '[0, 1]',
+      'description': 'person matte of the source (MediaPipe selfie segmentation), (b, H, W, 1)',
+    },
   ]
 
 
@@ -143,11 +152,15 @@ def _example_inputs(image_size: int, num_landmarks: int, batch_size: int) -> lis
   centre = (np.arange(image_size) + 0.5) / image_size * 2 - 1
   inside = (np.abs(centre)[:, None] < 0.5) & (np.abs(centre)[None, :] < 0.5)
   mask = np.broadcast_to(inside[None, :, :, None], (batch_size, image_size, image_size, 1))
+  matte = np.broadcast_to(
+    (np.abs(centre)[:, None] < 0.7)[None, :, :, None], (batch_size, image_size, image_size, 1)
+  )
   return [
     source,
     np.ascontiguousarray(source_landmarks),
     driving_landmarks.astype(np.float32),
     mask.astype(np.float32),
+    matte.astype(np.float32),
   ]
 
 
@@ -194,6 +207,7 @@ def export_generator(
     jax.ShapeDtypeStruct((batch, num_landmarks, 3), f32),
     jax.ShapeDtypeStruct((batch, num_landmarks, 3), f32),
     jax.ShapeDtypeStruct((batch, image_size, image_size, 1), f32),
+    jax.ShapeDtypeStruct((batch, image_size, image_size, 1), f32),
   )
   abstract_weights = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
   logging.info('Lowering the generator for %s with a symbolic batch size.', PLATFORMS)
@@ -222,7 +236,8 @@ def export_generator(
       'weights': exported_lib.WEIGHTS_FILE,
     },
     'call': (
-      'exported.call(weights, source, source_landmarks, driving_landmarks, source_mask) -> '
+      'exported.call(weights, source, source_landmarks, driving_landmarks, source_mask, '
+      'source_matte) -> '
       'dict of outputs; weights = dict(numpy.load(weights.npz)); or use '
       'reenact_jax.exported.load(folder)'
     ),

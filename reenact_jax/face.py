@@ -1,9 +1,12 @@
-"""Face detection and 478-point face mesh with the MediaPipe TFLite models under ai-edge-litert.
+"""Face detection, 478-point face mesh and person matte: MediaPipe TFLite models, ai-edge-litert.
 
-Three models from the mediapipe wheel, extracted by `make setup` (data/mediapipe_models.py) into
+Models from the mediapipe wheel, extracted by `make setup` (data/mediapipe_models.py) into
 `<sys.prefix>/share/reenact_jax/mediapipe` or $REENACT_JAX_MODELS (`model_dir`):
 - `face_detection_short_range.tflite` (BlazeFace): 128x128 RGB in [-1, 1], 896 SSD anchors x 16
   regressors (box centre/size + 6 keypoints) and 896 score logits.
+- `face_detection_full_range_sparse.tflite` (BlazeFace full range): 192x192, 2304 anchors (one
+  stride-4 grid), same decoding; finds faces down to a few percent of the frame.
+- `selfie_segmentation.tflite`: 256x256 RGB in [0, 1] -> person probability (PersonSegmenter).
 - `face_landmark.tflite`: a 192x192 RGB crop in [0, 1] around the face (rotated so the eyes are
   level, 1.5x the face box), 468 points (x, y, z) in crop pixels and a face-presence logit.
 - `iris_landmark.tflite`: a 64x64 RGB eye crop in [0, 1] (2.3x the eye-corner distance; the
@@ -30,14 +33,15 @@ ENV_VAR = 'REENACT_JAX_MODELS'
 # does not ship, so the 478-point mesh is face_landmark + iris_landmark).
 REQUIRED_FILES = (
   'face_detection_short_range.tflite',
+  'face_detection_full_range_sparse.tflite',
   'face_landmark.tflite',
   'iris_landmark.tflite',
+  'selfie_segmentation.tflite',
 )
 
 NUM_MESH_LANDMARKS = 468
 NUM_LANDMARKS = 478
 
-DETECTOR_SIZE = 128
 MESH_SIZE = 192
 IRIS_SIZE = 64
 MESH_SCALE = 1.5
@@ -124,16 +128,17 @@ def _interpreter(name: str):
   return interpreter
 
 
-def _ssd_anchor_centers() -> np.ndarray:
-  """(896, 2) anchor centres in [0, 1] of the short-range BlazeFace model.
+def _ssd_anchor_centers(input_size: int, layers: tuple[tuple[int, int], ...]) -> np.ndarray:
+  """(A, 2) SSD anchor centres in [0, 1], row-major per grid, for BlazeFace.
 
-  Layers with strides 8, 16, 16, 16 and two anchors per layer per cell; consecutive layers with
-  the same stride share one grid, so a 16x16 grid holds 2 anchors per cell and an 8x8 grid 6.
-  All anchors have unit size (fixed_anchor_size), so only their centres matter.
+  `layers` lists (stride, anchors per cell) with consecutive equal-stride layers merged (the
+  short-range model has strides 8, 16, 16, 16 with two anchors each: a 16x16 grid with 2 and an
+  8x8 grid with 6; the full-range model one stride-4 grid with 1). All anchors have unit size
+  (fixed_anchor_size), so only their centres matter.
   """
   centers = []
-  for stride, anchors_per_cell in ((8, 2), (16, 6)):
-    cells = DETECTOR_SIZE // stride
+  for stride, anchors_per_cell in layers:
+    cells = input_size // stride
     for row in range(cells):
       for col in range(cells):
         centers += [((col + 0.5) / cells, (row + 0.5) / cells)] * anchors_per_cell
@@ -148,6 +153,14 @@ class Detection:
   box: np.ndarray  # (4,) x0, y0, x1, y1
   keypoints: np.ndarray  # (6, 2) right eye, left eye, nose tip, mouth, right ear, left ear
 
+  @property
+  def width(self) -> float:
+    return float(self.box[2] - self.box[0])
+
+  @property
+  def center(self) -> np.ndarray:
+    return (self.box[:2] + self.box[2:]) / 2
+
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   x0 = np.maximum(box[0], boxes[:, 0])
@@ -159,29 +172,80 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
   return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
-class FaceDetector:
-  """BlazeFace short-range detector on a letterboxed 128x128 copy of the frame."""
+def _weighted_nms(scores, boxes, keypoints, threshold: float):
+  """BlazeFace's weighted non-maximum suppression: overlapping candidates are blended by score.
 
-  def __init__(self, min_score: float = 0.5, nms_threshold: float = 0.3):
-    self._interpreter = _interpreter('face_detection_short_range.tflite')
+  Args: scores (N,), boxes (N, 4), keypoints (N, K, 2). Returns [(score, box, keypoints)], best
+  first; the score is the group's best.
+  """
+  order = np.argsort(-scores)
+  scores, boxes, keypoints = scores[order], boxes[order], keypoints[order]
+  remaining = np.ones(len(scores), bool)
+  results = []
+  for i in range(len(scores)):
+    if not remaining[i]:
+      continue
+    group = remaining & (_iou(boxes[i], boxes) > threshold)
+    group[i] = True
+    weights = scores[group] / scores[group].sum()
+    results.append(
+      (
+        float(scores[i]),
+        (boxes[group] * weights[:, None]).sum(0),
+        (keypoints[group] * weights[:, None, None]).sum(0),
+      )
+    )
+    remaining &= ~group
+  return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _DetectorModel:
+  file: str
+  input_size: int
+  anchor_layers: tuple[tuple[int, int], ...]
+  min_score: float  # MediaPipe's min_score_thresh for the model.
+  regressors: str  # Output tensor names.
+  scores: str
+
+
+_DETECTOR_MODELS = {
+  # Faces from ~16% of the frame's longer side up: selfies, portraits, talking heads.
+  'short': _DetectorModel(
+    'face_detection_short_range.tflite', 128, ((8, 2), (16, 6)), 0.5, 'regressors', 'classificators'
+  ),
+  # Faces from ~6.5% of the frame's longer side (measured: 30 px in a 500 px photo).
+  'full': _DetectorModel(
+    'face_detection_full_range_sparse.tflite', 192, ((4, 1),), 0.6, 'Identity', 'Identity_1'
+  ),
+}
+
+
+class FaceDetector:
+  """BlazeFace ('short' or 'full' range) on a letterboxed square copy of the frame."""
+
+  def __init__(self, model: str = 'short', min_score: float | None = None, nms_threshold=0.3):
+    self._model = _DETECTOR_MODELS[model]
+    self._interpreter = _interpreter(self._model.file)
     self._input = self._interpreter.get_input_details()[0]['index']
     outputs = {d['name']: d['index'] for d in self._interpreter.get_output_details()}
-    self._regressors = outputs['regressors']
-    self._scores = outputs['classificators']
-    self._anchors = _ssd_anchor_centers()
-    self.min_score = min_score
+    self._regressors = outputs[self._model.regressors]
+    self._scores = outputs[self._model.scores]
+    self._anchors = _ssd_anchor_centers(self._model.input_size, self._model.anchor_layers)
+    self.min_score = self._model.min_score if min_score is None else min_score
     self.nms_threshold = nms_threshold
 
   def __call__(self, image: np.ndarray) -> list[Detection]:
     """Faces in an RGB uint8 frame (H, W, 3), best first."""
+    size = self._model.input_size
     height, width = image.shape[:2]
     side = float(max(height, width))
     rect = RotatedRect(width / 2, height / 2, side, side)
-    tensor = crop(image, rect, DETECTOR_SIZE, border=cv2.BORDER_CONSTANT)
+    tensor = crop(image, rect, size, border=cv2.BORDER_CONSTANT)
     tensor = tensor.astype(np.float32) * (2.0 / 255.0) - 1.0
     self._interpreter.set_tensor(self._input, tensor[None])
     self._interpreter.invoke()
-    raw = self._interpreter.get_tensor(self._regressors)[0] / DETECTOR_SIZE  # (896, 16)
+    raw = self._interpreter.get_tensor(self._regressors)[0] / size  # (A, 16)
     logits = np.clip(
       self._interpreter.get_tensor(self._scores)[0, :, 0].astype(np.float64), -80, 80
     )
@@ -194,7 +258,7 @@ class FaceDetector:
     half = raw[:, 2:4] / 2
     boxes = np.concatenate([centers - half, centers + half], axis=1)  # in [0, 1] of the tensor
     keypoints = raw[:, 4:16].reshape(-1, 6, 2) + anchors[:, None, :]
-    detections = self._weighted_nms(scores, boxes, keypoints)
+    detections = _weighted_nms(scores, boxes, keypoints, self.nms_threshold)
     # Tensor [0, 1] -> frame pixels: the letterbox is `rect` (axis-aligned square).
     to_frame = lambda p: (p - 0.5) * side + np.array([width / 2, height / 2])
     return [
@@ -202,27 +266,81 @@ class FaceDetector:
       for s, b, k in detections
     ]
 
-  def _weighted_nms(self, scores, boxes, keypoints):
-    """Blends overlapping candidates by score (BlazeFace's weighted non-maximum suppression)."""
-    order = np.argsort(-scores)
-    scores, boxes, keypoints = scores[order], boxes[order], keypoints[order]
-    remaining = np.ones(len(scores), bool)
-    results = []
-    for i in range(len(scores)):
-      if not remaining[i]:
-        continue
-      group = remaining & (_iou(boxes[i], boxes) > self.nms_threshold)
-      group[i] = True
-      weights = scores[group] / scores[group].sum()
-      results.append(
-        (
-          float(scores[i]),
-          (boxes[group] * weights[:, None]).sum(0),
-          (keypoints[group] * weights[:, None, None]).sum(0),
-        )
-      )
-      remaining &= ~group
-    return results
+
+class FaceFinder:
+  """Every face in a frame, from large to small: the short-range detector, then the full-range
+  one on the whole frame, then the full-range one on overlapping windows (a half, then a quarter
+  of the frame's shorter side, while at least 128 px), so that a face of a few percent of a
+  large photo is found too (measured: 30 px faces in 500x500 and 640x480 frames, 25 px in
+  1200x900).
+
+  `__call__(image)` -> [Detection], largest first (duplicates across passes merged).
+  """
+
+  def __init__(self):
+    self.short = FaceDetector('short')
+    self.full = FaceDetector('full')
+
+  def __call__(self, image: np.ndarray) -> list[Detection]:
+    found = self.short(image) or self.full(image) or self._windows(image)
+    return sorted(found, key=lambda detection: -detection.width)
+
+  def _windows(self, image: np.ndarray) -> list[Detection]:
+    height, width = image.shape[:2]
+    found = []
+    for side in (min(height, width) // 2, min(height, width) // 4):
+      if side < 128 or found:
+        break
+      step = side // 2
+      for y0 in sorted({*range(0, height - side + 1, step), height - side}):
+        for x0 in sorted({*range(0, width - side + 1, step), width - side}):
+          offset = np.array([x0, y0], np.float64)
+          for d in self.full(image[y0 : y0 + side, x0 : x0 + side]):
+            found.append(Detection(d.score, d.box + np.tile(offset, 2), d.keypoints + offset))
+    if not found:
+      return []
+    merged = _weighted_nms(
+      np.array([d.score for d in found]),
+      np.stack([d.box for d in found]),
+      np.stack([d.keypoints for d in found]),
+      threshold=0.3,
+    )
+    return [Detection(score, box, keypoints) for score, box, keypoints in merged]
+
+
+class PersonSegmenter:
+  """MediaPipe selfie segmentation: a soft person matte (head with hair and ears, neck,
+  shoulders, held objects) of an RGB frame.
+
+  The frame is stretched to the model's 256x256 input as MediaPipe's own graph does (for the
+  square crops of this project stretching and letterboxing are the same; on wide frames
+  stretching was measured better), and the matte resized back bilinearly. The model's output
+  is already a probability (its last op is a logistic). About 5 ms per frame on one core.
+  """
+
+  def __init__(self):
+    # The model uses MediaPipe's custom op Convolution2DTransposeBias, which the XNNPACK delegate
+    # (on by default in ai-edge-litert) implements: keep the default delegates.
+    self._interpreter = _interpreter('selfie_segmentation.tflite')
+    details = self._interpreter.get_input_details()[0]
+    self._input = details['index']
+    _, self._height, self._width, _ = (int(v) for v in details['shape'])
+    self._output = self._interpreter.get_output_details()[0]['index']
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 person probability in [0, 1] for an RGB uint8 frame (H, W, 3)."""
+    height, width = image.shape[:2]
+    shrink = width > self._width or height > self._height
+    tensor = cv2.resize(
+      image,
+      (self._width, self._height),
+      interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
+    )
+    self._interpreter.set_tensor(self._input, (tensor.astype(np.float32) * (1.0 / 255.0))[None])
+    self._interpreter.invoke()
+    matte = self._interpreter.get_tensor(self._output)[0, :, :, 0]
+    matte = cv2.resize(matte, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(matte, 0.0, 1.0).astype(np.float32)
 
 
 def _eye_line_rect(p0: np.ndarray, p1: np.ndarray, points: np.ndarray, scale: float):
@@ -306,29 +424,39 @@ class FaceMesh:
 
 
 class FaceLandmarker:
-  """Detect-then-track 478-point landmarks on a sequence of frames (one clip).
+  """Detect-then-track 478-point landmarks on a sequence of frames (one clip), one person.
 
-  The first frame (and any frame where tracking loses the face) runs the detector; the other
-  frames crop around the previous frame's landmarks, as MediaPipe's face mesh graph does.
+  The first frame (and any frame where tracking loses the face) runs the detectors (FaceFinder);
+  the other frames crop around the previous frame's landmarks, as MediaPipe's face mesh graph
+  does. With several faces in view it follows one person: at the first detection the
+  `face_index`-th largest face (0: the largest), after a lost track the face nearest to where
+  the followed face was last seen.
   """
 
-  def __init__(self, min_presence: float = 0.5, with_iris: bool = True):
-    self.detector = FaceDetector()
+  def __init__(self, min_presence: float = 0.5, with_iris: bool = True, face_index: int = 0):
+    self.finder = FaceFinder()
     self.mesh = FaceMesh(with_iris=with_iris)
     self.min_presence = min_presence
+    self.face_index = face_index
     self._previous: np.ndarray | None = None
+    self._last_center: np.ndarray | None = None
 
   @property
   def num_landmarks(self) -> int:
     return self.mesh.num_landmarks
 
   def reset(self) -> None:
-    """Forgets the tracked face (call between clips)."""
+    """Forgets the followed face (call between clips)."""
     self._previous = None
+    self._last_center = None
 
-  def detect_rect(self, image: np.ndarray) -> RotatedRect | None:
-    detections = self.detector(image)
-    return rect_from_detection(detections[0]) if detections else None
+  def _choose(self, detections: list[Detection]) -> Detection | None:
+    if not detections:
+      return None
+    if self._last_center is None:
+      return detections[min(self.face_index, len(detections) - 1)]
+    distances = [np.linalg.norm(d.center - self._last_center) for d in detections]
+    return detections[int(np.argmin(distances))]
 
   def __call__(self, image: np.ndarray) -> np.ndarray | None:
     """(N, 3) landmarks in frame pixels for an RGB uint8 frame, or None when no face."""
@@ -336,12 +464,13 @@ class FaceLandmarker:
       landmarks, presence = self.mesh(image, rect_from_landmarks(self._previous))
       if presence >= self.min_presence:
         self._previous = landmarks
+        self._last_center = landmarks[:NUM_MESH_LANDMARKS, :2].mean(axis=0)
         return landmarks
     self._previous = None
-    rect = self.detect_rect(image)
-    if rect is None:
+    detection = self._choose(self.finder(image))
+    if detection is None:
       return None
-    landmarks, presence = self.mesh(image, rect)
+    landmarks, presence = self.mesh(image, rect_from_detection(detection))
     if presence < self.min_presence:
       return None
     # A second pass from the mesh's own box is better centred than the detector's box.
@@ -349,4 +478,5 @@ class FaceLandmarker:
     if refined_presence >= self.min_presence:
       landmarks = refined
     self._previous = landmarks
+    self._last_center = landmarks[:NUM_MESH_LANDMARKS, :2].mean(axis=0)
     return landmarks

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reenact_jax import warp
+from reenact_jax import face_topology, warp
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -93,6 +93,54 @@ def invert_similarity(scale, rotation, translation):
   return 1.0 / scale, rotation.swapaxes(-1, -2), inverse_translation
 
 
+# The head (face, hair, ears) as an ellipse in the canonical face's units (face_topology): centre
+# and radii relative to the face oval's box centre and half-extents. Hair reaches above the
+# forehead, ears beside the cheeks; the neck below the chin is outside the ellipse and fades.
+HEAD_CENTRE = (0.0, -0.2)  # Offset of the head centre, in oval half-widths / half-heights.
+HEAD_RADII = (1.4, 1.45)  # In oval half-widths / half-heights.
+HEAD_SOFTNESS = 0.12  # The region falls from 1 to 0 over this band of the elliptic radius.
+
+
+def _canonical_head() -> tuple[np.ndarray, np.ndarray]:
+  oval = face_topology.canonical_landmarks()[face_topology.FACE_OVAL, :2].astype(np.float64)
+  low, high = oval.min(axis=0), oval.max(axis=0)
+  half = (high - low) / 2
+  centre = (low + high) / 2 + np.asarray(HEAD_CENTRE) * half
+  return centre.astype(np.float32), (np.asarray(HEAD_RADII) * half).astype(np.float32)
+
+
+def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
+  """Soft region of the head (face, hair, ears) of a face, from its landmarks alone.
+
+  The canonical head ellipse (HEAD_CENTRE, HEAD_RADII around the canonical face oval) placed by
+  the in-plane similarity (scale, roll, shift) that maps the canonical face's stable landmarks
+  onto the face's. Multiplied with a person matte it separates the head, which moves with the
+  skull, from the torso and the background, which do not.
+
+  Args:
+    landmarks: (B, N, 3) normalised.
+    height, width: output size (pixels of the image or voxels of the volume).
+
+  Returns:
+    (B, height, width) float32 in [0, 1]; 1 inside the ellipse, 0 outside, soft in between.
+  """
+  stable = np.asarray(face_topology.STABLE)
+  canonical = face_topology.canonical_landmarks()[stable].astype(np.float32)
+  observed = jax.lax.stop_gradient(landmarks[:, stable].astype(jnp.float32))
+  flat = lambda points: points.at[..., 2].set(0.0)  # In-plane: drop depth.
+  reference = jnp.broadcast_to(flat(jnp.asarray(canonical)), observed.shape)
+  scale, rotation, translation = similarity_transform(reference, flat(observed))
+  grid = warp.identity_grid_2d(height, width)  # (H, W, 2)
+  # Back to canonical units: q = R^T (p - t) / s, in the image plane.
+  offset = grid[None] - translation[:, None, None, :2]
+  canonical_xy = jnp.einsum('bhwi,bij->bhwj', offset, rotation[:, :2, :2]) / scale[
+    :, None, None, None
+  ]
+  centre, radii = _canonical_head()
+  radius = jnp.sqrt(jnp.sum(jnp.square((canonical_xy - centre) / radii), axis=-1))
+  return jnp.clip((1.0 + HEAD_SOFTNESS - radius) / (2 * HEAD_SOFTNESS), 0.0, 1.0)
+
+
 def _gaussian_1d(centres: jax.Array, positions: jax.Array, sigma: float) -> jax.Array:
   """exp(-(positions - centres)^2 / (2 sigma^2)): (B, N) centres, (S,) positions -> (B, S, N)."""
   delta = positions[None, :, None] - centres[:, None, :]
@@ -108,27 +156,31 @@ def initial_flow(
   width: int,
   sigma: float,
   stable_indices: Sequence[int] | np.ndarray | jax.Array,
-) -> tuple[jax.Array, jax.Array]:
+  source_head: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Initial backward 3D facial flow from driving space to source space.
 
   Definition. With p a driving-space voxel centre (normalised (x, y, z), see
-  `warp.identity_grid_3d`), L_S, L_D the source / driving landmarks:
+  `warp.identity_grid_3d`), L_S, L_D the source / driving landmarks and H_S the source's head
+  weight (1 on the head: face, hair, ears; 0 on the torso and the background):
 
     (s, R, t)  = similarity_transform(L_D[stable], L_S[stable])   # driving -> source, rigid
     q(p)       = s R p + t                                          # rigid head motion
+    h(p)       = H_S(q(p)_xy)                                       # p's pre-image on the head?
     r_k        = L_S[k] - (s R L_D[k] + t)                         # non-rigid residual, (B, N, 3)
     w_k(p)     = exp(-|p - L_D[k]|^2 / (2 sigma^2))                 # Gaussian around L_D[k]
     W(p)       = sum_k w_k(p)
     confidence = min(1, W(p))
     residual   = sum_k w_k(p) r_k / max(1, W(p))
                = confidence * (sum_k w_k r_k / W)  (normalised Gaussian average of r_k)
-    flow(p)    = q(p) + residual(p) - p
+    flow(p)    = h(p) (q(p) - p) + residual(p)
 
-  so `warp_3d(source_volume, flow)` samples the source at q(p) + residual(p). Near the face
-  (W >= 1, e.g. at every landmark, whose own weight is 1) the residual is the normalised
-  Gaussian average of the nearby landmark residuals; far from the face it fades to 0 with
-  the confidence, leaving the pure rigid motion. Written with max(1, W) the two cases are one
-  formula without dividing by a vanishing W.
+  so `warp_3d(source_volume, flow)` samples the source at q(p) + residual(p) on the head and at
+  p itself (no motion) on the background and the torso, with a smooth blend between. Near the
+  face (W >= 1, e.g. at every landmark, whose own weight is 1) the residual is the normalised
+  Gaussian average of the nearby landmark residuals; far from the face it fades to 0 with the
+  confidence. Written with max(1, W) the two cases are one formula without dividing by a
+  vanishing W. Without `source_head` (H_S = 1) every voxel moves rigidly.
 
   Cost. The Gaussian is separable and the voxel centres form a tensor grid, so
   w_k(p) = gx[w, k] gy[h, k] gz[d, k] and sum_k w_k(p) [r_k, 1] is a contraction of small
@@ -142,10 +194,14 @@ def initial_flow(
     depth, height, width: volume size D, H, W (voxels).
     sigma: Gaussian radius, normalised units.
     stable_indices: (M,) indices of rigidly moving landmarks for the similarity fit.
+    source_head: (B, H, W) H_S in [0, 1] at the volume's height and width (e.g. the person
+      matte times `head_region` of the source), or None.
 
   Returns:
-    flow (B, D, H, W, 3) float32 normalised (dx, dy, dz); confidence (B, D, H, W, 1) in [0, 1].
-    No gradient flows through this function (its inputs are data).
+    flow (B, D, H, W, 3) float32 normalised (dx, dy, dz); confidence (B, D, H, W, 1) in [0, 1];
+    head_flow (B, D, H, W, 3), the same flow as if every voxel were on the head
+    (q(p) - p + residual(p)): where the moved head lands, what it shows (flow and head_flow
+    agree on the head). No gradient flows through this function (its inputs are data).
   """
   if source_landmarks.shape != driving_landmarks.shape or source_landmarks.ndim != 3:
     raise ValueError(
@@ -179,8 +235,37 @@ def initial_flow(
   rigid = apply_similarity(
     jnp.broadcast_to(grid, (batch, *grid.shape)), scale, rotation, translation
   )
-  flow = rigid + residual - grid
-  return flow, confidence
+  motion = rigid - grid
+  head_flow = motion + residual
+  if source_head is None:
+    return head_flow, confidence, head_flow
+  head = jax.lax.stop_gradient(source_head.astype(jnp.float32))[..., None]  # (B, H, W, 1)
+  on_head = warp.sample_2d(head, rigid[..., :2].reshape(batch, -1, width, 2))
+  flow = motion * on_head.reshape(batch, depth, height, width, 1) + residual
+  return flow, confidence, head_flow
+
+
+def project_flow(
+  flow: jax.Array, visibility_logits: jax.Array, height: int, width: int
+) -> jax.Array:
+  """The 2D image flow a 3D flow shows: per pixel, the depth slices' (dx, dy) weighted by their
+  visibility, upsampled to the image.
+
+  Args:
+    flow: (B, D, h, w, 3) backward 3D flow, normalised units.
+    visibility_logits: (B, D, h, w, 1); softmax over D gives each slice's weight (the slice the
+      pixel shows gets most of it).
+    height, width: the image size.
+
+  Returns:
+    (B, height, width, 2) float32 backward 2D flow (dx, dy), normalised units: the image at
+    pixel p shows the source at p + flow(p).
+  """
+  weights = jax.nn.softmax(visibility_logits.astype(jnp.float32), axis=1)
+  planar = jnp.sum(weights * flow[..., :2].astype(jnp.float32), axis=1)  # (B, h, w, 2)
+  if planar.shape[1:3] == (height, width):
+    return planar
+  return jax.image.resize(planar, (planar.shape[0], height, width, 2), 'linear')
 
 
 def head_pose(
@@ -251,6 +336,8 @@ __all__ = [
   'apply_similarity',
   'invert_similarity',
   'initial_flow',
+  'head_region',
+  'project_flow',
   'head_pose',
   'rotation_to_euler',
   'euler_to_rotation',

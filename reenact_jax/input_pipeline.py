@@ -32,7 +32,8 @@ class FrameSource(Protocol):
   clips: Sequence[Clip]
 
   def frame(self, index: int) -> dict[str, np.ndarray]:
-    """'image' (H, W, 3) float32 [0, 1], 'landmarks' (N, 3) float32, 'mask' (H, W, 1)."""
+    """'image' (H, W, 3) float32 [0, 1], 'landmarks' (N, 3) float32, 'mask' (H, W, 1) {0, 1}
+    face oval, 'matte' (H, W, 1) [0, 1] person matte."""
     ...
 
 
@@ -97,10 +98,12 @@ def make_frame_source(config: ml_collections.ConfigDict, split: str) -> FrameSou
 
 @dataclasses.dataclass(frozen=True)
 class PseudoPairs:
-  """Still portraits re-posed twice into (source, driving) pairs with known motion."""
+  """Still portraits as (source, driving) pairs with known motion: the portrait, and its head
+  re-posed over the still background (augmentation.repose)."""
 
   images: np.ndarray  # (P, S, S, 3) float32 [0, 1]
   landmarks: np.ndarray  # (P, N, 3) float32
+  mattes: np.ndarray  # (P, S, S, 1) float32 [0, 1]
   fraction: float
   max_rotation_deg: float
   max_scale: float
@@ -115,9 +118,11 @@ class PseudoPairs:
     with np.load(bundled.prepared_portraits(cache_dir(data), config.image_size)) as arrays:
       images = arrays['images'].astype(np.float32) / 255.0
       landmarks = arrays['landmarks'].astype(np.float32)
+      mattes = arrays['mattes'][..., None].astype(np.float32) / 255.0
     return cls(
       images,
       landmarks,
+      mattes,
       float(data.pseudo_pair_fraction),
       float(data.pseudo_max_rotation_deg),
       float(data.pseudo_max_scale),
@@ -125,17 +130,25 @@ class PseudoPairs:
       float(data.pseudo_max_deformation),
     )
 
-  def frame(self, portrait: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    image, landmarks, mask = augmentation.repose(
-      self.images[portrait],
-      self.landmarks[portrait],
+  def pair(self, portrait: int, rng: np.random.Generator):
+    """(source, driving) frames: the portrait as it is, and re-posed."""
+    source = {
+      'image': self.images[portrait],
+      'landmarks': self.landmarks[portrait],
+      'mask': records.face_oval_mask(self.landmarks[portrait], *self.images.shape[1:3]),
+      'matte': self.mattes[portrait],
+    }
+    image, landmarks, mask, matte = augmentation.repose(
+      source['image'],
+      source['landmarks'],
+      source['matte'],
       rng=rng,
       max_rotation_deg=self.max_rotation_deg,
       max_scale=self.max_scale,
       max_translation=self.max_translation,
       max_deformation=self.max_deformation,
     )
-    return {'image': image, 'landmarks': landmarks, 'mask': mask}
+    return source, {'image': image, 'landmarks': landmarks, 'mask': mask, 'matte': matte}
 
 
 def pair_to_example(
@@ -149,6 +162,8 @@ def pair_to_example(
     'driving_landmarks': np.asarray(driving['landmarks'], np.float32),
     'source_mask': np.ascontiguousarray(source['mask'], np.float32),
     'driving_mask': np.ascontiguousarray(driving['mask'], np.float32),
+    'source_matte': np.ascontiguousarray(source['matte'], np.float32),
+    'driving_matte': np.ascontiguousarray(driving['matte'], np.float32),
   }
 
 
@@ -198,7 +213,7 @@ class MakePair(grain.transforms.Map):
     pseudo = self._pseudo_pairs
     if pseudo is not None and rng.random() < pseudo.fraction:
       portrait = int(rng.integers(len(pseudo.images)))
-      source, driving = pseudo.frame(portrait, rng), pseudo.frame(portrait, rng)
+      source, driving = pseudo.pair(portrait, rng)
     else:
       source = self._frames.frame(source_index)
       driving = self._frames.frame(driving_index)

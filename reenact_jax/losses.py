@@ -1,6 +1,7 @@
 """Small pure loss functions. Every one returns a float32 scalar; weights live in the config.
 
-Images are (B, H, W, 3) in [0, 1]; masks are (B, H, W, 1) in {0, 1}.
+Images are (B, H, W, 3) in [0, 1]; masks (face ovals) are (B, H, W, 1) in {0, 1}; mattes
+(person) are (B, H, W, 1) in [0, 1].
 """
 
 from collections.abc import Sequence
@@ -45,16 +46,14 @@ def cyclic_warp(
   projected_cycle: jax.Array,
   source: jax.Array,
   driving: jax.Array,
-  source_mask: jax.Array,
-  driving_mask: jax.Array,
-  face_weight: float = 1.0,
+  source_weight: jax.Array,
+  driving_weight: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
   """The cyclic warp loss of 3DFlowRenderer, as (forward, backward) terms.
 
   Definition (h × w is the projected resolution, H/4 × W/4; `↓` is area downsampling to it):
-    forward  = weighted_l1(P(warp(f_S, w_{S→D})), D↓, weight = 1 + face_weight · M_D↓)
-    backward = weighted_l1(P(warp(warp(f_S, w_{S→D}), w_{D→S})), S↓,
-                           weight = 1 + face_weight · M_S↓)
+    forward  = weighted_l1(P(warp(f_S, w_{S→D})), D↓, weight = driving_weight↓)
+    backward = weighted_l1(P(warp(warp(f_S, w_{S→D}), w_{D→S})), S↓, weight = source_weight↓)
   where P is the projection + RGB head and w_{D→S} is the flow network run with the roles of
   source and driving swapped on the warped volume. Forward makes the flow move content so that
   the warped features show the driving frame; backward makes the two flows invert each other,
@@ -64,31 +63,39 @@ def cyclic_warp(
     projected: (B, h, w, 3) RGB of the warped volume.
     projected_cycle: (B, h, w, 3) RGB of the volume warped there and back.
     source, driving: (B, H, W, 3) frames.
-    source_mask, driving_mask: (B, H, W, 1) face masks.
+    source_weight, driving_weight: (B, H, W, 1) per-pixel weights (`person_weight`).
   """
   height, width = projected.shape[1:3]
-  driving_small = resize_to(driving, height, width)
-  source_small = resize_to(source, height, width)
-  driving_weight = 1.0 + face_weight * resize_to(driving_mask, height, width)
-  source_weight = 1.0 + face_weight * resize_to(source_mask, height, width)
-  forward = weighted_l1(prediction=projected, target=driving_small, weight=driving_weight)
-  backward = weighted_l1(prediction=projected_cycle, target=source_small, weight=source_weight)
+  forward = weighted_l1(
+    prediction=projected,
+    target=resize_to(driving, height, width),
+    weight=resize_to(driving_weight, height, width),
+  )
+  backward = weighted_l1(
+    prediction=projected_cycle,
+    target=resize_to(source, height, width),
+    weight=resize_to(source_weight, height, width),
+  )
   return forward, backward
 
 
-def alpha_matte(*, alpha: jax.Array, mask: jax.Array) -> jax.Array:
-  """L1 between the predicted alpha (B, H, W, 1) and the driving face mask."""
-  return l1(prediction=alpha, target=mask)
+def person_weight(*, matte: jax.Array, mask: jax.Array, face_weight: float) -> jax.Array:
+  """1 + matte + face_weight * mask: the background counts, the person twice, the face more."""
+  return 1.0 + _f32(matte) + face_weight * _f32(mask)
 
 
-def inpaint(
-  *, background: jax.Array, driving: jax.Array, source_mask: jax.Array, driving_mask: jax.Array
-) -> jax.Array:
-  """L1 on the uncovered region M_S ∖ M_D, where the driving frame shows the true background.
+def alpha_matte(*, alpha: jax.Array, matte: jax.Array) -> jax.Array:
+  """L1 between the predicted alpha (B, H, W, 1) and the driving person matte."""
+  return l1(prediction=alpha, target=matte)
 
-  Zero when the region is empty (the face did not move away from any pixel).
+
+def inpaint(*, background: jax.Array, driving: jax.Array, hole: jax.Array, driving_matte):
+  """L1 of the inpainted background where the driving frame shows the true background: inside
+  the source person's hole (B, H, W, 1) but outside the driving person (its matte, soft).
+
+  Zero when that region is empty (the person did not move away from any pixel).
   """
-  uncovered = _f32(source_mask) * (1.0 - _f32(driving_mask))
+  uncovered = _f32(hole) * (1.0 - _f32(driving_matte))
   return weighted_l1(prediction=background, target=driving, weight=uncovered)
 
 

@@ -5,7 +5,8 @@ prepares the bundled clip on first use).
 
 Per clip: one stable square crop box (the union of the face over the whole clip, with margin,
 as the community's crop tools do) -> per frame: the crop resized to the target resolution,
-478 landmarks normalised to the crop, the face-oval polygon and the head pose. See
+478 landmarks normalised to the crop, the face-oval polygon, the person matte of the crop and
+the head pose. See
 reenact_jax/records.py for the record format and the output folder.
 
 Splits are identity-disjoint (a stable hash order picks ~test_fraction of the identities, at
@@ -165,8 +166,21 @@ def _track(clip: ClipInput, landmarker, options: Options):
   return found, cached, frame_shape
 
 
-def process_clip(clip: ClipInput, options: Options, landmarker) -> ClipResult | Skipped:
-  """Prepares one clip; a bad input becomes a Skipped with the reason, never an exception."""
+def encode_matte(matte: np.ndarray) -> bytes:
+  """(H, W) float matte in [0, 1] -> PNG bytes of its uint8 image."""
+  ok, encoded = cv2.imencode('.png', np.round(np.clip(matte, 0.0, 1.0) * 255).astype(np.uint8))
+  if not ok:
+    raise RuntimeError(f'cv2 could not encode a {matte.shape} matte as PNG')
+  return encoded.tobytes()
+
+
+def process_clip(
+  clip: ClipInput, options: Options, landmarker, segmenter
+) -> ClipResult | Skipped:
+  """Prepares one clip; a bad input becomes a Skipped with the reason, never an exception.
+
+  `landmarker` is a face.FaceLandmarker, `segmenter` a face.PersonSegmenter (run on each crop).
+  """
   try:
     per_frame, cached, frame_shape = _track(clip, landmarker, options)
   except media.UnreadableInput as error:
@@ -204,6 +218,7 @@ def process_clip(clip: ClipInput, options: Options, landmarker) -> ClipResult | 
       encoded.append(
         records.encode_record(
           image=encode_image(image, options),
+          matte=encode_matte(segmenter(image)),
           height=options.resolution,
           width=options.resolution,
           landmarks=landmarks[position],
@@ -230,24 +245,24 @@ def process_clip(clip: ClipInput, options: Options, landmarker) -> ClipResult | 
   )
 
 
-_LANDMARKER = None  # One per process (the TFLite interpreters are not picklable).
+_FACE_MODELS = None  # One per process (the TFLite interpreters are not picklable).
 
 
 class OutputNotEmpty(Exception):
   pass
 
 
-def _landmarker():
-  global _LANDMARKER
-  if _LANDMARKER is None:
-    _LANDMARKER = face.FaceLandmarker()
-  return _LANDMARKER
+def _face_models() -> tuple[face.FaceLandmarker, face.PersonSegmenter]:
+  global _FACE_MODELS
+  if _FACE_MODELS is None:
+    _FACE_MODELS = face.FaceLandmarker(), face.PersonSegmenter()
+  return _FACE_MODELS
 
 
 def _process(job: tuple[ClipInput, Options]):
   clip, options = job
   try:
-    return process_clip(clip, options, _landmarker())
+    return process_clip(clip, options, *_face_models())
   except Exception as error:  # A bug or an odd input must not end a long run silently.
     logging.exception('Preparing %s failed', clip.path)
     return Skipped(clip.path, 'error', f'{type(error).__name__}: {error}')

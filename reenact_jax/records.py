@@ -4,8 +4,10 @@ A folder written by `python -m data.prepare` holds, per split ('train', 'test'),
 `<split>.array_record-00000-of-0000N` shards of frame records in clip order, plus
 `clip_index.json` (per split, each clip's identity, name and record range) and `manifest.json`.
 
-A record is a msgpack map (format version 1):
+A record is a msgpack map (format version 2):
   'image'         encoded JPEG or PNG bytes of the (H, W, 3) RGB crop
+  'matte'         PNG bytes of the (H, W) uint8 person matte of the crop (MediaPipe selfie
+                  segmentation: head with hair and ears, neck, shoulders; 255 = person)
   'height', 'width'
   'landmarks'     float16 bytes of (N, 3) landmarks, normalised to the crop: x, y in [-1, 1]
                   (x_norm = 2 * x_px / W - 1, pixel i's centre at x_px = i + 0.5), z on x's scale,
@@ -34,7 +36,7 @@ import numpy as np
 
 from reenact_jax import face_topology
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ('train', 'test')
 MANIFEST = 'manifest.json'
 CLIP_INDEX = 'clip_index.json'
@@ -57,6 +59,10 @@ class RecordDecodeError(ValueError):
   """A record that cannot be decoded; the message names the shard and record."""
 
 
+class OldFormatError(ValueError):
+  """Shards written by an older version of data preparation: prepare the data again."""
+
+
 def shard_name(split: str, index: int, count: int) -> str:
   return f'{split}.array_record-{index:05d}-of-{count:05d}'
 
@@ -75,6 +81,7 @@ def split_shards(data_dir: str | pathlib.Path, split: str) -> list[pathlib.Path]
 def encode_record(
   *,
   image: bytes,
+  matte: bytes,
   height: int,
   width: int,
   landmarks: np.ndarray,
@@ -86,12 +93,13 @@ def encode_record(
   clip: str,
   frame_index: int,
 ) -> bytes:
-  """One frame record (see the module docstring); `image` is already-encoded JPEG/PNG bytes."""
+  """One frame record (see the module docstring); `image` and `matte` are encoded bytes."""
   landmarks = np.asarray(landmarks, np.float32)
   return msgpack.packb(
     {
       'version': FORMAT_VERSION,
       'image': bytes(image),
+      'matte': bytes(matte),
       'height': int(height),
       'width': int(width),
       'landmarks': landmarks.astype('<f2').tobytes(),
@@ -117,15 +125,28 @@ def decode_record(raw: bytes, *, shard_name_for_errors: str = '<unknown shard>')
       record 17'), named in the error message.
 
   Returns:
-    dict: 'image' (H, W, 3) uint8 RGB, 'landmarks' (N, 3) float32, 'mask_polygon' (K, 2)
-    float32, 'pose' dict ('rotation' (3, 3), 'translation' (3,), 'scale' () float32),
+    dict: 'image' (H, W, 3) uint8 RGB, 'matte' (H, W) uint8, 'landmarks' (N, 3) float32,
+    'mask_polygon' (K, 2) float32, 'pose' dict ('rotation' (3, 3), 'translation' (3,), 'scale' () float32),
     'identity', 'clip' (str), 'frame_index' (int).
 
   Raises:
+    OldFormatError: a record of an older format (prepared by an older reenact_jax).
     RecordDecodeError: the record is not a readable frame record; names the shard.
   """
   try:
     fields = msgpack.unpackb(raw, raw=False)
+  except Exception as error:  # msgpack raises many types on garbage bytes.
+    fields = error
+  if isinstance(fields, dict) and isinstance(fields.get('version'), int):
+    if fields['version'] < FORMAT_VERSION:
+      raise OldFormatError(
+        f'Record {shard_name_for_errors} has format version {fields["version"]}; this '
+        f'reenact_jax reads version {FORMAT_VERSION} (it adds the person matte). Prepare the data '
+        'again: python -m data.prepare --input=VIDEOS --output=NEW_FOLDER'
+      )
+  try:
+    if isinstance(fields, Exception):
+      raise fields
     if not isinstance(fields, dict) or fields.get('version') != FORMAT_VERSION:
       raise ValueError(f'not a version-{FORMAT_VERSION} frame record')
     height, width = int(fields['height']), int(fields['width'])
@@ -133,6 +154,10 @@ def decode_record(raw: bytes, *, shard_name_for_errors: str = '<unknown shard>')
     image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
     if image is None or image.shape != (height, width, 3):
       raise ValueError(f'image bytes do not decode to a {height}x{width} RGB image')
+    encoded_matte = np.frombuffer(fields['matte'], np.uint8)
+    matte = cv2.imdecode(encoded_matte, cv2.IMREAD_GRAYSCALE) if encoded_matte.size else None
+    if matte is None or matte.shape != (height, width):
+      raise ValueError(f'matte bytes do not decode to a {height}x{width} grey image')
     landmarks = np.frombuffer(fields['landmarks'], '<f2').astype(np.float32)
     landmarks = landmarks.reshape(int(fields['num_landmarks']), 3)
     mask_polygon = np.frombuffer(fields['mask_polygon'], '<f2').astype(np.float32).reshape(-1, 2)
@@ -145,6 +170,7 @@ def decode_record(raw: bytes, *, shard_name_for_errors: str = '<unknown shard>')
       raise ValueError('non-finite landmarks')
     return {
       'image': cv2.cvtColor(image, cv2.COLOR_BGR2RGB),
+      'matte': matte,
       'landmarks': landmarks,
       'mask_polygon': mask_polygon,
       'pose': pose,
@@ -216,6 +242,13 @@ def open_split(data_dir: str | pathlib.Path, split: str):
   """
   data_dir = pathlib.Path(data_dir)
   index = read_json(data_dir, CLIP_INDEX)
+  version = index.get('format_version', 1)
+  if version != FORMAT_VERSION:
+    raise OldFormatError(
+      f'{data_dir} was prepared with record format {version}; this reenact_jax reads format '
+      f'{FORMAT_VERSION} (it adds the person matte). Prepare the data again: python -m '
+      'data.prepare --input=VIDEOS --output=NEW_FOLDER'
+    )
   if split not in index['splits']:
     raise ValueError(f'{data_dir} has no split {split!r}; it has {sorted(index["splits"])}.')
   clips = [dict(clip) for clip in index['splits'][split]['clips']]
@@ -247,8 +280,9 @@ def describe_record(data_dir: str | pathlib.Path, split: str, index: int) -> str
 class RecordFrames:
   """A prepared split as the input pipeline's frame source: clips + decoded, resized frames.
 
-  `frame(i)` returns 'image' (S, S, 3) float32 [0, 1], 'landmarks' (N, 3) float32 and 'mask'
-  (S, S, 1) float32 at S = image_size (landmarks are resolution-free). With skip_corrupt, a
+  `frame(i)` returns 'image' (S, S, 3) float32 [0, 1], 'landmarks' (N, 3) float32, 'mask'
+  (S, S, 1) float32 {0, 1} and 'matte' (S, S, 1) float32 [0, 1] at S = image_size (landmarks
+  are resolution-free). With skip_corrupt, a
   record that fails to decode is counted, logged and replaced by the next good frame of its clip;
   otherwise it raises RecordDecodeError naming the shard and record.
   """
@@ -302,16 +336,17 @@ class RecordFrames:
         raise
       record = self._replacement(index, error)
     size = self.image_size
-    image = record['image']
+    image, matte = record['image'], record['matte']
     if image.shape[:2] != (size, size):
       shrinking = image.shape[0] > size
-      image = cv2.resize(
-        image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-      )
+      interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+      image = cv2.resize(image, (size, size), interpolation=interpolation)
+      matte = cv2.resize(matte, (size, size), interpolation=interpolation)
     return {
       'image': image.astype(np.float32) * np.float32(1 / 255),
       'landmarks': record['landmarks'],
       'mask': mask_from_polygon(record['mask_polygon'], size, size),
+      'matte': matte[..., None].astype(np.float32) * np.float32(1 / 255),
     }
 
   def _replacement(self, index: int, error: RecordDecodeError) -> dict[str, Any]:

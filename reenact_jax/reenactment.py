@@ -78,10 +78,15 @@ class SourceFace:
   crop: np.ndarray  # (S, S, 3) float32 in [0, 1].
   landmarks: np.ndarray  # (N, 3) float32, normalised over the crop.
   mask: np.ndarray  # (S, S, 1) float32 {0, 1}, the face-oval polygon.
+  matte: np.ndarray  # (S, S, 1) float32 [0, 1], the person matte of the crop.
 
 
 def prepare_source(
-  image: np.ndarray, pixel_landmarks: np.ndarray, image_size: int, num_landmarks: int
+  image: np.ndarray,
+  pixel_landmarks: np.ndarray,
+  image_size: int,
+  num_landmarks: int,
+  segmenter: face.PersonSegmenter,
 ) -> SourceFace:
   """Crops the portrait around its face as preparation crops a (one-frame) clip.
 
@@ -94,8 +99,9 @@ def prepare_source(
   box = crops.crop_box(pixel_landmarks[None], height, width)
   crop = crops.crop_frame(image, box, image_size).astype(np.float32) / 255.0
   landmarks = crops.normalise_landmarks(pixel_landmarks[:num_landmarks], box)
-  mask = records.mask_from_polygon(landmarks[face_topology.FACE_OVAL, :2], image_size, image_size)
-  return SourceFace(image=image, box=box, crop=crop, landmarks=landmarks, mask=mask)
+  mask = records.face_oval_mask(landmarks, image_size, image_size)
+  matte = segmenter(media.to_uint8(crop))[..., None]
+  return SourceFace(image=image, box=box, crop=crop, landmarks=landmarks, mask=mask, matte=matte)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +340,7 @@ def reenact(
   loaded = loaded if loaded is not None else load(workdir, step)
   image_size = int(loaded.config.image_size)
   num_landmarks = int(loaded.config.model.num_landmarks)
-  source = prepare_source(image, source_pixels, image_size, num_landmarks)
+  source = prepare_source(image, source_pixels, image_size, num_landmarks, face.PersonSegmenter())
   track = track_driving(driving_path, landmarker, num_landmarks, progress=progress)
 
   reference = None
@@ -367,6 +373,7 @@ def reenact(
     'source': np.repeat(source.crop[None], batch_size, axis=0),
     'source_landmarks': np.repeat(source.landmarks[None], batch_size, axis=0),
     'source_mask': np.repeat(source.mask[None], batch_size, axis=0),
+    'source_matte': np.repeat(source.matte[None], batch_size, axis=0),
   }
   source_panel = media.to_uint8(source.crop)
   frames = 0

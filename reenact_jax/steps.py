@@ -6,7 +6,8 @@ Every argument after `*` is static (modules, loss weights, phase): `trainer.py` 
 Batch layout (global arrays, batch dimension sharded over the mesh):
   'source', 'driving': (B, H, W, 3) float32 in [0, 1]
   'source_landmarks', 'driving_landmarks': (B, N, 3) float32, normalised (see geometry.py)
-  'source_mask', 'driving_mask': (B, H, W, 1) float32 in {0, 1}
+  'source_mask', 'driving_mask': (B, H, W, 1) float32 in {0, 1}, face ovals
+  'source_matte', 'driving_matte': (B, H, W, 1) float32 in [0, 1], person mattes
 """
 
 import dataclasses
@@ -46,6 +47,7 @@ GENERATOR_TERMS = (
 class LossWeights:
   cyclic_warp: float
   cyclic_backward: float
+  cyclic_face: float
   perceptual: float
   perceptual_projected: float
   l1: float
@@ -83,8 +85,12 @@ def _generator_losses(
     projected_cycle=outputs['projected_cycle'],
     source=batch['source'],
     driving=batch['driving'],
-    source_mask=batch['source_mask'],
-    driving_mask=batch['driving_mask'],
+    source_weight=losses.person_weight(
+      matte=batch['source_matte'], mask=batch['source_mask'], face_weight=weights.cyclic_face
+    ),
+    driving_weight=losses.person_weight(
+      matte=batch['driving_matte'], mask=batch['driving_mask'], face_weight=weights.cyclic_face
+    ),
   )
   terms['cyclic_forward'] = forward
   terms['cyclic_backward'] = backward
@@ -100,12 +106,12 @@ def _generator_losses(
     output = outputs['output']
     terms['perceptual'] = perceptual_fn(perceptual_params, output, batch['driving'])
     terms['l1'] = losses.l1(prediction=output, target=batch['driving'])
-    terms['alpha'] = losses.alpha_matte(alpha=outputs['alpha'], mask=batch['driving_mask'])
+    terms['alpha'] = losses.alpha_matte(alpha=outputs['alpha'], matte=batch['driving_matte'])
     terms['inpaint'] = losses.inpaint(
       background=outputs['background'],
       driving=batch['driving'],
-      source_mask=batch['source_mask'],
-      driving_mask=batch['driving_mask'],
+      hole=models.hole_of(batch['source_matte']),
+      driving_matte=batch['driving_matte'],
     )
     fake = discriminator.apply(discriminator_variables, output, update_stats=False)
     real = discriminator.apply(discriminator_variables, batch['driving'], update_stats=False)
@@ -234,13 +240,21 @@ def generator_update(
     jax.tree.map(jnp.zeros_like, state.generator_params),
   )
   ((terms, grads), _), fake = _accumulate(micro_step, micro_batches, (zeros, ()), num)
-  updates, opt_state = state.generator_tx.update(
-    grads, state.generator_opt_state, state.generator_params
-  )
-  params = optax.apply_updates(state.generator_params, updates)
+  warp_params, render_params = train_state_lib.split_generator(state.generator_params)
+  warp_grads, render_grads = train_state_lib.split_generator(grads)
+  updates, warp_opt_state = state.warp_tx.update(warp_grads, state.warp_opt_state, warp_params)
+  warp_params = optax.apply_updates(warp_params, updates)
+  render_opt_state = state.render_opt_state
+  if not warp_only:  # The renderer's optimiser starts (count 0) at the phase switch.
+    updates, render_opt_state = state.render_tx.update(
+      render_grads, state.render_opt_state, render_params
+    )
+    render_params = optax.apply_updates(render_params, updates)
+  params = {**warp_params, **render_params}
   state = state.replace(
     generator_params=params,
-    generator_opt_state=opt_state,
+    warp_opt_state=warp_opt_state,
+    render_opt_state=render_opt_state,
     ema_params=train_state_lib.update_ema(state.ema_params, params, ema_decay),
   )
   return state, terms, optax.tree.norm(grads), fake
@@ -352,6 +366,7 @@ def render_step(
     'source': batch['source'],
     'driving': batch['driving'],
     'projected': projected,
+    'warped': outputs['warped_source'],
     'foreground': outputs['foreground'] * outputs['alpha'],
     'background': outputs['background'],
     'output': outputs['output'],

@@ -10,10 +10,6 @@ carried along by the head's affine motion, so warping by the true landmark motio
 change between two frames of a clip. Used by tests and smoke training
 (`config.data.source = 'synthetic'`).
 
-`repose` makes a source/driving pseudo-pair with known motion from one still portrait: a random
-similarity plus a small smooth non-rigid (Gaussian RBF) deformation, applied exactly
-consistently to the image (cv2.remap) and to its landmarks. The demo uses it on bundled stills.
-
 Conventions (reenact_jax/geometry.py): images float32 (H, W, 3) in [0, 1]; masks float32 {0, 1} (H, W, 1);
 landmarks (N, 3) float32, x and y normalised to [-1, 1] with x_norm = 2 * x_px / W - 1 where
 pixel i's centre is at x_px = i + 0.5, z on the scale of x with mean 0. Numpy and OpenCV only:
@@ -334,7 +330,8 @@ def render_frame(
 
   Returns:
     dict with 'image' (H, W, 3) float32 in [0, 1], 'landmarks' (N, 3) float32 normalised
-    (contract convention; x, y within [-1, 1]), 'mask' (H, W, 1) float32 face-oval fill.
+    (contract convention; x, y within [-1, 1]), 'mask' (H, W, 1) float32 face-oval fill,
+    'matte' (H, W, 1) float32 person matte (1 on head, hair, neck and clothes).
   """
   if not 0 <= frame_index < num_frames:
     raise ValueError(f'frame_index must be in [0, num_frames={num_frames}), got {frame_index}.')
@@ -440,4 +437,5 @@ def render_frame(
   rows = clip['row_base'].take(labels) + _ROW_PER_PIXEL.take(labels) * clip['pixel_index']
   image = clip['colour_table'].take(rows, axis=0)
   image += face * _SKIN_GAIN.take(labels)[..., None]
-  return dict(image=image, landmarks=landmarks, mask=mask)
+  matte = (labels != _BACKGROUND).astype(np.float32)[..., None]
+  return dict(image=image, landmarks=landmarks, mask=mask, matte=matte)

@@ -89,10 +89,11 @@ def example_batch(generator: models.Generator, batch_size: int) -> dict[str, jax
   batch = models.example_inputs(generator, batch_size)
   batch['driving'] = batch['source']
   batch['driving_mask'] = batch['source_mask']
+  batch['driving_matte'] = batch['source_matte']
   return batch
 
 
-def make_init_fn(generator, discriminator, generator_tx, discriminator_tx):
+def make_init_fn(generator, discriminator, optimizers: train_state_lib.Optimizers):
   """rng -> fresh TrainState (to run under eval_shape, then jit with out_shardings)."""
 
   def init(rng: jax.Array) -> train_state_lib.TrainState:
@@ -108,8 +109,7 @@ def make_init_fn(generator, discriminator, generator_tx, discriminator_tx):
       rng=rng,
       generator_params=generator_params,
       discriminator_variables=discriminator_variables,
-      generator_tx=generator_tx,
-      discriminator_tx=discriminator_tx,
+      optimizers=optimizers,
     )
 
   return init
@@ -139,15 +139,8 @@ class Setup:
       )
     self.generator = models.make_generator(config.model, config.image_size)
     self.discriminator = models.make_discriminator(config.model)
-    total = config.optim.decay_steps or config.train.total_steps
-    self.generator_schedule = train_state_lib.learning_rate_schedule(
-      config.optim, total, config.optim.generator_lr
-    )
-    generator_tx = train_state_lib.make_optimizer(config.optim, total, config.optim.generator_lr)
-    discriminator_tx = train_state_lib.make_optimizer(
-      config.optim, total, config.optim.discriminator_lr
-    )
-    self.init_fn = make_init_fn(self.generator, self.discriminator, generator_tx, discriminator_tx)
+    self.optimizers = train_state_lib.make_optimizers(config)
+    self.init_fn = make_init_fn(self.generator, self.discriminator, self.optimizers)
     self._rng = jax.random.PRNGKey(config.seed)
     self.abstract_state = jax.eval_shape(self.init_fn, self._rng)
     self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh, config.mesh)
@@ -305,12 +298,12 @@ class MetricsWriter:
       self._tensorboard.close()
 
 
-GRID_COLUMNS = ('source', 'driving', 'projected', 'foreground', 'background', 'output')
+GRID_COLUMNS = ('source', 'driving', 'projected', 'warped', 'foreground', 'background', 'output')
 
 
 def image_grid(images: dict[str, np.ndarray], max_rows: int = 4) -> np.ndarray:
-  """Rows of examples, columns source | driving | projected warp | foreground | background |
-  output; (rows * H, 6 * W, 3) uint8."""
+  """Rows of examples, columns source | driving | projected warp | warped source pixels |
+  foreground | background | output; (rows * H, 7 * W, 3) uint8."""
   rows = []
   for index in range(min(max_rows, images['source'].shape[0])):
     rows.append(np.concatenate([images[name][index] for name in GRID_COLUMNS], axis=1))
@@ -500,7 +493,10 @@ def train_and_evaluate(
           seconds_per_step = elapsed / max(step - interval_start_step, 1)
           values['step_time_ms'] = 1000.0 * seconds_per_step
           values['examples_per_sec'] = train_config.batch_size / max(seconds_per_step, 1e-9)
-          values['lr/generator'] = float(setup.generator_schedule(step))
+          values['lr/warp'] = float(setup.optimizers.warp_schedule(step))
+          values['lr/render'] = float(
+            setup.optimizers.render_schedule(max(step - train_config.phase1_steps, 0))
+          )
           writer.scalars(step, values)
           writer.progress(step, values, seconds_per_step)
           last_values = values
@@ -510,7 +506,7 @@ def train_and_evaluate(
           images = multihost_utils.process_allgather(render(state.ema_params, batch), tiled=True)
           writer.images(
             step,
-            'ema/source|driving|projected|foreground|background|output',
+            'ema/source|driving|projected|warped|foreground|background|output',
             image_grid(jax.tree.map(np.asarray, images)),
           )
         if train_config.eval_every and (step % train_config.eval_every == 0 or is_last):

@@ -3,20 +3,28 @@
 from reenact_jax.models.discriminator import MultiScaleDiscriminator, make_discriminator
 from reenact_jax.models.generator import (
   INPUT_NAMES,
+  RENDER_PARTS,
+  WARP_PARTS,
   Generator,
   example_inputs,
+  hole_of,
   init_params,
   make_generator,
+  prior_render,
   render,
 )
 
 __all__ = [
   'INPUT_NAMES',
+  'RENDER_PARTS',
+  'WARP_PARTS',
   'Generator',
   'MultiScaleDiscriminator',
   'example_inputs',
+  'hole_of',
   'init_params',
   'make_discriminator',
   'make_generator',
+  'prior_render',
   'render',
 ]

@@ -11,7 +11,7 @@ from reenact_jax.models import layers
 
 
 class FlowHourglass3D(nn.Module):
-  """Residual 3D flow and a 2D occlusion map from the source volume and the geometric prior.
+  """Residual 3D flow, occlusion and depth visibility from the source volume and the prior.
 
   Input to the U-Net: concat[c, warp_3d(c, flow_prior), flow_prior, confidence] where
   c = 1×1×1 conv of the source volume to `compress_channels` (warping the compressed volume
@@ -29,7 +29,7 @@ class FlowHourglass3D(nn.Module):
   @nn.compact
   def __call__(
     self, volume: jax.Array, flow_prior: jax.Array, confidence: jax.Array
-  ) -> tuple[jax.Array, jax.Array]:
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Predicts the final flow.
 
     Args:
@@ -40,6 +40,8 @@ class FlowHourglass3D(nn.Module):
     Returns:
       flow: (B, D, H, W, 3) float32, flow_prior + residual (|residual| < residual_scale).
       occlusion: (B, H, W, 1) float32 in (0, 1); 1 = visible in the source.
+      visibility: (B, D, H, W, 1) float32 logits: the learned part of the per-pixel depth
+        weights with which the 3D flow is projected to 2D (geometry.project_flow).
     """
     res_block = layers.maybe_remat(layers.ResBlock, self.remat)
     flow_prior = flow_prior.astype(jnp.float32)
@@ -85,4 +87,9 @@ class FlowHourglass3D(nn.Module):
       name='occlusion_head',
     )(pooled)
     occlusion = nn.sigmoid(occlusion_logits.astype(jnp.float32))
-    return flow_prior + residual, occlusion
+    # Per-voxel visibility logits (which depth slice a pixel shows), added to the prior's;
+    # zero-initialised so that the prior alone decides at first.
+    visibility = nn.Conv(
+      1, (3, 3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='visibility_head'
+    )(x).astype(jnp.float32)
+    return flow_prior + residual, occlusion, visibility

@@ -4,6 +4,7 @@ Built by `make_generator(config.model, config.image_size)` outside jit; the modu
 holds only plain Python fields.
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -23,7 +24,100 @@ from reenact_jax.models.renderer import ForegroundRenderer
 # Spatial downsampling from the image to the feature volume (H' = H / 4), fixed by the design.
 VOLUME_STRIDE = 4
 # The generator's inputs, in the order of Generator.__call__ (and of the exported artifact).
-INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask')
+INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask', 'source_matte')
+# Parts trained from phase 1 (the warp) and parts that start in phase 2 (the rendering): each
+# group has its own optimiser state (train_state.py).
+WARP_PARTS = ('encoder', 'flow_net', 'projection')
+RENDER_PARTS = ('renderer', 'inpainter')
+# The hole left by the source person is its matte grown by this fraction of the image side, so
+# that no fringe of hair stays in the background the inpainter sees.
+HOLE_DILATION = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+  """The geometric prior of a source/driving pair at the volume's resolution (no weights)."""
+
+  flow: jax.Array  # (B, D, h, w, 3) backward 3D flow: the head moves, the rest stays.
+  head_flow: jax.Array  # (B, D, h, w, 3) the head's motion everywhere (see initial_flow).
+  confidence: jax.Array  # (B, D, h, w, 1) in [0, 1].
+  source_head: jax.Array  # (B, h, w) the source's head weight (matte x head region).
+
+
+def person_parts(landmarks: jax.Array, matte: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(head, rest) of a person matte (B, H, W, 1): the head (face, hair, ears: the matte times
+  geometry.head_region) moves with the landmarks; the rest (neck, shoulders, torso) does not."""
+  matte = matte.astype(jnp.float32)
+  region = geometry.head_region(landmarks, matte.shape[1], matte.shape[2])[..., None]
+  return matte * region, matte * (1.0 - region)
+
+
+def geometric_prior(
+  source_landmarks: jax.Array,
+  driving_landmarks: jax.Array,
+  source_head: jax.Array,
+  *,
+  depth: int,
+  sigma: float,
+  stable_indices,
+) -> Prior:
+  """geometry.initial_flow with the source head weight (B, h, w) at the volume's size."""
+  source_head = jax.lax.stop_gradient(source_head.astype(jnp.float32))
+  flow, confidence, head_flow = geometry.initial_flow(
+    source_landmarks,
+    driving_landmarks,
+    depth=depth,
+    height=source_head.shape[1],
+    width=source_head.shape[2],
+    sigma=sigma,
+    stable_indices=np.asarray(stable_indices, dtype=np.int32),
+    source_head=source_head,
+  )
+  return Prior(flow, head_flow, confidence, source_head)
+
+
+@dataclasses.dataclass(frozen=True)
+class Warped:
+  """The source's pixels moved by a projected flow, at the image's resolution (B, H, W, C)."""
+
+  flow_2d: jax.Array  # (B, H, W, 2) the projected flow (head moves, the rest stays).
+  image: jax.Array  # (B, H, W, 3) the source sampled along flow_2d.
+  validity: jax.Array  # (B, H, W, 1) 1 where flow_2d samples inside the source.
+  person: jax.Array  # (B, H, W, 1) where the moved person is: the moved head over the rest.
+
+
+def warp_person(
+  source: jax.Array,
+  source_head: jax.Array,
+  source_rest: jax.Array,
+  flow: jax.Array,
+  head_flow: jax.Array,
+  visibility: jax.Array,
+) -> Warped:
+  """Moves the source's pixels by the 3D flow projected to the image (geometry.project_flow).
+
+  The image follows `flow` (the head moves, the rest of the person and the background stay);
+  the moved person is the source head moved by `head_flow` (where the head lands) united with
+  the unmoved rest (neck, shoulders, torso). Where the head moved away from, neither covers: the
+  background shows through there.
+  """
+  size = source.shape[1:3]
+  flow_2d = geometry.project_flow(flow, visibility, *size)
+  head_flow_2d = geometry.project_flow(head_flow, visibility, *size)
+  stacked = jnp.concatenate([source.astype(jnp.float32), jnp.ones_like(source_head)], axis=-1)
+  moved = warp.warp_2d(stacked, flow_2d)
+  validity = jnp.clip(moved[..., 3:4], 0.0, 1.0)
+  # Bilinear weights outside the image are 0: renormalise the partly outside border pixels.
+  image = jnp.clip(moved[..., :3] / jnp.maximum(validity, 1e-3), 0.0, 1.0)
+  moved_head = warp.warp_2d(source_head.astype(jnp.float32), head_flow_2d)
+  person = jnp.clip(moved_head + source_rest.astype(jnp.float32), 0.0, 1.0)
+  return Warped(flow_2d, image, validity, person)
+
+
+def hole_of(source_matte: jax.Array) -> jax.Array:
+  """Where the source person is, grown by HOLE_DILATION of the side: what the inpainter fills."""
+  radius = max(1, round(HOLE_DILATION * source_matte.shape[1]))
+  return layers.dilate(source_matte.astype(jnp.float32), radius)
 
 
 class Generator(nn.Module):
@@ -53,6 +147,7 @@ class Generator(nn.Module):
   renderer_num_heads: int
   renderer_token_patch: int
   inpainter_channels: Sequence[int]
+  visibility_sharpness: float = 8.0
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
@@ -85,34 +180,33 @@ class Generator(nn.Module):
     )
     self.inpainter = GatedInpainter(self.inpainter_channels, remat=self.remat, dtype=self.dtype)
 
-  def _prior(self, from_landmarks: jax.Array, to_landmarks: jax.Array, volume_shape):
-    """Backward flow from `to` space into `from` space: (B, D, H', W', 3), (B, D, H', W', 1)."""
-    _, depth, height, width, _ = volume_shape
-    return geometry.initial_flow(
-      jax.lax.stop_gradient(from_landmarks.astype(jnp.float32)),
-      jax.lax.stop_gradient(to_landmarks.astype(jnp.float32)),
-      depth=depth,
-      height=height,
-      width=width,
-      sigma=self.landmark_sigma,
-      stable_indices=np.asarray(self.stable_indices, dtype=np.int32),
-    )
-
-  def _check_inputs(self, source, source_landmarks, driving_landmarks, source_mask):
-    size = self.image_size
+  def _check_inputs(self, inputs: dict[str, jax.Array]) -> None:
+    size, points = self.image_size, self.num_landmarks
     expected = {
-      'source': (source, (size, size, 3)),
-      'source_landmarks': (source_landmarks, (self.num_landmarks, 3)),
-      'driving_landmarks': (driving_landmarks, (self.num_landmarks, 3)),
-      'source_mask': (source_mask, (size, size, 1)),
+      'source': (size, size, 3),
+      'source_landmarks': (points, 3),
+      'driving_landmarks': (points, 3),
+      'source_mask': (size, size, 1),
+      'source_matte': (size, size, 1),
     }
-    for name, (array, trailing) in expected.items():
+    for name, trailing in expected.items():
+      array = inputs[name]
       if array.ndim != len(trailing) + 1 or tuple(array.shape[1:]) != trailing:
         raise ValueError(
           f'Generator input {name} has shape {tuple(array.shape)}; expected (B, '
           f'{", ".join(map(str, trailing))}) for image_size={size} and '
-          f'num_landmarks={self.num_landmarks} (check the config matches the data).'
+          f'num_landmarks={points} (check the config matches the data).'
         )
+
+  def _prior(self, from_landmarks, to_landmarks, source_head) -> Prior:
+    return geometric_prior(
+      from_landmarks,
+      to_landmarks,
+      source_head,
+      depth=self.volume_depth,
+      sigma=self.landmark_sigma,
+      stable_indices=self.stable_indices,
+    )
 
   def __call__(
     self,
@@ -120,6 +214,7 @@ class Generator(nn.Module):
     source_landmarks: jax.Array,
     driving_landmarks: jax.Array,
     source_mask: jax.Array,
+    source_matte: jax.Array,
     *,
     with_cycle: bool = False,
     warp_only: bool = False,
@@ -129,43 +224,68 @@ class Generator(nn.Module):
     Args:
       source: (B, H, W, 3) source frame in [0, 1].
       source_landmarks, driving_landmarks: (B, N, 3) normalised landmarks.
-      source_mask: (B, H, W, 1) {0, 1} face mask of the source.
+      source_mask: (B, H, W, 1) {0, 1} face-oval mask of the source.
+      source_matte: (B, H, W, 1) person matte of the source in [0, 1].
       with_cycle: also warp the warped volume back (D -> S) for the cyclic warp loss.
       warp_only: skip renderer, inpainter and composite (training phase 1).
 
     Returns:
       dict with 'projected' (B, H/4, W/4, 3), 'flow' and 'flow_prior' (B, D, H/4, W/4, 3),
       'confidence' (B, D, H/4, W/4, 1), 'occlusion' (B, H/4, W/4, 1); with_cycle adds
-      'projected_cycle' (B, H/4, W/4, 3); unless warp_only: 'foreground', 'background',
+      'projected_cycle' (B, H/4, W/4, 3); unless warp_only: 'flow_2d' (B, H, W, 2),
+      'warped_source' (B, H, W, 3) and 'validity' (B, H, W, 1), 'foreground', 'background',
       'output' (B, H, W, 3) and 'alpha' (B, H, W, 1). Images in [0, 1].
     """
-    self._check_inputs(source, source_landmarks, driving_landmarks, source_mask)
+    self._check_inputs(
+      dict(
+        source=source,
+        source_landmarks=source_landmarks,
+        driving_landmarks=driving_landmarks,
+        source_mask=source_mask,
+        source_matte=source_matte,
+      )
+    )
     source_volume = self.encoder(source)
-    flow_prior, confidence = self._prior(source_landmarks, driving_landmarks, source_volume.shape)
-    flow, occlusion = self.flow_net(source_volume, flow_prior, confidence)
+    size = source_volume.shape[2]
+    source_head, source_rest = person_parts(source_landmarks, source_matte)
+    stride = self.image_size // size
+    prior = self._prior(
+      source_landmarks, driving_landmarks, layers.downsample(source_head, stride)[..., 0]
+    )
+    flow, occlusion, visibility = self.flow_net(source_volume, prior.flow, prior.confidence)
+    learned = flow - prior.flow
+    visibility = visibility + self.visibility_sharpness * prior.confidence
     warped_volume = warp.warp_3d(source_volume, flow).astype(self.dtype)
     projected_features, projected = self.projection(warped_volume)
     outputs = {
       'projected': projected,
       'flow': flow,
-      'flow_prior': flow_prior.astype(jnp.float32),
-      'confidence': confidence.astype(jnp.float32),
+      'flow_prior': prior.flow.astype(jnp.float32),
+      'confidence': prior.confidence.astype(jnp.float32),
       'occlusion': occlusion,
     }
     if with_cycle:
-      # Same flow network, roles swapped: the warped volume is now the "source" and the prior
-      # maps source space back into driving space.
-      reverse_prior, reverse_confidence = self._prior(
-        driving_landmarks, source_landmarks, warped_volume.shape
-      )
-      reverse_flow, _ = self.flow_net(warped_volume, reverse_prior, reverse_confidence)
+      # Same flow network, roles swapped: the warped volume is now the "source", its head is the
+      # source head moved by the flow, and the prior maps source space back into driving space.
+      head_flow_small = geometry.project_flow(prior.head_flow + learned, visibility, size, size)
+      driving_head = warp.warp_2d(prior.source_head[..., None], head_flow_small)[..., 0]
+      reverse = self._prior(driving_landmarks, source_landmarks, driving_head)
+      reverse_flow, _, _ = self.flow_net(warped_volume, reverse.flow, reverse.confidence)
       cycled_volume = warp.warp_3d(warped_volume, reverse_flow).astype(self.dtype)
       _, outputs['projected_cycle'] = self.projection(cycled_volume)
     if warp_only:
       return outputs
-    foreground, alpha = self.renderer(projected_features, occlusion)
-    background = self.inpainter(source, source_mask)
+    warped = warp_person(
+      source, source_head, source_rest, flow, prior.head_flow + learned, visibility
+    )
+    foreground, alpha = self.renderer(
+      projected_features, occlusion, warped.image, warped.validity, warped.person
+    )
+    background = self.inpainter(source, hole_of(source_matte))
     outputs.update(
+      flow_2d=warped.flow_2d,
+      warped_source=warped.image,
+      validity=warped.validity,
       foreground=foreground,
       alpha=alpha,
       background=background,
@@ -260,6 +380,7 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     renderer_num_heads=int(m.renderer_num_heads),
     renderer_token_patch=int(m.renderer_token_patch),
     inpainter_channels=inpainter_channels,
+    visibility_sharpness=float(m.visibility_sharpness),
     remat=bool(m.remat),
     dtype=layers.compute_dtype(m.compute_dtype),
   )
@@ -276,6 +397,7 @@ def example_inputs(generator: Generator, batch_size: int = 1) -> dict[str, jax.A
     'source_landmarks': landmarks,
     'driving_landmarks': landmarks,
     'source_mask': mask,
+    'source_matte': mask,
   }
 
 
@@ -301,3 +423,40 @@ def render(generator: Generator, params, inputs: dict[str, jax.Array]) -> dict[s
     with_cycle=False,
     warp_only=False,
   )
+
+
+def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The geometric prior alone, without any learned weight: the baseline a trained model must
+  beat (`reenact --prior-only`).
+
+  The source pixels moved by the prior's 2D flow (each pixel shows the depth slice the prior is
+  most confident in), the moved person (moved head over the unmoved rest) as alpha, over the
+  push-pull fill of the source's background. Outputs as `render` ('output', 'foreground',
+  'alpha', 'background', 'flow_2d', 'warped_source', 'validity').
+  """
+  source = inputs['source'].astype(jnp.float32)
+  matte = inputs['source_matte'].astype(jnp.float32)
+  source_head, source_rest = person_parts(inputs['source_landmarks'], matte)
+  prior = geometric_prior(
+    inputs['source_landmarks'],
+    inputs['driving_landmarks'],
+    layers.downsample(source_head, VOLUME_STRIDE)[..., 0],
+    depth=generator.volume_depth,
+    sigma=generator.landmark_sigma,
+    stable_indices=generator.stable_indices,
+  )
+  visibility = generator.visibility_sharpness * prior.confidence
+  warped = warp_person(source, source_head, source_rest, prior.flow, prior.head_flow, visibility)
+  hole = hole_of(matte)
+  hidden = source * (1.0 - hole)
+  background = hidden + layers.fill_holes(hidden, 1.0 - hole) * hole
+  alpha = warped.person * warped.validity
+  return {
+    'output': alpha * warped.image + (1.0 - alpha) * background,
+    'foreground': warped.image,
+    'alpha': alpha,
+    'background': background,
+    'flow_2d': warped.flow_2d,
+    'warped_source': warped.image,
+    'validity': warped.validity,
+  }

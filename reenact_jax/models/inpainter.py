@@ -1,4 +1,4 @@
-"""Background inpainter I: gated-convolution U-Net that fills the face hole."""
+"""Background inpainter I: gated-convolution U-Net that fills the hole the person leaves."""
 
 from collections.abc import Sequence
 
@@ -10,10 +10,13 @@ from reenact_jax.models import layers
 
 
 class GatedInpainter(nn.Module):
-  """Source (B, H, W, 3) and face mask (B, H, W, 1) -> background (B, H, W, 3) float32.
+  """Source (B, H, W, 3) and hole (B, H, W, 1) in [0, 1] -> background (B, H, W, 3) float32.
 
-  The network sees only S * (1 - M) and M. The returned background is composited as
-  S * (1 - M) + B̂ * M, so outside the mask it equals the source exactly (only the hole is new).
+  The hole is where the source person is (its matte, dilated). The network sees only
+  S * (1 - hole), the hole, and the push-pull fill of the known background
+  (`layers.fill_holes`), and predicts a bounded correction of that fill. The result is
+  S * (1 - hole) + (fill + correction) * hole: outside the hole it equals the source exactly
+  (only the hole is new), and an untrained inpainter returns the classical fill.
   Levels: one per entry of `channels`, each after the first at half the resolution; two dilated
   gated convs at the bottleneck widen the receptive field so large holes see their border.
   """
@@ -23,12 +26,13 @@ class GatedInpainter(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, source: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(self, source: jax.Array, hole: jax.Array) -> jax.Array:
     gated = layers.maybe_remat(layers.GatedConv, self.remat)
     source = source.astype(jnp.float32)
-    mask = mask.astype(jnp.float32)
-    hidden = source * (1.0 - mask)
-    x = jnp.concatenate([2.0 * hidden - 1.0, mask], axis=-1).astype(self.dtype)
+    hole = hole.astype(jnp.float32)
+    hidden = source * (1.0 - hole)
+    fill = layers.fill_holes(hidden, 1.0 - hole)
+    x = jnp.concatenate([2.0 * hidden - 1.0, hole, 2.0 * fill - 1.0], axis=-1).astype(self.dtype)
     x = gated(self.channels[0], kernel_size=5, dtype=self.dtype, name='stem')(x)
     skips = [x]
     for level, width in enumerate(self.channels[1:], start=1):
@@ -42,5 +46,8 @@ class GatedInpainter(nn.Module):
     for level in reversed(range(len(self.channels) - 1)):
       x = jnp.concatenate([layers.upsample_2x(x), skips[level]], axis=-1)
       x = gated(self.channels[level], dtype=self.dtype, name=f'up{level}')(x)
-    filled = nn.sigmoid(nn.Conv(3, (3, 3), dtype=self.dtype, name='head')(x).astype(jnp.float32))
-    return hidden + filled * mask
+    correction = nn.Conv(
+      3, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
+    )(x).astype(jnp.float32)
+    filled = jnp.clip(fill + jnp.tanh(correction), 0.0, 1.0)
+    return hidden + filled * hole

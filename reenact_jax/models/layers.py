@@ -46,6 +46,51 @@ def downsample_2x(x: jax.Array) -> jax.Array:
   return nn.avg_pool(x, window, strides=window)
 
 
+def downsample(x: jax.Array, factor: int) -> jax.Array:
+  """factor×factor average pooling over H and W of (B, H, W, C)."""
+  if factor == 1:
+    return x
+  return nn.avg_pool(x, (factor, factor), strides=(factor, factor))
+
+
+def dilate(mask: jax.Array, radius: int) -> jax.Array:
+  """Grey-level dilation of (B, H, W, C) by a (2 radius + 1)² square: the max over it."""
+  if radius <= 0:
+    return mask
+  window = (2 * radius + 1, 2 * radius + 1)
+  return nn.max_pool(mask, window, strides=(1, 1), padding='SAME')
+
+
+def fill_holes(image: jax.Array, known: jax.Array) -> jax.Array:
+  """Push-pull fill: every pixel gets the nearby known colour, blended smoothly into the holes.
+
+  Known pixels are averaged down a pyramid of 2× poolings (weighted by `known`) and the holes
+  are filled coarse to fine from the next coarser level, so a hole takes the colours of its
+  border, as blurred as it is wide. A classical, parameter-free inpainting: the starting point
+  the inpainter refines.
+
+  Args:
+    image: (B, H, W, C).
+    known: (B, H, W, 1) in [0, 1], 1 where `image` is valid.
+
+  Returns:
+    (B, H, W, C) float32, equal to `image` where known == 1.
+  """
+  image = image.astype(jnp.float32)
+  known = known.astype(jnp.float32)
+  levels = [(image * known, known)]
+  while min(levels[-1][0].shape[1:3]) > 1 and all(n % 2 == 0 for n in levels[-1][0].shape[1:3]):
+    weighted, weight = levels[-1]
+    levels.append((downsample(weighted, 2), downsample(weight, 2)))
+  weighted, weight = levels[-1]
+  filled = weighted / jnp.maximum(weight, 1e-6)
+  for weighted, weight in reversed(levels[:-1]):
+    coarse = jax.image.resize(filled, weighted.shape, 'linear')
+    confident = jnp.clip(weight, 0.0, 1.0)
+    filled = confident * weighted / jnp.maximum(weight, 1e-6) + (1.0 - confident) * coarse
+  return known * image + (1.0 - known) * filled
+
+
 def upsample_2x(x: jax.Array) -> jax.Array:
   """Nearest-neighbour 2× upsampling of H and W ((B, H, W, C) or (B, D, H, W, C))."""
   return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)

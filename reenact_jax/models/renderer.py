@@ -47,14 +47,24 @@ class TokenBottleneck(nn.Module):
 
 
 class ForegroundRenderer(nn.Module):
-  """Projected features (B, H/4, W/4, C) and occlusion (B, H/4, W/4, 1) -> foreground, alpha.
+  """Renders the driving-posed person: refines the source's own pixels moved by the flow and
+  paints what they cannot show (the mouth interior, disocclusions), guided by the warped
+  features.
 
-  Encoder: a conv at the input level (width `base_channels`), then `down_levels` 2× downsampling
-  residual blocks (width doubling) to the bottleneck; the bottleneck is a transformer
-  ('transformer') or `num_layers` residual blocks ('resblocks'); the decoder climbs back with
-  skip connections, then one 2× upsampling residual block per entry of `decoder_channels`.
-  Outputs at the input size × 2 ** len(decoder_channels): foreground (B, H, W, 3) and alpha
-  (B, H, W, 1), both float32 in (0, 1).
+  Inputs: projected features (B, h, w, C) and occlusion (B, h, w, 1) at h = H/4, and at full
+  resolution the source warped by the projected 2D flow (B, H, W, 3), its validity (B, H, W, 1)
+  (0 where the flow samples outside the source) and the warped source person matte (B, H, W, 1).
+
+  Encoder: the features (times the occlusion) with the warped source, validity and matte
+  averaged down to h, a conv at the input level (width `base_channels`), then `down_levels` 2×
+  downsampling residual blocks (width doubling) to the bottleneck, a transformer ('transformer')
+  or `num_layers` residual blocks ('resblocks'); the decoder climbs back with skip connections,
+  then one 2× upsampling residual block per entry of `decoder_channels`, and a head at full
+  resolution that also sees the warped source. Outputs, float32 in (0, 1):
+    foreground = b * warped_source + (1 - b) * rgb, b = sigmoid(blend) * validity;
+    alpha = sigmoid(alpha_logit + ALPHA_PRIOR_GAIN * (warped_matte - 1/2)).
+  The head's kernel starts at zero: an untrained renderer shows the warped source (b ~ 0.98)
+  with the warped matte as alpha, i.e. the geometric warp itself, and learning refines it.
   """
 
   base_channels: int
@@ -68,12 +78,26 @@ class ForegroundRenderer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, features: jax.Array, occlusion: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self,
+    features: jax.Array,
+    occlusion: jax.Array,
+    warped_source: jax.Array,
+    validity: jax.Array,
+    warped_matte: jax.Array,
+  ) -> tuple[jax.Array, jax.Array]:
     res_block = layers.maybe_remat(layers.ResBlock, self.remat)
     occlusion = occlusion.astype(self.dtype)
+    guide = jnp.concatenate(
+      [2.0 * warped_source - 1.0, validity, warped_matte], axis=-1
+    ).astype(jnp.float32)
+    factor = guide.shape[1] // features.shape[1]
+    guide_small = layers.downsample(guide, factor).astype(self.dtype)
     # Modulation: occluded regions carry no trustworthy warped content; the occlusion channel
     # itself tells the renderer where it must hallucinate instead.
-    x = jnp.concatenate([features.astype(self.dtype) * occlusion, occlusion], axis=-1)
+    x = jnp.concatenate(
+      [features.astype(self.dtype) * occlusion, occlusion, guide_small], axis=-1
+    )
     x = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype, name='stem')(x)
     x = res_block(self.base_channels, dtype=self.dtype, name='enc0')(x)
     skips = [x]
@@ -106,5 +130,19 @@ class ForegroundRenderer(nn.Module):
     x = layers.activation(
       nn.GroupNorm(layers.num_groups(x.shape[-1]), dtype=self.dtype, name='norm_out')(x)
     )
-    out = nn.Conv(4, (3, 3), dtype=self.dtype, name='head')(x).astype(jnp.float32)
-    return nn.sigmoid(out[..., :3]), nn.sigmoid(out[..., 3:])
+    x = jnp.concatenate([x, guide.astype(self.dtype)], axis=-1)
+    x = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name='refine')(x)
+    out = nn.Conv(
+      5, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
+    )(layers.activation(x)).astype(jnp.float32)
+    rgb = nn.sigmoid(out[..., :3])
+    blend = nn.sigmoid(out[..., 3:4] + BLEND_BIAS) * validity.astype(jnp.float32)
+    foreground = blend * warped_source.astype(jnp.float32) + (1.0 - blend) * rgb
+    alpha = nn.sigmoid(out[..., 4:] + ALPHA_PRIOR_GAIN * (warped_matte.astype(jnp.float32) - 0.5))
+    return foreground, alpha
+
+
+# The untrained renderer trusts the warped source pixels (sigmoid(4) = 0.98) and takes the warped
+# source matte as its alpha (sigmoid(+-4) at matte 1 / 0).
+BLEND_BIAS = 4.0
+ALPHA_PRIOR_GAIN = 8.0
