@@ -3,10 +3,10 @@
 The command is `python -m data.mediapipe_models`; this module is its library.
 
 mediapipe itself is never installed (it pins numpy<2); its wheel is a zip archive that ships the
-face-detection, face-mesh, iris and selfie-segmentation `.tflite` files, which `ai-edge-litert` runs. At setup time
-(`make setup`) this module downloads the wheel from the package registry once and extracts the
-models; at run time `reenact_jax.face.model_dir()` only looks for the extracted files and never
-touches the network.
+face-detection, face-mesh, iris and selfie-segmentation `.tflite` files, which `ai-edge-litert`
+runs. At setup time (`make setup`) this module downloads the wheel from the package registry once
+and extracts the models; at run time `reenact_jax.face.model_dir()` only looks for the extracted
+files and never touches the network.
 """
 
 import hashlib

@@ -318,9 +318,10 @@ def repose(
   # The background layer: the input with its head (grown by a few pixels) filled in.
   radius = max(1, round(0.02 * height))
   hole = cv2.dilate((head > 0.1).astype(np.uint8), np.ones((2 * radius + 1,) * 2, np.uint8))
-  background = cv2.inpaint(
+  filled = cv2.inpaint(
     np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), hole, radius * 2, cv2.INPAINT_TELEA
   ).astype(np.float32) * np.float32(1 / 255)
+  background = np.where(hole[..., None] > 0, filled, image)
   moved_image = moved_head * head_layer + (1.0 - moved_head) * background
   torso = matte * (1.0 - hole[..., None])
   moved_matte = np.maximum(moved_head, torso)

@@ -3,9 +3,14 @@
 The command is `python -m reenact_jax.demo`. `run`:
 1. trains the demo config into OUTPUT/run (resuming if it is already there); the bundled clip
    and portrait are prepared on first use into OUTPUT/cache;
-2. reenacts the astronaut portrait with the carphone motion: OUTPUT/reenact.mp4, a side-by-side
-   video (source | driving | result) and a contact sheet of frames, OUTPUT/contact_sheet.png;
-3. evaluates on the held-out carphone frames: OUTPUT/eval.json.
+2. reenacts the astronaut portrait with the carphone motion, with the trained model
+   (OUTPUT/reenact.mp4, OUTPUT/reenact_side_by_side.mp4: source | driving | result) and with the
+   geometric prior alone, the baseline (OUTPUT/reenact_prior.mp4), each with its motion report
+   (how well the output follows the driving clip: face found, correlations of mouth, eyes and
+   head pose);
+3. evaluates both on the held-out carphone frames (L1, PSNR, SSIM, AKD, ...);
+4. writes OUTPUT/eval.json (all of it, model and prior side by side) and
+   OUTPUT/contact_sheet.png (rows: driving | prior alone | model, at evenly spaced frames).
 """
 
 import json
@@ -16,7 +21,9 @@ import imageio.v3 as iio
 import ml_collections
 import numpy as np
 
-from reenact_jax import bundled, evaluation, inference, reenactment, trainer
+from reenact_jax import bundled, evaluation, reenactment, trainer
+
+SHEET_FRAMES = 6
 
 
 def write_inputs(output: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
@@ -27,11 +34,17 @@ def write_inputs(output: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
   return source, bundled.carphone_path()
 
 
-def contact_sheet(video_path: pathlib.Path, output_path: pathlib.Path, frames: int = 8) -> None:
-  """A row of `frames` evenly spaced frames of a video, as a PNG."""
-  video = iio.imread(video_path, plugin='pyav')
-  picks = np.linspace(0, len(video) - 1, frames).round().astype(int)
-  iio.imwrite(output_path, np.concatenate([video[i] for i in picks], axis=1))
+def contact_sheet(side_by_side: pathlib.Path, prior: pathlib.Path, output: pathlib.Path) -> None:
+  """Evenly spaced frames, one column each: the source on top, then driving, prior, model."""
+  panels = iio.imread(side_by_side, plugin='pyav')  # (F, S, 3 S, 3): source | driving | model
+  baseline = iio.imread(prior, plugin='pyav')
+  size = panels.shape[1]
+  picks = np.linspace(0, len(panels) - 1, SHEET_FRAMES).round().astype(int)
+  columns = []
+  for index in picks:
+    source, driving, model = (panels[index, :, k * size : (k + 1) * size] for k in range(3))
+    columns.append(np.concatenate([source, driving, baseline[index], model], axis=0))
+  iio.imwrite(output, np.concatenate(columns, axis=1))
 
 
 def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
@@ -48,42 +61,68 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
   train_seconds = time.time() - started
 
   source, driving = write_inputs(output)
-  video = output / 'reenact.mp4'
-  print(f'[demo] reenacting {source.name} with {driving.name}', flush=True)
-  loaded = inference.load_generator(str(workdir))
-  reenactment.reenact(
-    str(workdir),
-    str(source),
-    str(driving),
-    str(video),
-    relative=True,
-    side_by_side=True,
-    loaded=loaded,
-  )
-  sheet = output / 'contact_sheet.png'
-  contact_sheet(video, sheet)
+  results = {'train_seconds': round(train_seconds, 1)}
+  videos = {}
+  for name, prior_only in (('model', False), ('prior_only', True)):
+    video = output / ('reenact.mp4' if not prior_only else 'reenact_prior.mp4')
+    print(f'[demo] reenacting {source.name} with {driving.name} ({name})', flush=True)
+    renderer = reenactment.load(workdir, prior_only=prior_only)
+    summary = reenactment.reenact(
+      workdir,
+      source,
+      driving,
+      video,
+      reenactment.Options(motion='relative', side_by_side=not prior_only, report=True),
+      renderer=renderer,
+      progress=False,
+    )
+    videos[name] = video
+    print(f'[demo] evaluating ({name}) on the held-out carphone frames', flush=True)
+    renderer.config.data.cache_dir = config.data.cache_dir
+    held_out = evaluation.evaluate(
+      renderer.config,
+      renderer.params,
+      renderer.generator,
+      split='test',
+      workdir=str(workdir),
+      step=renderer.step,
+      prior_only=prior_only,
+    )
+    results[name] = {'reenact': summary, 'held_out': held_out}
 
-  print('[demo] evaluating on the held-out carphone frames', flush=True)
-  loaded.config.data.cache_dir = config.data.cache_dir
-  results = evaluation.evaluate(
-    loaded.config,
-    loaded.params,
-    loaded.generator,
-    split='test',
-    workdir=str(workdir),
-    step=loaded.step,
-  )
-  results['train_seconds'] = round(train_seconds, 1)
+  sheet = output / 'contact_sheet.png'
+  contact_sheet(reenactment.side_by_side_path(videos['model']), videos['prior_only'], sheet)
   report = output / 'eval.json'
-  report.write_text(json.dumps(results, indent=2))
+  report.write_text(json.dumps(results, indent=2) + '\n')
 
   outputs = {
-    'video': str(video),
-    'side_by_side': str(reenactment.side_by_side_path(video)),
+    'video': str(videos['model']),
+    'side_by_side': str(reenactment.side_by_side_path(videos['model'])),
+    'prior_only': str(videos['prior_only']),
     'contact_sheet': str(sheet),
     'evaluation': str(report),
     'run': str(workdir),
     'tensorboard': str(workdir / 'tensorboard'),
   }
+  _print_summary(results)
   print('[demo] done:\n' + '\n'.join(f'  {name:14s} {path}' for name, path in outputs.items()))
   return outputs
+
+
+def _print_summary(results: dict) -> None:
+  lines = []
+  for name in ('model', 'prior_only'):
+    report = results[name]['reenact']['report']
+    held_out = results[name]['held_out']['metrics']
+    correlation = report['correlation']
+    lines.append(
+      f'  {name:10s} face found {report["face_found_fraction"]:.0%}, correlation mouth '
+      f'{_number(correlation["mouth_opening"])} yaw {_number(correlation["yaw"])} pitch '
+      f'{_number(correlation["pitch"])} roll {_number(correlation["roll"])}; held-out L1 '
+      f'{_number(held_out.get("l1"), 4)}'
+    )
+  print('[demo] results:\n' + '\n'.join(lines), flush=True)
+
+
+def _number(value, digits: int = 2) -> str:
+  return '-' if value is None else f'{value:.{digits}f}'

@@ -2,10 +2,13 @@ r"""Evaluate a trained generator with the community's reenactment protocol.
 
   python -m reenact_jax.evaluate --workdir=DIR [--split=test] [--cross-identity] [--step=N]
       [--max_clips=N] [--lpips_weights=FILE] [--identity_weights=FILE] [--inception_weights=FILE]
+      [--prior-only]
 
-Writes WORKDIR/eval/<step>.json (<step>_cross.json), TensorBoard scalars, and prints the same
-result as one JSON line on stdout. The protocol and the metrics are described in
-reenact_jax/evaluation.py.
+Writes WORKDIR/eval/<step>.json (<step>_cross.json; _prior with --prior-only), TensorBoard
+scalars, and prints the same result as one JSON line on stdout. The landmark measures include the
+motion report: the fraction of output frames where a face is found, and the correlations of mouth
+and eye opening, yaw, pitch and roll between output and driving frames. The protocol and the
+metrics are described in reenact_jax/evaluation.py.
 """
 
 import json
@@ -28,6 +31,10 @@ _IDENTITY = flags.DEFINE_string(
 _INCEPTION = flags.DEFINE_string(
   'inception_weights', None, 'Overrides config.eval.inception_weights_path.'
 )
+_PRIOR_ONLY = flags.DEFINE_bool(
+  'prior_only', False, 'Evaluate the geometric prior alone (no learned weights): the baseline.'
+)
+flags.DEFINE_alias('prior-only', 'prior_only')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -44,6 +51,7 @@ def main(argv) -> None:
       lpips_weights=_LPIPS.value,
       identity_weights=_IDENTITY.value,
       inception_weights=_INCEPTION.value,
+      prior_only=_PRIOR_ONLY.value,
     )
   except (
     inference.CheckpointNotFoundError,

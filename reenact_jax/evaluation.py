@@ -110,7 +110,9 @@ class LandmarkEvaluator:
   Yields: akd (pixels; only with ground truth), pose_error (degrees, mean of |Δyaw|, |Δpitch|,
   |Δroll|) and its three parts, expression_error (normalised units, after removing the head pose
   by a similarity fitted on the stable landmarks), landmark_frames (pairs measured),
-  no_face_output and no_face_driving (pair counts).
+  no_face_output and no_face_driving (pair counts), face_found_fraction (of the output frames),
+  and the motion report: correlation_<measure> (Pearson, over the measured pairs, of
+  metrics.face_measures of output and driving frame: mouth and eye opening, yaw, pitch, roll).
   """
 
   def __init__(self, *, with_ground_truth: bool, landmarker=None):
@@ -119,6 +121,7 @@ class LandmarkEvaluator:
     self._canonical = face_topology.canonical_landmarks()
     self._stable = np.asarray(face_topology.STABLE)
     self._akd, self._pose, self._expression = [], [], []
+    self._output_landmarks, self._driving_landmarks = [], []
     self._no_face_output = self._no_face_driving = self._total = 0
 
   def _find(self, image: np.ndarray) -> np.ndarray | None:
@@ -145,12 +148,26 @@ class LandmarkEvaluator:
         metrics.pose_error(output_norm, driving_norm, self._canonical, self._stable)
       )
       self._expression.append(metrics.expression_error(output_norm, driving_norm, self._stable))
+      self._output_landmarks.append(output_norm[0])
+      self._driving_landmarks.append(driving_norm[0])
 
   def run(self) -> Iterator[tuple[str, Any]]:
     measured = len(self._pose)
     yield 'landmark_frames', measured
     yield 'no_face_output', self._no_face_output
     yield 'no_face_driving', self._no_face_driving
+    if self._total:
+      yield 'face_found_fraction', 1.0 - self._no_face_output / self._total
+    if measured >= 3:
+      output = metrics.face_measures(
+        np.stack(self._output_landmarks), self._canonical, self._stable
+      )
+      driving = metrics.face_measures(
+        np.stack(self._driving_landmarks), self._canonical, self._stable
+      )
+      for name in metrics.MOTION_MEASURES:
+        value = metrics.pearson(driving[name], output[name])
+        yield f'correlation_{name}', Skip('constant series') if math.isnan(value) else value
     names = (['akd'] if self._with_ground_truth else []) + [
       'pose_error',
       'pose_error_yaw',
@@ -367,6 +384,7 @@ def evaluate(
   workdir: str | None = None,
   step: int = 0,
   landmarker=None,
+  prior_only: bool = False,
 ) -> dict[str, Any]:
   """Runs the protocol on `split` with generator `params` (EMA); returns the result dict.
 
@@ -380,6 +398,8 @@ def evaluate(
     workdir: when given, writes WORKDIR/eval/<step>[_cross].json and TensorBoard scalars.
     step: training step of `params`, for the file name and TensorBoard.
     landmarker: a face.FaceLandmarker to reuse (built when None).
+    prior_only: render with the generator's geometric prior alone (models.prior_render; the
+      parameters are not used): the baseline.
 
   Returns:
     {'step', 'split', 'cross_identity', 'num_clips', 'num_frames', 'metrics': {name: value or
@@ -396,7 +416,7 @@ def evaluate(
     config, cross_identity=cross_identity, landmarker=landmarker
   )
   params, placement, out_sharding = _placement(params)
-  render = inference.render_fn(generator, out_sharding)
+  render = inference.render_fn(generator, out_sharding, prior_only=prior_only)
 
   num_frames = 0
   source_cache: dict[int, dict[str, np.ndarray]] = {}
@@ -441,6 +461,7 @@ def evaluate(
   num_clips = min(len(frames.clips), max_clips) if max_clips else len(frames.clips)
   result = {
     'step': int(step),
+    'prior_only': bool(prior_only),
     'split': split,
     'cross_identity': bool(cross_identity),
     'num_clips': num_clips,
@@ -455,7 +476,9 @@ def evaluate(
 
 def write_result(result: dict[str, Any], workdir: str) -> str:
   """WORKDIR/eval/<step>[_cross].json and TensorBoard scalars eval[_cross]/<metric>."""
-  suffix = '_cross' if result['cross_identity'] else ''
+  suffix = ('_cross' if result['cross_identity'] else '') + (
+    '_prior' if result.get('prior_only') else ''
+  )
   directory = os.path.join(workdir, 'eval')
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f'{result["step"]}{suffix}.json')
@@ -482,8 +505,10 @@ def evaluate_workdir(
   lpips_weights: str | None = None,
   identity_weights: str | None = None,
   inception_weights: str | None = None,
+  prior_only: bool = False,
 ) -> dict[str, Any]:
-  """Loads the run's EMA generator (newest or `step`) and evaluates it; None keeps the config's."""
+  """Loads the run's EMA generator (newest or `step`) and evaluates it (prior_only: its geometric
+  prior alone, the baseline); None keeps the config's."""
   loaded = inference.load_generator(workdir, step)
   config = loaded.config
   with config.unlocked():
@@ -506,6 +531,7 @@ def evaluate_workdir(
     max_clips=config.eval.max_clips if max_clips is None else max_clips,
     workdir=str(log_dir.local) if log_dir else workdir,
     step=loaded.step,
+    prior_only=prior_only,
   )
   if log_dir:
     log_dir.sync()

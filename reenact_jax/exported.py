@@ -181,7 +181,8 @@ def load(path: str | pathlib.Path) -> ExportedGenerator:
   """Loads the artifact folder written by `python -m reenact_jax.export`.
 
   Returns a callable `(source, source_landmarks, driving_landmarks, source_mask,
-  source_matte) -> dict of outputs`; see `ExportedGenerator.__call__`. Any batch size works (compiled once per size).
+  source_matte) -> dict of outputs`; see `ExportedGenerator.__call__`. Any batch size works
+  (compiled once per size).
   """
   path = pathlib.Path(path)
   spec = _read_spec(path)

@@ -450,6 +450,10 @@ class FaceLandmarker:
     self._previous = None
     self._last_center = None
 
+  def new_shot(self) -> None:
+    """After a cut: detect again, and take the face nearest to where the followed one was."""
+    self._previous = None
+
   def _choose(self, detections: list[Detection]) -> Detection | None:
     if not detections:
       return None

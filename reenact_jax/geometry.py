@@ -133,9 +133,9 @@ def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   grid = warp.identity_grid_2d(height, width)  # (H, W, 2)
   # Back to canonical units: q = R^T (p - t) / s, in the image plane.
   offset = grid[None] - translation[:, None, None, :2]
-  canonical_xy = jnp.einsum('bhwi,bij->bhwj', offset, rotation[:, :2, :2]) / scale[
-    :, None, None, None
-  ]
+  canonical_xy = (
+    jnp.einsum('bhwi,bij->bhwj', offset, rotation[:, :2, :2]) / scale[:, None, None, None]
+  )
   centre, radii = _canonical_head()
   radius = jnp.sqrt(jnp.sum(jnp.square((canonical_xy - centre) / radii), axis=-1))
   return jnp.clip((1.0 + HEAD_SOFTNESS - radius) / (2 * HEAD_SOFTNESS), 0.0, 1.0)

@@ -23,8 +23,14 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 
 @functools.lru_cache(maxsize=8)
-def render_fn(generator: models.Generator, out_sharding: Any = None):
-  """`models.render` compiled: (params, inputs dict) -> outputs dict (see models.render)."""
+def render_fn(generator: models.Generator, out_sharding: Any = None, *, prior_only: bool = False):
+  """`models.render` compiled: (params, inputs dict) -> outputs dict (see models.render).
+
+  prior_only: `models.prior_render` instead (the geometric prior alone; params are ignored).
+  """
+  if prior_only:
+    prior = lambda params, inputs: models.prior_render(generator, inputs)
+    return jax.jit(prior, out_shardings=out_sharding)
   return jax.jit(functools.partial(models.render, generator), out_shardings=out_sharding)
 
 

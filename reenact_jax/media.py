@@ -189,6 +189,13 @@ def check_output(path: str | os.PathLike) -> pathlib.Path:
   return path
 
 
+def frame_signature(frame: np.ndarray, bins: int = 8) -> np.ndarray:
+  """(bins**3,) float32 colour histogram of an RGB uint8 frame, summing to 1 (for cut detection)."""
+  small = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)
+  histogram = cv2.calcHist([small], [0, 1, 2], None, [bins] * 3, [0, 256] * 3).reshape(-1)
+  return (histogram / max(float(histogram.sum()), 1.0)).astype(np.float32)
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
   """Float image(s) in [0, 1] -> uint8, rounded."""
   return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -227,7 +234,11 @@ class VideoWriter:
     self._stream.options = {'crf': '18', 'preset': 'fast'}
     self._audio_stream = None
     if audio_from is not None:
-      self._audio_stream = self._container.add_stream('aac')
+      with av.open(str(audio_from)) as source:
+        if source.streams.audio:
+          rate = source.streams.audio[0].codec_context.sample_rate or 44100
+          self._audio_stream = self._container.add_stream('aac', rate=rate)
+          self._audio_stream.layout = 'stereo'
     self.frames = 0
 
   def write(self, frame: np.ndarray) -> None:
@@ -248,13 +259,17 @@ class VideoWriter:
       if not source.streams.audio:
         return
       stream = source.streams.audio[0]
-      resampler = av.AudioResampler(format='fltp', layout='stereo', rate=self._audio_stream.rate)
+      resampler = av.AudioResampler(
+        format='fltp', layout='stereo', rate=self._audio_stream.codec_context.sample_rate
+      )
       for frame in source.decode(stream):
         if frame.time is not None and frame.time >= duration:
           break
         frame.pts = None
         for resampled in resampler.resample(frame):
           self._container.mux(self._audio_stream.encode(resampled))
+      for resampled in resampler.resample(None):
+        self._container.mux(self._audio_stream.encode(resampled))
       self._container.mux(self._audio_stream.encode(None))
 
   def close(self) -> None:

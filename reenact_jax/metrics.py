@@ -6,6 +6,8 @@ pose and expression measures in the project's normalised convention (x, y in [-1
 frame, z on the scale of x).
 """
 
+import math
+
 import dm_pix
 import jax.numpy as jnp
 import numpy as np
@@ -99,3 +101,49 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   b = np.asarray(b, np.float64)
   norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
   return 1.0 - (a * b).sum(axis=-1) / np.maximum(norms, 1e-12)
+
+
+# Inner-lip midpoints, eyelid midpoints and eye corners of the MediaPipe topology.
+_UPPER_LIP, _LOWER_LIP = 13, 14
+_RIGHT_EYE_LIDS, _LEFT_EYE_LIDS = (159, 145), (386, 374)
+_RIGHT_EYE_CORNERS, _LEFT_EYE_CORNERS = (33, 133), (362, 263)
+_OUTER_EYE_CORNERS = (33, 263)
+# What the motion report compares between the driving clip and the output.
+MOTION_MEASURES = ('mouth_opening', 'eye_opening', 'yaw', 'pitch', 'roll')
+
+
+def face_measures(
+  landmarks: np.ndarray, canonical: np.ndarray, stable_indices: np.ndarray
+) -> dict[str, np.ndarray]:
+  """Per-frame expression and pose measures of (F, N, 3) normalised landmarks, each (F,).
+
+  mouth_opening: inner-lip gap / outer eye-corner distance; eye_opening: mean over both eyes of
+  the eyelid gap / the eye's width; yaw, pitch, roll: degrees (head_pose_angles). Ratios to the
+  face's own size, so they do not change with the face's scale in the frame.
+  """
+  points = np.asarray(landmarks, np.float64)[..., :2]
+  distance = lambda a, b: np.linalg.norm(points[:, a] - points[:, b], axis=-1)
+  face_width = np.maximum(distance(*_OUTER_EYE_CORNERS), 1e-6)
+  eyes = [
+    distance(*lids) / np.maximum(distance(*corners), 1e-6)
+    for lids, corners in (
+      (_RIGHT_EYE_LIDS, _RIGHT_EYE_CORNERS),
+      (_LEFT_EYE_LIDS, _LEFT_EYE_CORNERS),
+    )
+  ]
+  angles = head_pose_angles(landmarks, canonical, stable_indices)
+  return {
+    'mouth_opening': distance(_UPPER_LIP, _LOWER_LIP) / face_width,
+    'eye_opening': (eyes[0] + eyes[1]) / 2,
+    'yaw': angles[:, 0],
+    'pitch': angles[:, 1],
+    'roll': angles[:, 2],
+  }
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+  """Pearson correlation of two (F,) series; NaN when either is constant or F < 3."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if len(a) < 3 or a.std() < 1e-9 or b.std() < 1e-9:
+    return math.nan
+  return float(np.corrcoef(a, b)[0, 1])

@@ -94,3 +94,82 @@ def relative_landmarks(
   moved = apply(moved, *align)
   moved[..., 2] -= moved[..., 2].mean(axis=-1, keepdims=True)
   return moved.astype(np.float32)
+
+
+def one_euro(
+  series: np.ndarray, fps: float, *, min_cutoff: float, beta: float, d_cutoff: float = 1.0
+) -> np.ndarray:
+  """The One Euro filter (Casiez et al. 2012) along the first axis of `series` (F, ...).
+
+  A first-order low-pass whose cutoff rises with the speed: slow motion (jitter of a landmark
+  detector on a still face) is smoothed strongly (cutoff min_cutoff, Hz), fast motion (a turn of
+  the head, a mouth opening) passes with little lag (cutoff min_cutoff + beta * speed, speed in
+  units per second of the series). Every element is filtered on its own.
+  """
+  series = np.asarray(series, np.float64)
+  if len(series) < 2:
+    return series.astype(np.float32)
+
+  def smoothing(cutoff):
+    tau = 1.0 / (2.0 * np.pi * cutoff)
+    return 1.0 / (1.0 + tau * fps)
+
+  filtered = np.empty_like(series)
+  filtered[0] = series[0]
+  speed = np.zeros_like(series[0])
+  for t in range(1, len(series)):
+    raw_speed = (series[t] - filtered[t - 1]) * fps
+    a = smoothing(d_cutoff)
+    speed = a * raw_speed + (1.0 - a) * speed
+    a = smoothing(min_cutoff + beta * np.abs(speed))
+    filtered[t] = a * series[t] + (1.0 - a) * filtered[t - 1]
+  return filtered.astype(np.float32)
+
+
+def smooth_landmarks(
+  landmarks: np.ndarray, fps: float, strength: float, shots: list[tuple[int, int]]
+) -> np.ndarray:
+  """One Euro smoothing of (F, N, 3) driving landmarks, shot by shot (no smoothing across a cut).
+
+  strength 0 is off; 1 (the default of `reenact`) uses a 1.5 Hz minimum cutoff and beta 2 per
+  normalised unit per second; larger values smooth more (the cutoff is divided by it).
+  """
+  if strength <= 0:
+    return np.asarray(landmarks, np.float32)
+  out = np.array(landmarks, np.float32)
+  for begin, end in shots:
+    out[begin:end] = one_euro(out[begin:end], fps, min_cutoff=1.5 / strength, beta=2.0)
+  return out
+
+
+CUT_THRESHOLD = 0.45
+
+
+def shot_starts(signatures: np.ndarray, threshold: float = CUT_THRESHOLD) -> list[int]:
+  """Frame indices where a new shot begins (always 0), from per-frame colour histograms.
+
+  signatures: (F, K) normalised colour histograms (media.frame_signature). A cut is a
+  Bhattacharyya distance between consecutive frames above `threshold` and far above the clip's
+  typical frame-to-frame change (motion within a shot changes the histogram little).
+  """
+  signatures = np.asarray(signatures, np.float64)
+  starts = [0]
+  if len(signatures) < 2:
+    return starts
+  distance = signature_distance(signatures[1:], signatures[:-1])
+  typical = float(np.median(distance))
+  for index in np.flatnonzero((distance > threshold) & (distance > 4 * typical + 0.05)):
+    starts.append(int(index) + 1)
+  return starts
+
+
+def signature_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Bhattacharyya distance in [0, 1] between colour histograms (..., K)."""
+  overlap = np.sum(np.sqrt(np.asarray(a, np.float64) * np.asarray(b, np.float64)), axis=-1)
+  return np.sqrt(np.clip(1.0 - overlap, 0.0, 1.0))
+
+
+def shots_of(starts: list[int], num_frames: int) -> list[tuple[int, int]]:
+  """[(begin, end)) of every shot, from the shot starts."""
+  bounds = [*starts, num_frames]
+  return [(bounds[i], bounds[i + 1]) for i in range(len(starts)) if bounds[i] < bounds[i + 1]]

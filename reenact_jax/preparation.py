@@ -174,9 +174,7 @@ def encode_matte(matte: np.ndarray) -> bytes:
   return encoded.tobytes()
 
 
-def process_clip(
-  clip: ClipInput, options: Options, landmarker, segmenter
-) -> ClipResult | Skipped:
+def process_clip(clip: ClipInput, options: Options, landmarker, segmenter) -> ClipResult | Skipped:
   """Prepares one clip; a bad input becomes a Skipped with the reason, never an exception.
 
   `landmarker` is a face.FaceLandmarker, `segmenter` a face.PersonSegmenter (run on each crop).

@@ -126,8 +126,8 @@ def decode_record(raw: bytes, *, shard_name_for_errors: str = '<unknown shard>')
 
   Returns:
     dict: 'image' (H, W, 3) uint8 RGB, 'matte' (H, W) uint8, 'landmarks' (N, 3) float32,
-    'mask_polygon' (K, 2) float32, 'pose' dict ('rotation' (3, 3), 'translation' (3,), 'scale' () float32),
-    'identity', 'clip' (str), 'frame_index' (int).
+    'mask_polygon' (K, 2) float32, 'pose' dict ('rotation' (3, 3), 'translation' (3,),
+    'scale' () float32), 'identity', 'clip' (str), 'frame_index' (int).
 
   Raises:
     OldFormatError: a record of an older format (prepared by an older reenact_jax).

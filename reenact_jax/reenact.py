@@ -1,13 +1,16 @@
 r"""Reenact a portrait with the head motion and expressions of a driving video.
 
   python -m reenact_jax.reenact --workdir=DIR --source=portrait.jpg --driving=clip.mp4 \
-      --output=out.mp4 [--step=N] [--relative] [--find_best_frame] [--paste_back] \
-      [--side_by_side] [--batch_size=8]
+      --output=out.mp4 [--motion=auto|relative|absolute] [--find_best_frame] [--smoothing=1] \
+      [--paste_back] [--side_by_side] [--report] [--prior_only] [--source_frame=N] \
+      [--driving_face=N] [--identity_weights=FILE] [--noaudio] [--step=N] [--batch_size=8]
 
-See reenact_jax/reenactment.py for the motion modes and outputs. Dashed spellings
-(--find-best-frame, --paste-back, --side-by-side, --batch-size) are accepted too. A bad input
-(no face, unreadable video, missing checkpoint, unwritable output, image too large) ends with
-one message on stderr and exit status 1.
+See reenact_jax/reenactment.py for the motion modes, shots and outputs. --source may be a video
+(its --source_frame, by default its most frontal frame). --report writes <output>_report.json:
+how well the output follows the driving clip. --prior_only renders with the geometric prior
+alone (the baseline). Dashed spellings (--find-best-frame, --paste-back, ...) are accepted, and
+--relative means --motion=relative. A bad input (no face, unreadable video, missing checkpoint,
+unwritable output, image too large) ends with one message on stderr and exit status 1.
 """
 
 import logging
@@ -20,22 +23,49 @@ from absl import logging as absl_logging
 from reenact_jax import reenactment
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
-_SOURCE = flags.DEFINE_string('source', None, 'Source portrait (JPEG/PNG).')
+_SOURCE = flags.DEFINE_string('source', None, 'Source portrait (JPEG/PNG) or video.')
 _DRIVING = flags.DEFINE_string('driving', None, 'Driving video.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output video (.mp4, .mov or .mkv).')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
-_RELATIVE = flags.DEFINE_bool('relative', False, 'Relative motion (see reenactment.py).')
+_MOTION = flags.DEFINE_enum('motion', 'auto', list(reenactment.MOTIONS), 'Motion transfer.')
+_RELATIVE = flags.DEFINE_bool('relative', False, 'The same as --motion=relative.')
 _FIND_BEST_FRAME = flags.DEFINE_bool(
   'find_best_frame',
   False,
   "Relative motion from the driving frame whose expression is closest to the source's.",
 )
+_SMOOTHING = flags.DEFINE_float(
+  'smoothing', 1.0, 'Temporal smoothing of the driving landmarks (One Euro); 0 turns it off.'
+)
+_SOURCE_FRAME = flags.DEFINE_integer(
+  'source_frame', None, 'With a video --source: the frame to use (default: the most frontal).'
+)
+_DRIVING_FACE = flags.DEFINE_integer(
+  'driving_face', 0, 'The face to follow in the driving clip: 0 the largest, 1 the next, ...'
+)
 _PASTE_BACK = flags.DEFINE_bool('paste_back', False, 'Blend the result into the source image.')
 _SIDE_BY_SIDE = flags.DEFINE_bool('side_by_side', False, 'Also write <output>_side_by_side.mp4.')
+_REPORT = flags.DEFINE_bool('report', False, 'Measure the output: <output>_report.json.')
+_IDENTITY = flags.DEFINE_string(
+  'identity_weights', '', "--report: dlib's face descriptor file, for the identity distance."
+)
+_PRIOR_ONLY = flags.DEFINE_bool(
+  'prior_only', False, 'Render with the geometric prior alone (no learned weights).'
+)
+_AUDIO = flags.DEFINE_bool('audio', True, "Copy the driving clip's audio into the output.")
 _BATCH_SIZE = flags.DEFINE_integer(
   'batch_size', reenactment.DEFAULT_BATCH_SIZE, 'Frames rendered per jitted call.'
 )
-for _name in ('find_best_frame', 'paste_back', 'side_by_side', 'batch_size'):
+for _name in (
+  'find_best_frame',
+  'paste_back',
+  'side_by_side',
+  'batch_size',
+  'source_frame',
+  'driving_face',
+  'prior_only',
+  'identity_weights',
+):
   flags.DEFINE_alias(_name.replace('_', '-'), _name)
 flags.mark_flags_as_required(['workdir', 'source', 'driving', 'output'])
 
@@ -47,18 +77,24 @@ def main(argv) -> None:
   # stderr is kept for this command's warnings, errors and the progress bar.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger('absl').setLevel(logging.ERROR)
+  options = reenactment.Options(
+    motion='relative' if _RELATIVE.value else _MOTION.value,
+    find_best_frame=_FIND_BEST_FRAME.value,
+    smoothing=_SMOOTHING.value,
+    paste_back=_PASTE_BACK.value,
+    side_by_side=_SIDE_BY_SIDE.value,
+    source_frame=_SOURCE_FRAME.value,
+    driving_face=_DRIVING_FACE.value,
+    prior_only=_PRIOR_ONLY.value,
+    report=_REPORT.value,
+    identity_weights=_IDENTITY.value,
+    audio=_AUDIO.value,
+    batch_size=_BATCH_SIZE.value,
+    step=_STEP.value,
+  )
   try:
     summary = reenactment.reenact(
-      _WORKDIR.value,
-      _SOURCE.value,
-      _DRIVING.value,
-      _OUTPUT.value,
-      relative=_RELATIVE.value,
-      find_best_frame=_FIND_BEST_FRAME.value,
-      paste_back=_PASTE_BACK.value,
-      side_by_side=_SIDE_BY_SIDE.value,
-      step=_STEP.value,
-      batch_size=_BATCH_SIZE.value,
+      _WORKDIR.value, _SOURCE.value, _DRIVING.value, _OUTPUT.value, options
     )
   except reenactment.ReenactError as error:
     print(f'error: {error}', file=sys.stderr)
@@ -71,11 +107,34 @@ def main(argv) -> None:
     if math.isfinite(summary['render_fps'])
     else ''
   )
+  model = 'the geometric prior alone' if summary['step'] is None else f'step {summary["step"]}'
   print(
     f'Wrote {written}: {summary["frames"]} frames at {summary["video_fps"]:.2f} fps from '
-    f'checkpoint step {summary["step"]}, in {summary["seconds"]:.1f} s '
+    f'{model}, {summary["motion"]} motion, in {summary["seconds"]:.1f} s '
     f'({summary["fps"]:.1f} frames/s end to end{rendering}).'
   )
+  notes = []
+  if summary['shots'] > 1:
+    notes.append(f'{summary["shots"]} shots (motion re-anchored after each cut)')
+  if summary['frames_without_face']:
+    notes.append(f'{summary["frames_without_face"]} driving frames without a face were filled')
+  if summary['upscaled'] > 1.5:
+    notes.append(
+      f'the source face is small ({summary["source_face_pixels"]:.0f} px wide) and was upscaled '
+      f'{summary["upscaled"]:.1f}x'
+    )
+  if notes:
+    print('Note: ' + '; '.join(notes) + '.')
+  if summary['report'] is not None:
+    report = summary['report']
+    correlations = ', '.join(
+      f'{name} {value:.2f}' if value is not None else f'{name} -'
+      for name, value in report['correlation'].items()
+    )
+    print(
+      f'Report ({summary["report_path"]}): face found in {report["face_found_fraction"]:.0%} of '
+      f'the output frames; correlation with the driving clip: {correlations}.'
+    )
 
 
 if __name__ == '__main__':

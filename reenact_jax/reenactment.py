@@ -3,30 +3,44 @@
 The command is `python -m reenact_jax.reenact`; this module is its library (also used by the
 demo). The newest checkpoint in a run directory (or a given step) is loaded with its EMA weights
 and its own config (image size, landmark count). The source face and every driving frame are
-cropped and given landmarks exactly as data preparation does (reenact_jax/preparation.py): the
-source gets one crop box, the driving clip one stable box for the whole clip.
+cropped and given landmarks, and the source gets its person matte, exactly as data preparation
+does (reenact_jax/preparation.py): the source gets one crop box, each shot of the driving clip
+one stable box.
+
+Source: an image, or a video (its `source_frame`, by default its most frontal frame). A small
+face (a group photo, a half-body shot) is found by the full-range detector and its crop is
+upscaled; the summary says so.
+
+Driving clip: one person is followed (the `driving_face`-th largest face of the first frame, then
+the face nearest to where it was); cuts between shots are detected from colour histograms, the
+face is detected afresh after each and the crop box and relative motion are re-anchored per
+shot. Frames without a face take the nearest frame's landmarks (the summary counts them). The
+landmarks are smoothed in time (One Euro filter, `smoothing`; 0 turns it off).
 
 Motion:
-  absolute (default)  the driving landmarks as they are, in the driving crop's frame: the face
-                      takes the driving face's place, size and shape.
-  --relative          the source landmarks moved by the driving motion since a reference driving
-                      frame (the first, or with --find_best_frame the one whose expression is
-                      closest to the source's): head pose change as a similarity transform of
-                      the stable landmarks, plus the expression residual. Keeps the source's
-                      face shape; use it for a driving person who looks different.
-Output:
-  --paste_back        the result is blended back into the full-resolution source image (the face
-                      region, feathered), so the video has the source image's size.
-  --side_by_side      also writes <output stem>_side_by_side<suffix>: source | driving | result
-                      crops, each image_size wide.
-The videos are H.264 at the driving clip's frame rate. Frames where no face is found hold the
-nearest frame's landmarks.
+  relative   the source landmarks moved by the driving motion since a reference frame of the
+             shot (its first frame with a face, or with `find_best_frame` the one whose
+             expression is closest to the source's): head pose change as a similarity of the
+             stable landmarks, plus the expression residual. Keeps the source's face shape.
+  absolute   the driving landmarks as they are, in the driving crop's frame: the face takes the
+             driving face's place, size and shape (right for the same person).
+  auto       relative, unless the source is a frame of the driving clip itself. (Without an
+             identity model the code cannot tell two people apart; a different person is the
+             common case, and absolute motion would paste the driver's face shape on them.)
+
+Output: an H.264 video at the driving clip's frame rate, with the driving clip's audio;
+`paste_back` blends the result into the full-resolution source, `side_by_side` also writes
+source | driving | result crops; `report` measures how well the output follows the driving clip
+(`motion_report`) and writes <output stem>_report.json. `prior_only` renders with the geometric
+prior alone (models.prior_render: the run's sizes, none of its weights): the baseline a trained
+model must beat.
 
 A bad input (no face, unreadable video, missing checkpoint, unwritable output, image too large)
 raises ReenactError, whose message names the input and what to do.
 """
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -39,34 +53,121 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from reenact_jax import crops, face, face_topology, inference, media, motion, records
+from reenact_jax import (
+  crops,
+  evaluation,
+  face,
+  face_topology,
+  inference,
+  media,
+  metrics,
+  models,
+  motion,
+  records,
+)
 
 DEFAULT_BATCH_SIZE = 8
+MOTIONS = ('auto', 'relative', 'absolute')
 # Frames kept decoded between the tracking pass and the rendering pass; longer clips are
 # decoded twice instead.
 FRAME_CACHE_BYTES = 768 * 2**20
-# Paste-back blend mask, as fractions of the crop side: the face-oval masks grown by DILATION
-# (to take in the jaw line and the hairline the oval misses) and softened by FEATHER, faded to 0
-# over EDGE_FADE at the crop border so the crop's edges never show.
-PASTE_DILATION = 0.06
-PASTE_FEATHER = 0.03
+# Paste-back blend mask, as fractions of the crop side: the source person and the rendered
+# person grown by DILATION, softened by FEATHER, faded to 0 over EDGE_FADE at the crop border so
+# the crop's edges never show.
+PASTE_DILATION = 0.03
+PASTE_FEATHER = 0.02
 PASTE_EDGE_FADE = 0.06
 SIDE_BY_SIDE_SUFFIX = '_side_by_side'
+REPORT_SUFFIX = '_report.json'
 
 
 class ReenactError(ValueError):
   """A bad input: the message names the input and what to do."""
 
 
-# ----------------------------------------------------------------------------- inputs
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How to reenact (see the module docstring)."""
+
+  motion: str = 'auto'
+  find_best_frame: bool = False
+  smoothing: float = 1.0
+  paste_back: bool = False
+  side_by_side: bool = False
+  source_frame: int | None = None
+  driving_face: int = 0
+  prior_only: bool = False
+  report: bool = False
+  identity_weights: str = ''
+  audio: bool = True
+  batch_size: int = DEFAULT_BATCH_SIZE
+  step: int | None = None
 
 
-def side_by_side_path(output_path: str | os.PathLike) -> pathlib.Path:
-  path = pathlib.Path(output_path)
-  return path.with_name(f'{path.stem}{SIDE_BY_SIDE_SUFFIX}{path.suffix}')
+# ------------------------------------------------------------------------------- models
 
 
-# ------------------------------------------------------------------------------- faces
+@dataclasses.dataclass
+class Renderer:
+  """What turns generator inputs into frames: a trained generator or its prior alone."""
+
+  config: object  # The run's config.
+  generator: models.Generator
+  params: object  # The EMA parameters (unused by the prior alone).
+  step: int  # The checkpoint's step.
+  prior_only: bool
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.image_size)
+
+  @property
+  def num_landmarks(self) -> int:
+    return int(self.config.model.num_landmarks)
+
+  def render(self, inputs: dict) -> dict:
+    """models.INPUT_NAMES -> outputs ('output', 'alpha', ...), compiled once per shape."""
+    return inference.render_fn(self.generator, prior_only=self.prior_only)(self.params, inputs)
+
+
+def load(workdir: str | os.PathLike, step: int | None = None, *, prior_only: bool = False):
+  """The run's EMA generator (or, prior_only, its geometric prior), errors as ReenactError."""
+  try:
+    loaded = inference.load_generator(str(workdir), step)
+  except inference.CheckpointNotFoundError as error:
+    raise ReenactError(f'--workdir: {error}') from error
+  except Exception as error:  # orbax/flax raise many types on a checkpoint of another layout.
+    raise ReenactError(
+      f'--workdir {workdir}: cannot load the checkpoint ({type(error).__name__}: '
+      f'{str(error)[:500]}). It was probably written by an incompatible version of '
+      'reenact_jax; retrain or use the matching code version.'
+    ) from error
+  num_landmarks = int(loaded.config.model.num_landmarks)
+  if num_landmarks not in (468, 478):
+    raise ReenactError(
+      f'--workdir {workdir}: the checkpoint expects {num_landmarks} landmarks per face; the face '
+      'mesh gives 478 (or 468 without irises). It is not a face-mesh model.'
+    )
+  return Renderer(loaded.config, loaded.generator, loaded.params, loaded.step, prior_only)
+
+
+def _quiet(factory):
+  """factory() without the TFLite runtime's banner on stderr (it would precede every error
+  message; fd 2 is silenced only while the interpreters are created)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as devnull:
+      os.dup2(devnull.fileno(), 2)
+      try:
+        return factory()
+      finally:
+        os.dup2(saved, 2)
+  finally:
+    os.close(saved)
+
+
+# ------------------------------------------------------------------------------- source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +180,7 @@ class SourceFace:
   landmarks: np.ndarray  # (N, 3) float32, normalised over the crop.
   mask: np.ndarray  # (S, S, 1) float32 {0, 1}, the face-oval polygon.
   matte: np.ndarray  # (S, S, 1) float32 [0, 1], the person matte of the crop.
+  face_pixels: float  # Width of the face in the portrait, pixels.
 
 
 def prepare_source(
@@ -94,29 +196,91 @@ def prepare_source(
     image: (H0, W0, 3) uint8. pixel_landmarks: (478, 3) in frame pixels (FaceLandmarker).
     image_size: the crop side S in pixels (config.image_size).
     num_landmarks: config.model.num_landmarks (478, or 468 without the irises).
+    segmenter: the person-matte model, run on the crop.
   """
   height, width = image.shape[:2]
   box = crops.crop_box(pixel_landmarks[None], height, width)
-  crop = crops.crop_frame(image, box, image_size).astype(np.float32) / 255.0
+  crop = crops.crop_frame(image, box, image_size)
   landmarks = crops.normalise_landmarks(pixel_landmarks[:num_landmarks], box)
-  mask = records.face_oval_mask(landmarks, image_size, image_size)
-  matte = segmenter(media.to_uint8(crop))[..., None]
-  return SourceFace(image=image, box=box, crop=crop, landmarks=landmarks, mask=mask, matte=matte)
+  return SourceFace(
+    image=image,
+    box=box,
+    crop=crop.astype(np.float32) / 255.0,
+    landmarks=landmarks,
+    mask=records.face_oval_mask(landmarks, image_size, image_size),
+    matte=segmenter(crop)[..., None],
+    face_pixels=crops.face_width(pixel_landmarks),
+  )
+
+
+def read_source(
+  path: str | os.PathLike, landmarker: face.FaceLandmarker, source_frame: int | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+  """(image, its landmarks in pixels, a description) of the source: an image, or one frame of a
+  video (`source_frame`, or the most frontal frame with a face)."""
+  path = pathlib.Path(path)
+  if not media.is_video(path):
+    image = _checked('--source', media.read_image, path)
+    landmarker.reset()
+    points = landmarker(image)
+    if points is None:
+      raise ReenactError(
+        f'--source {path}: no face found. Use a portrait with one clearly visible, roughly '
+        'frontal face (at least ~30 pixels across).'
+      )
+    return image, points, str(path)
+  _checked('--source', media.probe_video, path)
+  landmarker.reset()
+  canonical = face_topology.canonical_landmarks()
+  best = None  # (frontalness, index, frame, landmarks)
+  try:
+    for index, frame in enumerate(media.read_frames(path)):
+      if source_frame is not None and index != source_frame:
+        continue
+      points = landmarker(frame)
+      if points is None:
+        continue
+      side = max(frame.shape[:2])
+      normalised = crops.normalise_landmarks(points, (0, 0, side))[None]
+      yaw, pitch, _ = metrics.head_pose_angles(normalised, canonical, face_topology.STABLE)[0]
+      score = yaw**2 + pitch**2
+      if best is None or score < best[0]:
+        best = (score, index, frame, points)
+      if source_frame is not None:
+        break
+  except media.UnreadableInput as error:
+    raise ReenactError(f'--source {path}: {error}.') from error
+  if best is None:
+    where = f'frame {source_frame}' if source_frame is not None else 'any frame'
+    raise ReenactError(
+      f'--source {path}: no face found in {where}. Choose another --source_frame or video.'
+    )
+  return best[2], best[3], f'{path} frame {best[1]}'
+
+
+# ------------------------------------------------------------------------------ driving
 
 
 @dataclasses.dataclass(frozen=True)
 class DrivingTrack:
-  """Pass 1 over the driving clip: per-frame landmarks and the clip's crop box."""
+  """Pass 1 over the driving clip: per-frame landmarks, shots and their crop boxes."""
 
   path: pathlib.Path
-  box: tuple[int, int, int]  # x0, y0, side in frame pixels, one for the whole clip.
-  landmarks: np.ndarray  # (F, N, 3) float32 normalised over the box; gaps filled (see has_face).
+  landmarks: np.ndarray  # (F, N, 3) float32, normalised over each frame's box; gaps filled.
   has_face: np.ndarray  # (F,) bool, False where the landmarks are the nearest found frame's.
+  shots: list[tuple[int, int]]  # [begin, end) of each shot.
+  boxes: list[tuple[int, int, int]]  # One crop box per shot (x0, y0, side in frame pixels).
   frames: list[np.ndarray] | None  # The decoded frames when they fit in memory, else None.
 
   @property
   def num_frames(self) -> int:
     return len(self.has_face)
+
+  def box_of(self, frame: int) -> tuple[int, int, int]:
+    for (begin, end), box in zip(self.shots, self.boxes, strict=True):
+      if begin <= frame < end:
+        return box
+    raise IndexError(frame)
 
 
 def _fill_gaps(found: list[np.ndarray | None]) -> np.ndarray:
@@ -127,15 +291,19 @@ def _fill_gaps(found: list[np.ndarray | None]) -> np.ndarray:
 
 
 def track_driving(
-  path: str | os.PathLike, landmarker, num_landmarks: int, *, progress: bool = True
+  path: str | os.PathLike, landmarker: face.FaceLandmarker, num_landmarks: int, *, progress=True
 ) -> DrivingTrack:
-  """Tracks the face over the whole driving clip and picks its crop box (as preparation does)."""
+  """Follows one face over the driving clip, finds its cuts and each shot's crop box."""
   path = pathlib.Path(path)
   landmarker.reset()
-  found, cached, cached_bytes, frame_shape = [], [], 0, None
+  found, signatures, cached, cached_bytes, frame_shape = [], [], [], 0, None
   try:
     for frame in _progress(media.read_frames(path), progress, 'Tracking the driving face'):
       frame_shape = frame.shape
+      signatures.append(media.frame_signature(frame))
+      if len(signatures) > 1:
+        if motion.signature_distance(signatures[-1], signatures[-2]) > motion.CUT_THRESHOLD:
+          landmarker.new_shot()  # A cut: detect again rather than track into the new shot.
       found.append(landmarker(frame))
       if cached is not None:
         cached.append(frame)
@@ -146,23 +314,23 @@ def track_driving(
     raise ReenactError(f'--driving {path}: {error}. Re-encode or choose another video.') from error
   if not found:
     raise ReenactError(f'--driving {path} holds no frames.')
-  num_with_face = sum(points is not None for points in found)
-  if not num_with_face:
+  has_face = np.array([points is not None for points in found])
+  if not has_face.any():
     raise ReenactError(
       f'--driving {path}: no face found in any of its {len(found)} frames. Use a clip that shows '
-      'one face, frontal enough and large enough (at least ~80 pixels across).'
+      'one face, frontal enough and large enough (at least ~30 pixels across).'
     )
-  if num_with_face < len(found):
-    logging.warning(
-      "No face found in %d of the %d driving frames; they reuse the nearest frame's landmarks.",
-      len(found) - num_with_face,
-      len(found),
-    )
-  has_face = np.array([points is not None for points in found])
+  shots = motion.shots_of(motion.shot_starts(np.stack(signatures)), len(found))
   pixels = _fill_gaps(found)
-  box = crops.crop_box(pixels[has_face], frame_shape[0], frame_shape[1])
-  landmarks = crops.normalise_landmarks(pixels[:, :num_landmarks], box)
-  return DrivingTrack(path=path, box=box, landmarks=landmarks, has_face=has_face, frames=cached)
+  landmarks = np.empty((len(found), num_landmarks, 3), np.float32)
+  boxes = []
+  for begin, end in shots:
+    with_face = begin + np.flatnonzero(has_face[begin:end])
+    reference = pixels[with_face] if len(with_face) else pixels[begin:end]
+    box = crops.crop_box(reference, frame_shape[0], frame_shape[1])
+    boxes.append(box)
+    landmarks[begin:end] = crops.normalise_landmarks(pixels[begin:end, :num_landmarks], box)
+  return DrivingTrack(path, landmarks, has_face, shots, boxes, cached)
 
 
 def _driving_frames(track: DrivingTrack) -> Iterator[np.ndarray]:
@@ -175,20 +343,40 @@ def _driving_frames(track: DrivingTrack) -> Iterator[np.ndarray]:
     raise ReenactError(f'--driving {track.path} on the second read: {error}') from error
 
 
+def driving_motion(
+  source: np.ndarray, track: DrivingTrack, options: Options, fps: float, relative: bool
+) -> tuple[np.ndarray, list[int]]:
+  """The driving landmarks (F, N, 3) the generator is given, and the reference frame of each
+  shot (relative motion; empty for absolute)."""
+  smoothed = motion.smooth_landmarks(track.landmarks, fps, options.smoothing, track.shots)
+  if not relative:
+    return smoothed, []
+  out = np.empty_like(smoothed)
+  references = []
+  for begin, end in track.shots:
+    has_face = track.has_face[begin:end]
+    if not has_face.any():  # A shot without a face holds the previous shot's last pose.
+      out[begin:end] = out[begin - 1] if begin else source
+      continue
+    reference = motion.reference_frame(
+      source, smoothed[begin:end], has_face, options.find_best_frame
+    )
+    references.append(begin + reference)
+    out[begin:end] = motion.relative_landmarks(source, smoothed[begin:end], reference)
+  return out, references
+
+
 # ---------------------------------------------------------------------------- paste back
 
 
-def paste_mask(source_landmarks: np.ndarray, driving_landmarks: np.ndarray, size: int):
+def paste_mask(source_matte: np.ndarray, alpha: np.ndarray) -> np.ndarray:
   """(S, S) float32 in [0, 1]: where the result replaces the source when pasted back.
 
-  The union of the source's and the rendered face's oval (the face may move out of where it
-  was), grown, feathered, and faded to 0 at the crop border.
+  The union of the source person (where the background was refilled) and the rendered person,
+  grown, feathered, and faded to 0 at the crop border.
   """
-  oval = face_topology.FACE_OVAL
-  mask = np.maximum(
-    records.mask_from_polygon(source_landmarks[oval, :2], size, size)[..., 0],
-    records.mask_from_polygon(driving_landmarks[oval, :2], size, size)[..., 0],
-  )
+  size = alpha.shape[0]
+  mask = np.maximum(source_matte[..., 0], alpha[..., 0]).astype(np.float32)
   grow = max(1, round(PASTE_DILATION * size))
   mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
   mask = cv2.GaussianBlur(mask, (0, 0), max(PASTE_FEATHER * size, 0.5))
@@ -220,6 +408,84 @@ def paste_into(image: np.ndarray, result: np.ndarray, mask: np.ndarray, box) -> 
   return output
 
 
+# --------------------------------------------------------------------------- the report
+
+
+class MotionReport:
+  """How well an output video follows its driving clip (and keeps the source's identity).
+
+  For every output frame the face mesh runs on the frame alone (no tracking from the previous
+  frame, so a frame without a recognisable face counts as one). Measures (metrics.face_measures:
+  mouth and eye opening, yaw, pitch, roll) of the output are correlated (Pearson) with the same
+  measures of the driving frames, over the frames where both have a face.
+  """
+
+  def __init__(self, landmarker: face.FaceLandmarker, identity_embed=None, source=None):
+    self._landmarker = landmarker
+    self._identity_embed = identity_embed
+    self._source_descriptor = None
+    if identity_embed is not None and source is not None:
+      self._source_descriptor = identity_embed(media.to_uint8(source))
+    self._found: list[np.ndarray | None] = []
+    self._identity: list[float] = []
+
+  def add(self, frame: np.ndarray) -> None:
+    """One output frame, (S, S, 3) float in [0, 1]."""
+    image = media.to_uint8(frame)
+    self._landmarker.reset()
+    points = self._landmarker(image)
+    if points is not None:
+      points = crops.normalise_landmarks(points, (0, 0, image.shape[1]))
+    self._found.append(points)
+    if self._source_descriptor is not None:
+      descriptor = self._identity_embed(image)
+      if descriptor is not None:
+        distance = metrics.cosine_distance(descriptor[None], self._source_descriptor[None])
+        self._identity.append(float(distance[0]))
+
+  def result(self, driving_landmarks: np.ndarray, driving_has_face: np.ndarray) -> dict:
+    """The report: frames, face_found_fraction, correlation {measure: r or None}, identity."""
+    found = np.array([points is not None for points in self._found])
+    both = found & driving_has_face[: len(found)]
+    report = {
+      'frames': len(found),
+      'face_found_fraction': float(found.mean()) if len(found) else 0.0,
+      'frames_measured': int(both.sum()),
+      'correlation': {name: None for name in metrics.MOTION_MEASURES},
+      'identity_distance': float(np.mean(self._identity)) if self._identity else None,
+      'skipped': {},
+    }
+    if self._source_descriptor is None:
+      report['skipped']['identity_distance'] = (
+        'no identity model (--identity_weights: dlib_face_recognition_resnet_model_v1.dat)'
+      )
+    if both.sum() < 3:
+      report['skipped']['correlation'] = f'a face in only {int(both.sum())} output frames'
+      return report
+    canonical = face_topology.canonical_landmarks()
+    output = np.stack([self._found[i] for i in np.flatnonzero(both)])
+    driving = driving_landmarks[: len(found)][both][:, : output.shape[1]]
+    measured = metrics.face_measures(output, canonical, face_topology.STABLE)
+    wanted = metrics.face_measures(driving, canonical, face_topology.STABLE)
+    for name in metrics.MOTION_MEASURES:
+      value = metrics.pearson(wanted[name], measured[name])
+      report['correlation'][name] = None if math.isnan(value) else round(value, 4)
+    return report
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def side_by_side_path(output_path: str | os.PathLike) -> pathlib.Path:
+  path = pathlib.Path(output_path)
+  return path.with_name(f'{path.stem}{SIDE_BY_SIDE_SUFFIX}{path.suffix}')
+
+
+def report_path(output_path: str | os.PathLike) -> pathlib.Path:
+  path = pathlib.Path(output_path)
+  return path.with_name(f'{path.stem}{REPORT_SUFFIX}')
+
+
 def _progress(iterable: Iterable, enabled: bool, description: str, total: int | None = None):
   """A tqdm progress bar on stderr (or the iterable itself when disabled)."""
   if not enabled:
@@ -235,48 +501,11 @@ def _progress(iterable: Iterable, enabled: bool, description: str, total: int | 
   )
 
 
-def _landmarker():
-  """face.FaceLandmarker, without the TFLite runtime's banner on stderr (it would
-  precede every error message; fd 2 is silenced only while the interpreters are created)."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with open(os.devnull, 'w') as devnull:
-      os.dup2(devnull.fileno(), 2)
-      try:
-        return face.FaceLandmarker()
-      finally:
-        os.dup2(saved, 2)
-  finally:
-    os.close(saved)
-
-
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
   """(n, ...) -> (size, ...) repeating the last row: every batch has one shape, one compile."""
   if len(array) == size:
     return array
   return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
-
-
-def load(workdir: str | os.PathLike, step: int | None = None):
-  """inference.load_generator with every failure turned into a ReenactError."""
-  try:
-    loaded = inference.load_generator(str(workdir), step)
-  except inference.CheckpointNotFoundError as error:
-    raise ReenactError(f'--workdir: {error}') from error
-  except Exception as error:  # orbax/flax raise many types on a checkpoint of another layout.
-    raise ReenactError(
-      f'--workdir {workdir}: cannot load the checkpoint ({type(error).__name__}: '
-      f'{str(error)[:500]}). It was probably written by an incompatible version of '
-      'reenact_jax; retrain or use the matching code version.'
-    ) from error
-  num_landmarks = int(loaded.config.model.num_landmarks)
-  if num_landmarks not in (468, 478):
-    raise ReenactError(
-      f'--workdir {workdir}: the checkpoint expects {num_landmarks} landmarks per face; the face '
-      'mesh gives 478 (or 468 without irises). It is not a face-mesh model.'
-    )
-  return loaded
 
 
 def _checked(flag: str, function, path):
@@ -295,80 +524,90 @@ def reenact(
   source_path: str | os.PathLike,
   driving_path: str | os.PathLike,
   output_path: str | os.PathLike,
+  options: Options = Options(),
   *,
-  relative: bool = False,
-  find_best_frame: bool = False,
-  paste_back: bool = False,
-  side_by_side: bool = False,
-  step: int | None = None,
-  batch_size: int = DEFAULT_BATCH_SIZE,
   progress: bool = True,
-  loaded=None,
+  renderer: Renderer | None = None,
 ) -> dict:
   """Renders the source portrait performing the driving clip into `output_path`.
 
   Args:
-    loaded: an inference.LoadedGenerator to reuse (e.g. across calls in the demo); by default
-      the checkpoint of `workdir` at `step` (newest when None) is loaded.
+    renderer: a Renderer to reuse (e.g. across calls in the demo); by default `load(workdir,
+      options.step, prior_only=options.prior_only)`.
+
   Returns:
-    dict(frames, fps (frames per second, end to end), seconds (end to end), render_fps (frames
-    per second of the render loop after the first batch, which compiles), video_fps, step,
-    reference_frame (relative mode, else None), output, side_by_side (path or None)).
+    dict(frames, fps (end to end), seconds, render_fps (after the first batch, which
+    compiles), video_fps, step (None for the prior alone), motion ('relative'/'absolute'),
+    reference_frames (relative: one per shot), shots, frames_without_face, source (what was
+    used), source_face_pixels, upscaled (the source crop's upscaling factor, > 1 for a small
+    face), output, side_by_side (path or None), report (dict or None), report_path).
+
   Raises:
     ReenactError for bad inputs (see the module docstring).
   """
   start = time.perf_counter()
-  if batch_size < 1:
-    raise ReenactError(f'--batch_size must be at least 1, got {batch_size}.')
-  if find_best_frame and not relative:
-    logging.warning('--find_best_frame only matters with --relative; ignored.')
+  if options.batch_size < 1:
+    raise ReenactError(f'--batch_size must be at least 1, got {options.batch_size}.')
+  if options.motion not in MOTIONS:
+    raise ReenactError(f'--motion={options.motion!r}: use one of {", ".join(MOTIONS)}.')
+  if options.smoothing < 0:
+    raise ReenactError(f'--smoothing must be >= 0 (0 = off), got {options.smoothing}.')
   output_path = _checked('--output', media.check_output, output_path)
   for flag, path in (('--source', source_path), ('--driving', driving_path)):
     if pathlib.Path(path).resolve() == output_path.resolve():
       raise ReenactError(f'--output {output_path} is the {flag} file; choose another name.')
-  side_path = side_by_side_path(output_path) if side_by_side else None
-  image = _checked('--source', media.read_image, source_path)
+  side_path = side_by_side_path(output_path) if options.side_by_side else None
   video = _checked('--driving', media.probe_video, driving_path)
 
-  landmarker = _landmarker()
-  source_pixels = landmarker(image)
-  if source_pixels is None:
-    raise ReenactError(
-      f'--source {source_path}: no face found. Use a portrait with one clearly visible, roughly '
-      'frontal face (at least ~80 pixels across).'
+  landmarker = _quiet(lambda: face.FaceLandmarker(face_index=options.driving_face))
+  segmenter = _quiet(face.PersonSegmenter)
+  image, source_pixels, source_used = read_source(source_path, landmarker, options.source_frame)
+  renderer = renderer or load(workdir, options.step, prior_only=options.prior_only)
+  size = renderer.image_size
+  source = prepare_source(image, source_pixels, size, renderer.num_landmarks, segmenter)
+  upscaled = size / source.box[2]
+  if upscaled > 1.5:
+    logging.warning(
+      'The source face is small (%.0f px wide): its crop is upscaled %.1fx to %d px; expect a '
+      'soft result.',
+      source.face_pixels,
+      upscaled,
+      size,
     )
-  loaded = loaded if loaded is not None else load(workdir, step)
-  image_size = int(loaded.config.image_size)
-  num_landmarks = int(loaded.config.model.num_landmarks)
-  source = prepare_source(image, source_pixels, image_size, num_landmarks, face.PersonSegmenter())
-  track = track_driving(driving_path, landmarker, num_landmarks, progress=progress)
+  track = track_driving(driving_path, landmarker, renderer.num_landmarks, progress=progress)
+  same_clip = pathlib.Path(source_path).resolve() == pathlib.Path(driving_path).resolve()
+  relative = options.motion == 'relative' or (options.motion == 'auto' and not same_clip)
+  driving_landmarks, references = driving_motion(
+    source.landmarks, track, options, float(video.fps), relative
+  )
 
-  reference = None
-  if relative:
-    reference = motion.reference_frame(
-      source.landmarks, track.landmarks, track.has_face, find_best_frame
-    )
-    driving_landmarks = motion.relative_landmarks(source.landmarks, track.landmarks, reference)
-    logging.info('Relative motion from driving frame %d.', reference)
-  else:
-    driving_landmarks = track.landmarks
-
-  if paste_back:
+  if options.paste_back:
     out_height, out_width = image.shape[:2]
   else:
-    out_height = out_width = image_size
+    out_height = out_width = size
+  audio = driving_path if options.audio and video.has_audio else None
   writers = []
   try:
-    writer = media.VideoWriter(output_path, video.fps, out_height, out_width)
+    writer = media.VideoWriter(output_path, video.fps, out_height, out_width, audio_from=audio)
     writers.append(writer)
     if side_path is not None:
-      side_writer = media.VideoWriter(side_path, video.fps, image_size, 3 * image_size)
+      side_writer = media.VideoWriter(side_path, video.fps, size, 3 * size)
       writers.append(side_writer)
   except Exception as error:
     for opened in writers:
       opened.abort()
     raise ReenactError(f'--output {output_path} cannot be written: {error}') from error
 
+  report = None
+  if options.report:
+    embed = None
+    if options.identity_weights:
+      try:
+        embed = evaluation.dlib_identity_embedder(options.identity_weights)
+      except evaluation.EvaluationError as error:
+        raise ReenactError(f'--identity_weights: {error}') from error
+    report = MotionReport(_quiet(face.FaceLandmarker), embed, source.crop)
+  batch_size = options.batch_size
   source_inputs = {
     'source': np.repeat(source.crop[None], batch_size, axis=0),
     'source_landmarks': np.repeat(source.landmarks[None], batch_size, axis=0),
@@ -376,34 +615,42 @@ def reenact(
     'source_matte': np.repeat(source.matte[None], batch_size, axis=0),
   }
   source_panel = media.to_uint8(source.crop)
+  source_hole = np.asarray(models.hole_of(source.matte[None]))[0]
   frames = 0
   render_start = None  # (time, frames written) once the first batch (which compiles) is out.
 
-  def write(driving_crops: list[np.ndarray], landmarks: np.ndarray, outputs: dict) -> None:
+  def write(driving_crops: list[np.ndarray], outputs: dict) -> None:
     nonlocal render_start
-    results = np.asarray(outputs['output'][: len(driving_crops)], np.float32)
-    for crop, frame_landmarks, result in zip(driving_crops, landmarks, results, strict=True):
-      if paste_back:
-        mask = paste_mask(source.landmarks, frame_landmarks, image_size)
+    count = len(driving_crops)
+    results = np.asarray(outputs['output'][:count], np.float32)
+    alphas = np.asarray(outputs['alpha'][:count], np.float32)
+    for crop, result, alpha in zip(driving_crops, results, alphas, strict=True):
+      if options.paste_back:
+        mask = paste_mask(source_hole, alpha)
         writer.write(paste_into(image, result, mask, source.box))
       else:
         writer.write(media.to_uint8(result))
       if side_path is not None:
         side_writer.write(np.concatenate([source_panel, crop, media.to_uint8(result)], axis=1))
+      if report is not None:
+        report.add(result)
     if render_start is None:
       render_start = (time.perf_counter(), writer.frames)
 
   try:
-    driving_crops = (crops.crop_frame(f, track.box, image_size) for f in _driving_frames(track))
+    driving_crops = (
+      crops.crop_frame(frame, track.box_of(index), size)
+      for index, frame in enumerate(_driving_frames(track))
+    )
     driving_crops = _progress(driving_crops, progress, 'Reenacting', total=track.num_frames)
     pending = None
     for batch in inference.batched(driving_crops, batch_size):
       landmarks = driving_landmarks[frames : frames + len(batch)]
       # Dispatch is asynchronous: this batch renders while the previous one is encoded.
-      outputs = loaded({**source_inputs, 'driving_landmarks': _pad(landmarks, batch_size)})
+      outputs = renderer.render({**source_inputs, 'driving_landmarks': _pad(landmarks, batch_size)})
       if pending is not None:
         write(*pending)
-      pending = (batch, landmarks, outputs)
+      pending = (batch, outputs)
       frames += len(batch)
     if pending is not None:
       write(*pending)
@@ -422,14 +669,28 @@ def reenact(
   seconds = end - start
   steady_frames = frames - render_start[1]
   steady_seconds = end - render_start[0]
+  report_result, written_report = None, None
+  if report is not None:
+    report_result = report.result(track.landmarks, track.has_face)
+    written_report = report_path(output_path)
+    written_report.write_text(json.dumps(report_result, indent=2) + '\n')
   return {
     'frames': frames,
     'fps': frames / seconds,
     'seconds': seconds,
     'render_fps': steady_frames / steady_seconds if steady_frames else math.nan,
     'video_fps': float(video.fps),
-    'step': loaded.step,
-    'reference_frame': reference,
+    'step': None if renderer.prior_only else renderer.step,
+    'motion': 'relative' if relative else 'absolute',
+    'reference_frames': references,
+    'shots': len(track.shots),
+    'frames_without_face': int((~track.has_face).sum()),
+    'source': source_used,
+    'source_face_pixels': round(source.face_pixels, 1),
+    'upscaled': round(upscaled, 2),
+    'audio': audio is not None,
     'output': str(output_path),
     'side_by_side': str(side_path) if side_path is not None else None,
+    'report': report_result,
+    'report_path': str(written_report) if written_report else None,
   }

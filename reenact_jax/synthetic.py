@@ -10,10 +10,10 @@ carried along by the head's affine motion, so warping by the true landmark motio
 change between two frames of a clip. Used by tests and smoke training
 (`config.data.source = 'synthetic'`).
 
-Conventions (reenact_jax/geometry.py): images float32 (H, W, 3) in [0, 1]; masks float32 {0, 1} (H, W, 1);
-landmarks (N, 3) float32, x and y normalised to [-1, 1] with x_norm = 2 * x_px / W - 1 where
-pixel i's centre is at x_px = i + 0.5, z on the scale of x with mean 0. Numpy and OpenCV only:
-this runs inside data-loading workers, never under jit.
+Conventions (reenact_jax/geometry.py): images float32 (H, W, 3) in [0, 1]; masks float32
+{0, 1} (H, W, 1); landmarks (N, 3) float32, x and y normalised to [-1, 1] with
+x_norm = 2 * x_px / W - 1 where pixel i's centre is at x_px = i + 0.5, z on the scale of x with
+mean 0. Numpy and OpenCV only: this runs inside data-loading workers, never under jit.
 """
 
 import functools

@@ -38,6 +38,7 @@ def _batch(loaded, batch_size: int, seed: int) -> dict[str, np.ndarray]:
     'source_landmarks': np.stack([s['landmarks'] for s, _ in frames]),
     'driving_landmarks': np.stack([d['landmarks'] for _, d in frames]),
     'source_mask': np.stack([s['mask'] for s, _ in frames]),
+    'source_matte': np.stack([s['matte'] for s, _ in frames]),
   }
 
 
@@ -101,6 +102,7 @@ def test_spec_lists_inputs_outputs_and_weights(artifact):
   assert inputs['source']['shape'] == ['b', size, size, 3]
   assert inputs['source_landmarks']['shape'] == ['b', num, 3]
   assert inputs['source_mask']['shape'] == ['b', size, size, 1]
+  assert inputs['source_matte']['shape'] == ['b', size, size, 1]
   assert all(i['dtype'] == 'float32' and i['range'] for i in spec['inputs'])
   outputs = {o['name']: o for o in spec['outputs']}
   assert outputs['output']['shape'] == ['b', size, size, 3]

@@ -1,11 +1,12 @@
-"""Tests of reenact_jax.geometry: similarity fits, the initial 3D facial flow, masks, pose."""
+"""Tests of reenact_jax.geometry: similarity fits, the initial 3D facial flow, the head region,
+the projection of a 3D flow to the image, head pose."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reenact_jax import geometry, warp
+from reenact_jax import face_topology, geometry, warp
 
 NUM_LANDMARKS = 24
 STABLE = np.arange(0, NUM_LANDMARKS, 2)
@@ -26,8 +27,12 @@ initial_flow = jax.jit(
 )
 
 
-def _flow(source, driving, sigma=0.15):
-  return initial_flow(source, driving, **SIZE, sigma=sigma, stable_indices=tuple(STABLE))
+def _flow(source, driving, sigma=0.15, source_head=None):
+  """(flow, confidence) of the prior; with `source_head`, (flow, confidence, head_flow)."""
+  flow, confidence, head_flow = initial_flow(
+    source, driving, **SIZE, sigma=sigma, stable_indices=tuple(STABLE), source_head=source_head
+  )
+  return (flow, confidence) if source_head is None else (flow, confidence, head_flow)
 
 
 def test_similarity_transform_recovers_known_motion():
@@ -127,6 +132,55 @@ def test_initial_flow_matches_direct_formula():
   )
   np.testing.assert_allclose(flow.reshape(2, -1, 3), expected, atol=1e-4)
   np.testing.assert_allclose(confidence.reshape(2, -1, 1), expected_conf, atol=1e-5)
+
+
+def test_only_the_head_moves_and_the_rest_stays():
+  # A pure translation of the face; the source head weight covers the left half of the volume.
+  driving = _landmarks(12)
+  shift = jnp.array([0.25, 0.0, 0.0])
+  source = driving + shift
+  head = jnp.zeros((2, 8, 8)).at[:, :, :4].set(1.0)  # x < 0 in the source is head.
+  flow, _, head_flow = _flow(source, driving, source_head=head)
+  grid = warp.identity_grid_3d(**SIZE)
+  # head_flow: everything moves with the head (backward flow = +shift everywhere).
+  np.testing.assert_allclose(head_flow, jnp.broadcast_to(shift, head_flow.shape), atol=1e-4)
+  # flow: a driving voxel moves iff its pre-image p + shift is on the source head (x < 0).
+  on_head = (grid[..., 0] + shift[0]) < -0.1
+  off_head = (grid[..., 0] + shift[0]) > 0.1
+  np.testing.assert_allclose(
+    flow[:, on_head], jnp.broadcast_to(shift, (2, int(on_head.sum()), 3)), atol=1e-4
+  )
+  np.testing.assert_allclose(flow[:, off_head], 0.0, atol=1e-4)
+
+
+def test_head_region_covers_face_and_hair_not_the_shoulders():
+  canonical = jnp.asarray(face_topology.canonical_landmarks())[None]
+  region = geometry.head_region(canonical, 64, 64)[0]
+  oval = np.asarray(canonical[0, face_topology.FACE_OVAL, :2])
+  to_pixel = lambda xy: tuple(np.round((np.asarray(xy) + 1) * 32 - 0.5).astype(int)[::-1])
+  centre = oval.mean(axis=0)
+  top = oval[np.argmin(oval[:, 1])]
+  chin = oval[np.argmax(oval[:, 1])]
+  assert float(region[to_pixel(centre)]) == 1.0  # The face.
+  assert float(region[to_pixel(top - [0.0, 0.1])]) == 1.0  # Hair above the forehead.
+  assert float(region[to_pixel([centre[0] + 0.9, chin[1] + 0.3])]) == 0.0  # A shoulder.
+  # It moves, turns and scales with the face: shifted landmarks shift the region.
+  moved = geometry.head_region(canonical + jnp.array([0.25, 0.0, 0.0]), 64, 64)[0]
+  np.testing.assert_allclose(moved[:, 8:], region[:, :-8], atol=1e-5)
+
+
+def test_project_flow_weights_depth_slices_by_visibility():
+  flow = jnp.zeros((1, 4, 4, 4, 3)).at[:, 2].set(jnp.array([0.1, -0.2, 0.3]))
+  visibility = jnp.zeros((1, 4, 4, 4, 1)).at[:, 2].set(30.0)  # Slice 2 is the visible one.
+  planar = geometry.project_flow(flow, visibility, 8, 8)
+  assert planar.shape == (1, 8, 8, 2)
+  np.testing.assert_allclose(
+    planar, jnp.broadcast_to(jnp.array([0.1, -0.2]), planar.shape), atol=1e-5
+  )
+  uniform = geometry.project_flow(flow, jnp.zeros_like(visibility), 4, 4)
+  np.testing.assert_allclose(
+    uniform, jnp.broadcast_to(jnp.array([0.025, -0.05]), uniform.shape), atol=1e-6
+  )
 
 
 def test_head_pose_and_euler_angles_round_trip():

@@ -46,6 +46,7 @@ class IndexFrames:
       'image': np.full((size, size, 3), (index % 256) / 255, np.float32),
       'landmarks': landmarks,
       'mask': np.ones((size, size, 1), np.float32),
+      'matte': np.ones((size, size, 1), np.float32),
     }
 
 
@@ -109,7 +110,9 @@ def _marked_frame(size=64):
   image[row - 1 : row + 2, column - 1 : column + 2] = 1.0
   mask = np.zeros((size, size, 1), np.float32)
   mask[: size // 2] = 1.0
-  return {'image': image, 'landmarks': landmarks, 'mask': mask}
+  matte = np.zeros((size, size, 1), np.float32)
+  matte[:, size // 4 :] = 1.0
+  return {'image': image, 'landmarks': landmarks, 'mask': mask, 'matte': matte}
 
 
 def _bright_spot(image):
@@ -167,6 +170,7 @@ def test_fused_augmentation_equals_flip_then_affine_then_colour(seed):
     np.testing.assert_allclose(got['image'], want['image'], atol=2e-3)
     np.testing.assert_allclose(got['landmarks'], want['landmarks'], atol=1e-6)
     assert np.mean(got['mask'] != want['mask']) < 0.005
+    np.testing.assert_allclose(got['matte'], want['matte'], atol=2e-3)
 
 
 def test_augmented_image_follows_the_augmented_landmarks():

@@ -38,11 +38,15 @@ def _inputs(config, seed=0, same_landmarks=False):
   yy, xx = np.mgrid[:size, :size]
   mask = ((xx - size / 2) ** 2 / (size / 3) ** 2 + (yy - size / 2) ** 2 / (size / 2.5) ** 2) < 1
   mask = np.broadcast_to(mask[None, :, :, None], (BATCH, size, size, 1)).astype(np.float32)
+  # The person: a wider ellipse down to the bottom edge (head, neck, shoulders).
+  matte = ((xx - size / 2) ** 2 / (size / 2.2) ** 2 + (yy - size / 2) ** 2 / (size / 1.6) ** 2) < 1
+  matte = np.broadcast_to(matte[None, :, :, None], (BATCH, size, size, 1)).astype(np.float32)
   return dict(
     source=jnp.asarray(rng.uniform(0, 1, (BATCH, size, size, 3)).astype(np.float32)),
     source_landmarks=jnp.asarray(source_landmarks),
     driving_landmarks=jnp.asarray(driving_landmarks),
     source_mask=jnp.asarray(mask),
+    source_matte=jnp.asarray(matte),
   )
 
 
@@ -73,6 +77,9 @@ def test_output_shapes_and_ranges(setup):
     'flow_prior': (BATCH, depth, low, low, 3),
     'confidence': (BATCH, depth, low, low, 1),
     'occlusion': (BATCH, low, low, 1),
+    'flow_2d': (BATCH, size, size, 2),
+    'warped_source': (BATCH, size, size, 3),
+    'validity': (BATCH, size, size, 1),
     'foreground': (BATCH, size, size, 3),
     'alpha': (BATCH, size, size, 1),
     'background': (BATCH, size, size, 3),
@@ -84,7 +91,7 @@ def test_output_shapes_and_ranges(setup):
     assert value.shape == shape, key
     assert value.dtype == np.float32, key
     assert np.all(np.isfinite(value)), key
-    if key not in ('flow', 'flow_prior'):
+    if key not in ('flow', 'flow_prior', 'flow_2d'):
       assert value.min() >= 0.0 and value.max() <= 1.0, key
   # The prior dominates at initialisation: the residual is bounded and starts near zero.
   residual = np.abs(np.asarray(outputs['flow'] - outputs['flow_prior']))
@@ -122,21 +129,29 @@ def test_identical_landmarks_give_zero_prior(setup):
   np.testing.assert_allclose(outputs['flow_prior'], 0.0, atol=1e-5)
   # No motion: the warp is (nearly, the residual starts near zero) the identity both ways.
   np.testing.assert_allclose(outputs['projected_cycle'], outputs['projected'], atol=5e-3)
-  # A pure translation of the driving face: every driving voxel samples the source back there.
-  shift = np.float32([0.1, -0.05, 0.0])
-  moved = {**inputs, 'driving_landmarks': inputs['source_landmarks'] + shift}
-  outputs = apply({'params': params}, **moved, warp_only=True, with_cycle=True)
-  np.testing.assert_allclose(
-    outputs['flow_prior'], np.broadcast_to(-shift, outputs['flow_prior'].shape), atol=1e-4
-  )
 
 
-def test_background_equals_source_outside_mask_exactly(setup):
+def test_an_untrained_generator_shows_the_geometric_prior(setup):
+  # The renderer's and inpainter's heads start at zero: before any training the output is the
+  # source's own pixels moved by the prior (models.prior_render), up to the renderer's initial
+  # trust in them (sigmoid(4)) and its alpha's softness.
+  _, generator, _, inputs, _, outputs = setup
+  prior = jax.jit(lambda x: models.prior_render(generator, x))(inputs)
+  difference = np.abs(np.asarray(outputs['output']) - np.asarray(prior['output']))
+  assert difference.mean() < 0.01 and difference.max() < 0.1, (difference.mean(), difference.max())
+  np.testing.assert_allclose(outputs['background'], prior['background'], atol=1e-5)
+  # And the prior differs from the unmoved source: it moved the head.
+  assert np.abs(np.asarray(prior['output']) - np.asarray(inputs['source'])).mean() > 0.02
+
+
+def test_background_equals_source_outside_the_hole_exactly(setup):
   _, _, params, inputs, apply, _ = setup
   rng = np.random.default_rng(3)
-  mask = jnp.asarray((rng.uniform(size=inputs['source_mask'].shape) < 0.4).astype(np.float32))
-  outputs = apply({'params': params}, **{**inputs, 'source_mask': mask}, with_cycle=True)
-  outside = np.broadcast_to(np.asarray(mask) == 0, outputs['background'].shape)
+  matte = jnp.asarray((rng.uniform(size=inputs['source_matte'].shape) < 0.2).astype(np.float32))
+  outputs = apply({'params': params}, **{**inputs, 'source_matte': matte}, with_cycle=True)
+  hole = np.asarray(models.hole_of(matte))
+  assert 0.3 < hole.mean() < 0.99  # The dilated matte.
+  outside = np.broadcast_to(hole == 0, outputs['background'].shape)
   assert np.array_equal(
     np.asarray(outputs['background'])[outside], np.asarray(inputs['source'])[outside]
   )

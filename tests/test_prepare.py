@@ -96,6 +96,13 @@ def test_carphone_landmarks_masks_poses_and_counts(carphone_dir):
     assert abs(area - _polygon_area(polygon) / 4) < 0.03
     nose = ((landmarks[1, :2] + 1) * RESOLUTION / 2).astype(int)
     assert mask[nose[1], nose[0], 0] == 1.0
+    # Person matte: the face is person, and so is more than the face (hair, neck, shoulders);
+    # the crop's top corners (the car's interior) are not.
+    matte = frame['matte']
+    assert matte.shape == (RESOLUTION, RESOLUTION) and matte.dtype == np.uint8
+    assert matte[nose[1], nose[0]] > 200
+    assert (matte > 127).mean() > area + 0.1
+    assert matte[:4, :4].mean() < 64 and matte[:4, -4:].mean() < 64
     # Pose: a proper rotation that maps the canonical face onto the frame's stable points.
     pose = frame['pose']
     rotation = pose['rotation']
@@ -119,7 +126,18 @@ def test_record_frames_for_the_input_pipeline(carphone_dir):
   assert frame['image'].shape == (32, 32, 3) and frame['image'].dtype == np.float32
   assert 0.0 <= frame['image'].min() and frame['image'].max() <= 1.0
   assert frame['mask'].shape == (32, 32, 1)
+  assert frame['matte'].shape == (32, 32, 1) and 0.0 <= frame['matte'].min() <= 1.0
   assert frame['landmarks'].shape == (478, 3)
+
+
+def test_shards_of_an_older_format_ask_for_a_new_preparation(carphone_dir, tmp_path):
+  old = tmp_path / 'old'
+  shutil.copytree(carphone_dir, old)
+  index = json.loads((old / records.CLIP_INDEX).read_text())
+  index['format_version'] = 1
+  (old / records.CLIP_INDEX).write_text(json.dumps(index))
+  with pytest.raises(records.OldFormatError, match='Prepare the data again'):
+    records.RecordFrames(old, 'train', image_size=32)
 
 
 def test_folder_with_good_corrupt_and_faceless_clips(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from reenact_jax import input_pipeline, sharding, steps, trainer
+from reenact_jax import input_pipeline, models, sharding, steps, trainer
 from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_logical_rules_shard_the_first_divisible_dimension():
   )
   # The Adam moment of a parameter has the parameter's logical axes.
   query = sharding.logical_axes(
-    'generator_opt_state/1/0/mu/renderer/bottleneck/layer0/attention/query/kernel', 3
+    'render_opt_state/1/0/mu/renderer/bottleneck/layer0/attention/query/kernel', 3
   )
   assert query == ('embed', 'heads', 'head_dim')
   # A size-1 fsdp axis (pure data parallelism) shards nothing.
@@ -100,7 +100,12 @@ def test_fsdp_matches_data_parallel_and_really_shards():
   assert 'fsdp' in kernel.sharding.spec, (name, kernel.sharding.spec)
   local = kernel.addressable_shards[0].data
   assert local.size * 4 == kernel.size, (name, kernel.shape, local.shape)
-  moment = fsdp_state.generator_opt_state[1][0].mu
+  part_state = (
+    fsdp_state.warp_opt_state
+    if name.split('/')[0] in models.WARP_PARTS
+    else fsdp_state.render_opt_state
+  )
+  moment = part_state[1][0].mu
   for tree in (moment, fsdp_state.ema_params):
     leaf = dict(
       (sharding.path_string(path), leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)

@@ -164,8 +164,12 @@ def test_repose_moves_image_and_landmarks_together(motion):
     x_px, y_px = (landmarks[index, :2] + 1) * size / 2 - 0.5
     image = np.zeros((size, size, 3), np.float32)
     image[..., 0] = np.exp(-((gx - x_px) ** 2 + (gy - y_px) ** 2) / (2 * 1.5**2))
-    moved, moved_landmarks, mask = augmentation.repose(
-      image, landmarks, rng=np.random.default_rng(trial), **motion
+    moved, moved_landmarks, mask, _ = augmentation.repose(
+      image,
+      landmarks,
+      np.ones((size, size, 1), np.float32),
+      rng=np.random.default_rng(trial),
+      **motion,
     )
     assert moved.shape == image.shape and moved.dtype == np.float32
     assert moved_landmarks.shape == landmarks.shape and moved_landmarks.dtype == np.float32
@@ -182,9 +186,10 @@ def test_repose_moves_image_and_landmarks_together(motion):
 def test_repose_is_a_similarity_plus_small_deformation_of_the_landmarks():
   landmarks = _frame(1, 0)['landmarks']
   image = _frame(1, 0)['image']
-  _, moved, _ = augmentation.repose(
+  _, moved, _, _ = augmentation.repose(
     image,
     landmarks,
+    _frame(1, 0)['matte'],
     rng=np.random.default_rng(5),
     max_rotation_deg=15.0,
     max_scale=0.1,
@@ -200,10 +205,35 @@ def test_repose_is_a_similarity_plus_small_deformation_of_the_landmarks():
 def test_repose_is_deterministic_in_its_rng():
   out = _frame(0, 0)
   kwargs = dict(max_rotation_deg=10.0, max_scale=0.05, max_translation=0.05)
-  a = augmentation.repose(out['image'], out['landmarks'], rng=np.random.default_rng(7), **kwargs)
-  b = augmentation.repose(out['image'], out['landmarks'], rng=np.random.default_rng(7), **kwargs)
+  args = (out['image'], out['landmarks'], out['matte'])
+  a = augmentation.repose(*args, rng=np.random.default_rng(7), **kwargs)
+  b = augmentation.repose(*args, rng=np.random.default_rng(7), **kwargs)
   for x, y in zip(a, b, strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def test_repose_moves_the_head_over_a_still_background():
+  size = 64
+  out = _frame(3, 0, size)
+  moved, landmarks, _, matte = augmentation.repose(
+    out['image'],
+    out['landmarks'],
+    out['matte'],
+    rng=np.random.default_rng(2),
+    max_rotation_deg=15.0,
+    max_scale=0.1,
+    max_translation=0.1,
+  )
+  # Far from the person (the frame's top corners here) nothing moves.
+  person = np.maximum(out['matte'][..., 0], matte[..., 0]) > 0
+  background = cv2.dilate(person.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+  background[16:] = False
+  assert background.sum() > 50
+  np.testing.assert_allclose(moved[background], out['image'][background], atol=1e-6)
+  # The head did move: its landmarks, and the moved matte covers them.
+  assert np.abs(landmarks[:, :2] - out['landmarks'][:, :2]).mean() > 0.02
+  centre = np.round((landmarks[:468, :2].mean(0) + 1) * size / 2 - 0.5).astype(int)
+  assert matte[centre[1], centre[0], 0] > 0.9
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -215,6 +245,7 @@ def test_bad_inputs_raise_clear_errors():
     augmentation.repose(
       np.zeros((8, 8, 3)),
       np.zeros((478, 3)),
+      np.zeros((8, 8, 1)),
       rng=np.random.default_rng(0),
       max_rotation_deg=1.0,
       max_scale=0.0,

@@ -88,16 +88,14 @@ class ForegroundRenderer(nn.Module):
   ) -> tuple[jax.Array, jax.Array]:
     res_block = layers.maybe_remat(layers.ResBlock, self.remat)
     occlusion = occlusion.astype(self.dtype)
-    guide = jnp.concatenate(
-      [2.0 * warped_source - 1.0, validity, warped_matte], axis=-1
-    ).astype(jnp.float32)
+    guide = jnp.concatenate([2.0 * warped_source - 1.0, validity, warped_matte], axis=-1).astype(
+      jnp.float32
+    )
     factor = guide.shape[1] // features.shape[1]
     guide_small = layers.downsample(guide, factor).astype(self.dtype)
     # Modulation: occluded regions carry no trustworthy warped content; the occlusion channel
     # itself tells the renderer where it must hallucinate instead.
-    x = jnp.concatenate(
-      [features.astype(self.dtype) * occlusion, occlusion, guide_small], axis=-1
-    )
+    x = jnp.concatenate([features.astype(self.dtype) * occlusion, occlusion, guide_small], axis=-1)
     x = nn.Conv(self.base_channels, (3, 3), dtype=self.dtype, name='stem')(x)
     x = res_block(self.base_channels, dtype=self.dtype, name='enc0')(x)
     skips = [x]
@@ -132,9 +130,9 @@ class ForegroundRenderer(nn.Module):
     )
     x = jnp.concatenate([x, guide.astype(self.dtype)], axis=-1)
     x = nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name='refine')(x)
-    out = nn.Conv(
-      5, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
-    )(layers.activation(x)).astype(jnp.float32)
+    out = nn.Conv(5, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head')(
+      layers.activation(x)
+    ).astype(jnp.float32)
     rgb = nn.sigmoid(out[..., :3])
     blend = nn.sigmoid(out[..., 3:4] + BLEND_BIAS) * validity.astype(jnp.float32)
     foreground = blend * warped_source.astype(jnp.float32) + (1.0 - blend) * rgb
