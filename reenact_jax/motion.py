@@ -131,14 +131,14 @@ def smooth_landmarks(
 ) -> np.ndarray:
   """One Euro smoothing of (F, N, 3) driving landmarks, shot by shot (no smoothing across a cut).
 
-  strength 0 is off; 1 (the default of `reenact`) uses a 1.5 Hz minimum cutoff and beta 2 per
+  strength 0 is off; 1 (the default of `reenact`) uses a 1 Hz minimum cutoff and beta 1 per
   normalised unit per second; larger values smooth more (the cutoff is divided by it).
   """
   if strength <= 0:
     return np.asarray(landmarks, np.float32)
   out = np.array(landmarks, np.float32)
   for begin, end in shots:
-    out[begin:end] = one_euro(out[begin:end], fps, min_cutoff=1.5 / strength, beta=2.0)
+    out[begin:end] = one_euro(out[begin:end], fps, min_cutoff=1.0 / strength, beta=1.0)
   return out
 
 
