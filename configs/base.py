@@ -19,6 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.num_landmarks = 478  # MediaPipe face mesh with irises.
   model.compute_dtype = 'float32'  # 'float32' or 'bfloat16' (parameters stay float32).
+  # The 3D convolutions of the volume (encoder's last block, flow hourglass): '3d' (k^3) or
+  # '2+1d' (a k×k conv per depth slice, then k taps along depth): fewer weights, and about 10x
+  # faster on XLA:CPU, whose 3D convolutions are slow; accelerators run '3d' well.
+  model.volume_convs = '3d'
   model.remat = False  # Rematerialise the big blocks (flow hourglass, renderer) on backward.
   # Appearance encoder: S (H, W, 3) -> (H/4, W/4, volume_channels * volume_depth).
   model.encoder_channels = (64, 128, 256)  # Stem, then one 2× downsampling block each after.

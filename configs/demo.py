@@ -28,6 +28,7 @@ def get_config():
   model.volume_channels = 16
   model.volume_depth = 4
   model.landmark_sigma = 0.1
+  model.volume_convs = '2+1d'  # XLA:CPU's 3D convolutions are slow (see configs/base.py).
   model.flow_compress_channels = 4
   model.flow_channels = (8, 16)
   model.projection_channels = 32
@@ -51,7 +52,7 @@ def get_config():
 
   train = config.train
   train.batch_size = 4
-  train.total_steps = 800
+  train.total_steps = 1000
   train.phase1_steps = 200
   train.log_every = 20
   train.image_log_every = 200

@@ -60,6 +60,11 @@ class LossWeights:
   def from_config(cls, loss_config: ml_collections.ConfigDict) -> 'LossWeights':
     return cls(**{f.name: float(loss_config[f.name]) for f in dataclasses.fields(cls)})
 
+  @property
+  def adversarial(self) -> bool:
+    """Whether the discriminator takes part (with both weights 0 it is neither run nor trained)."""
+    return bool(self.gan or self.feature_matching)
+
 
 def _generator_losses(
   generator_params: PyTree,
@@ -108,18 +113,19 @@ def _generator_losses(
     terms['l1'] = losses.l1(prediction=output, target=batch['driving'])
     terms['alpha'] = losses.alpha_matte(alpha=outputs['alpha'], matte=batch['driving_matte'])
     terms['inpaint'] = losses.inpaint(
-      background=outputs['background'],
+      background=outputs['inpainted'],
       driving=batch['driving'],
       hole=models.hole_of(batch['source_matte']),
       driving_matte=batch['driving_matte'],
     )
-    fake = discriminator.apply(discriminator_variables, output, update_stats=False)
-    real = discriminator.apply(discriminator_variables, batch['driving'], update_stats=False)
-    terms['gan_g'] = losses.hinge_generator(fake_logits=[logits for _, logits in fake])
-    terms['feature_matching'] = losses.feature_matching(
-      real_features=[features for features, _ in real],
-      fake_features=[features for features, _ in fake],
-    )
+    if weights.adversarial:
+      fake = discriminator.apply(discriminator_variables, output, update_stats=False)
+      real = discriminator.apply(discriminator_variables, batch['driving'], update_stats=False)
+      terms['gan_g'] = losses.hinge_generator(fake_logits=[logits for _, logits in fake])
+      terms['feature_matching'] = losses.feature_matching(
+        real_features=[features for features, _ in real],
+        fake_features=[features for features, _ in fake],
+      )
     total += weights.perceptual * terms['perceptual']
     total += weights.l1 * terms['l1']
     total += weights.alpha * terms['alpha']
@@ -338,7 +344,7 @@ def train_step(
   )
   discriminator_loss = jnp.zeros((), jnp.float32)
   discriminator_grad_norm = jnp.zeros((), jnp.float32)
-  if not warp_only:
+  if not warp_only and weights.adversarial:
     state, discriminator_loss, discriminator_grad_norm = discriminator_update(
       state, micro_batches['driving'], fake, discriminator=discriminator
     )

@@ -21,6 +21,7 @@ class AppearanceEncoder(nn.Module):
   channels: Sequence[int]
   volume_channels: int
   volume_depth: int
+  factorized: bool = False  # The volume's 3D convolutions as (2+1)D (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
@@ -39,6 +40,10 @@ class AppearanceEncoder(nn.Module):
     batch, height, width, _ = x.shape
     volume = x.reshape(batch, height, width, self.volume_depth, self.volume_channels)
     volume = jnp.transpose(volume, (0, 3, 1, 2, 4))
-    return res_block(self.volume_channels, spatial_dims=3, dtype=self.dtype, name='volume_block')(
-      volume
-    )
+    return res_block(
+      self.volume_channels,
+      spatial_dims=3,
+      factorized=self.factorized,
+      dtype=self.dtype,
+      name='volume_block',
+    )(volume)

@@ -23,6 +23,7 @@ class FlowHourglass3D(nn.Module):
   channels: Sequence[int]
   compress_channels: int
   residual_scale: float
+  factorized: bool = False  # 3D convolutions as (2+1)D (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
@@ -52,28 +53,40 @@ class FlowHourglass3D(nn.Module):
     x = jnp.concatenate(
       [compressed, warped, flow_prior.astype(self.dtype), confidence.astype(self.dtype)], axis=-1
     )
-    x = nn.Conv(self.channels[0], (3, 3, 3), dtype=self.dtype, name='stem')(x)
+    conv = lambda features, name, **kwargs: layers.VolumeConv(
+      features, factorized=self.factorized, dtype=self.dtype, name=name, **kwargs
+    )
+    x = conv(self.channels[0], 'stem')(x)
     skips = []
     for level, features in enumerate(self.channels):
       x = res_block(
-        features, spatial_dims=3, downsample=level > 0, dtype=self.dtype, name=f'down{level}'
+        features,
+        spatial_dims=3,
+        downsample=level > 0,
+        factorized=self.factorized,
+        dtype=self.dtype,
+        name=f'down{level}',
       )(x)
       skips.append(x)
     for level in reversed(range(len(self.channels) - 1)):
       x = layers.upsample_2x(x)
       x = jnp.concatenate([x, skips[level]], axis=-1)
-      x = res_block(self.channels[level], spatial_dims=3, dtype=self.dtype, name=f'up{level}')(x)
+      x = res_block(
+        self.channels[level],
+        spatial_dims=3,
+        factorized=self.factorized,
+        dtype=self.dtype,
+        name=f'up{level}',
+      )(x)
     x = layers.activation(
       nn.GroupNorm(layers.num_groups(x.shape[-1]), dtype=self.dtype, name='norm_out')(x)
     )
     # Near-zero head: at initialisation the geometric prior alone drives the warp, and the
     # network learns only the correction.
-    residual = nn.Conv(
+    residual = conv(
       3,
-      (3, 3, 3),
-      dtype=self.dtype,
+      'residual_head',
       kernel_init=nn.initializers.variance_scaling(1e-4, 'fan_in', 'truncated_normal'),
-      name='residual_head',
     )(x)
     residual = jnp.tanh(residual.astype(jnp.float32)) * self.residual_scale
     # Occlusion is a property of the 2D image: pool the volume over depth, then a 2D conv.
@@ -89,7 +102,6 @@ class FlowHourglass3D(nn.Module):
     occlusion = nn.sigmoid(occlusion_logits.astype(jnp.float32))
     # Per-voxel visibility logits (which depth slice a pixel shows), added to the prior's;
     # zero-initialised so that the prior alone decides at first.
-    visibility = nn.Conv(
-      1, (3, 3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='visibility_head'
-    )(x).astype(jnp.float32)
+    visibility = conv(1, 'visibility_head', kernel_init=nn.initializers.zeros)(x)
+    visibility = visibility.astype(jnp.float32)
     return flow_prior + residual, occlusion, visibility

@@ -76,6 +76,11 @@ def geometric_prior(
   return Prior(flow, head_flow, confidence, source_head)
 
 
+# The background shows the refilled hole where the head moved by this many pixels or more (and
+# the source's own pixels where it stayed: a still head is reproduced exactly, soft edges too).
+UNCOVERED_MOTION_PIXELS = 2.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Warped:
   """The source's pixels moved by a projected flow, at the image's resolution (B, H, W, C)."""
@@ -84,6 +89,7 @@ class Warped:
   image: jax.Array  # (B, H, W, 3) the source sampled along flow_2d.
   validity: jax.Array  # (B, H, W, 1) 1 where flow_2d samples inside the source.
   person: jax.Array  # (B, H, W, 1) where the moved person is: the moved head over the rest.
+  head_motion: jax.Array  # (B, H, W, 1) how far the head moved at each pixel, in [0, 1].
 
 
 def warp_person(
@@ -111,7 +117,18 @@ def warp_person(
   image = jnp.clip(moved[..., :3] / jnp.maximum(validity, 1e-3), 0.0, 1.0)
   moved_head = warp.warp_2d(source_head.astype(jnp.float32), head_flow_2d)
   person = jnp.clip(moved_head + source_rest.astype(jnp.float32), 0.0, 1.0)
-  return Warped(flow_2d, image, validity, person)
+  pixels = jnp.linalg.norm(head_flow_2d, axis=-1, keepdims=True) * (size[1] / 2)
+  head_motion = jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0)
+  return Warped(flow_2d, image, validity, person, head_motion)
+
+
+def composite_background(
+  source: jax.Array, filled: jax.Array, hole: jax.Array, source_rest: jax.Array, warped: Warped
+) -> jax.Array:
+  """The background layer: the source, except where the moved head uncovered it (inside the
+  hole, off the unmoved rest of the person, where the head moved), which shows `filled`."""
+  uncovered = hole * (1.0 - source_rest.astype(jnp.float32)) * warped.head_motion
+  return source.astype(jnp.float32) * (1.0 - uncovered) + filled * uncovered
 
 
 def hole_of(source_matte: jax.Array) -> jax.Array:
@@ -148,14 +165,17 @@ class Generator(nn.Module):
   renderer_token_patch: int
   inpainter_channels: Sequence[int]
   visibility_sharpness: float = 8.0
+  volume_convs: str = '3d'  # '3d' or '2+1d' (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
+    factorized = self.volume_convs == '2+1d'
     self.encoder = AppearanceEncoder(
       self.encoder_channels,
       self.volume_channels,
       self.volume_depth,
+      factorized=factorized,
       remat=self.remat,
       dtype=self.dtype,
     )
@@ -163,6 +183,7 @@ class Generator(nn.Module):
       self.flow_channels,
       self.flow_compress_channels,
       self.flow_residual_scale,
+      factorized=factorized,
       remat=self.remat,
       dtype=self.dtype,
     )
@@ -234,7 +255,8 @@ class Generator(nn.Module):
       'confidence' (B, D, H/4, W/4, 1), 'occlusion' (B, H/4, W/4, 1); with_cycle adds
       'projected_cycle' (B, H/4, W/4, 3); unless warp_only: 'flow_2d' (B, H, W, 2),
       'warped_source' (B, H, W, 3) and 'validity' (B, H, W, 1), 'foreground', 'background',
-      'output' (B, H, W, 3) and 'alpha' (B, H, W, 1). Images in [0, 1].
+      'inpainted' (the filled hole), 'output' (B, H, W, 3) and 'alpha' (B, H, W, 1). Images in
+      [0, 1].
     """
     self._check_inputs(
       dict(
@@ -281,7 +303,9 @@ class Generator(nn.Module):
     foreground, alpha = self.renderer(
       projected_features, occlusion, warped.image, warped.validity, warped.person
     )
-    background = self.inpainter(source, hole_of(source_matte))
+    hole = hole_of(source_matte)
+    filled = self.inpainter(source, hole)
+    background = composite_background(source, filled, hole, source_rest, warped)
     outputs.update(
       flow_2d=warped.flow_2d,
       warped_source=warped.image,
@@ -289,6 +313,7 @@ class Generator(nn.Module):
       foreground=foreground,
       alpha=alpha,
       background=background,
+      inpainted=filled,
       output=alpha * foreground + (1.0 - alpha) * background,
     )
     return outputs
@@ -353,6 +378,8 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     raise ValueError(
       f"model.renderer_bottleneck={m.renderer_bottleneck!r}; use 'transformer' or 'resblocks'."
     )
+  if m.volume_convs not in ('3d', '2+1d'):
+    raise ValueError(f"model.volume_convs={m.volume_convs!r}; use '3d' or '2+1d'.")
   inpainter_channels = layers.as_tuple(m.inpainter_channels)
   layers.check_divisible(
     'image_size',
@@ -381,6 +408,7 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     renderer_token_patch=int(m.renderer_token_patch),
     inpainter_channels=inpainter_channels,
     visibility_sharpness=float(m.visibility_sharpness),
+    volume_convs=str(m.volume_convs),
     remat=bool(m.remat),
     dtype=layers.compute_dtype(m.compute_dtype),
   )
@@ -448,8 +476,8 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   visibility = generator.visibility_sharpness * prior.confidence
   warped = warp_person(source, source_head, source_rest, prior.flow, prior.head_flow, visibility)
   hole = hole_of(matte)
-  hidden = source * (1.0 - hole)
-  background = hidden + layers.fill_holes(hidden, 1.0 - hole) * hole
+  filled = layers.fill_holes(source * (1.0 - hole), 1.0 - hole)
+  background = composite_background(source, filled, hole, source_rest, warped)
   alpha = warped.person * warped.validity
   return {
     'output': alpha * warped.image + (1.0 - alpha) * background,

@@ -10,13 +10,14 @@ from reenact_jax.models import layers
 
 
 class GatedInpainter(nn.Module):
-  """Source (B, H, W, 3) and hole (B, H, W, 1) in [0, 1] -> background (B, H, W, 3) float32.
+  """Source (B, H, W, 3) and hole (B, H, W, 1) in [0, 1] -> the background behind the hole
+  (B, H, W, 3) float32 in [0, 1].
 
   The hole is where the source person is (its matte, dilated). The network sees only
   S * (1 - hole), the hole, and the push-pull fill of the known background
-  (`layers.fill_holes`), and predicts a bounded correction of that fill. The result is
-  S * (1 - hole) + (fill + correction) * hole: outside the hole it equals the source exactly
-  (only the hole is new), and an untrained inpainter returns the classical fill.
+  (`layers.fill_holes`), and predicts a bounded correction of that fill: fill + correction,
+  meaningful inside the hole (the generator composites it where the moved person uncovers the
+  background). An untrained inpainter returns the classical fill.
   Levels: one per entry of `channels`, each after the first at half the resolution; two dilated
   gated convs at the bottleneck widen the receptive field so large holes see their border.
   """
@@ -49,5 +50,4 @@ class GatedInpainter(nn.Module):
     correction = nn.Conv(
       3, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
     )(x).astype(jnp.float32)
-    filled = jnp.clip(fill + jnp.tanh(correction), 0.0, 1.0)
-    return hidden + filled * hole
+    return jnp.clip(fill + jnp.tanh(correction), 0.0, 1.0)

@@ -6,7 +6,7 @@ be wrapped in `nn.remat` without static arguments.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -96,6 +96,47 @@ def upsample_2x(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
 
 
+class VolumeConv(nn.Module):
+  """A 3D convolution of (B, D, H, W, C), full or factorised ('2+1d').
+
+  '2+1d' (R(2+1)D, Tran et al. 2018) is a k×k 2D convolution of every depth slice followed by a
+  k-tap convolution along depth: fewer parameters, and on XLA:CPU, whose 3D convolutions are
+  slow, about 10 times faster than a full k×k×k convolution (measured: 52 vs 5 ms for fwd+bwd of
+  a 16-channel 3³ conv on a (4, 4, 32, 32) volume). Strides apply to H and W only.
+  """
+
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  factorized: bool = False
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel, self.stride
+    if not self.factorized:
+      return nn.Conv(
+        self.features,
+        (k, k, k),
+        strides=(1, s, s),
+        dtype=self.dtype,
+        kernel_init=self.kernel_init,
+        name='conv',
+      )(x)
+    batch, depth, height, width, channels = x.shape
+    y = nn.Conv(self.features, (k, k), strides=(s, s), dtype=self.dtype, name='spatial')(
+      x.reshape(batch * depth, height, width, channels)
+    )
+    height, width = y.shape[1:3]
+    y = y.reshape(batch, depth, height * width, self.features)
+    # Along depth as a (k, 1) 2D convolution: XLA:CPU's fast path.
+    y = nn.Conv(
+      self.features, (k, 1), dtype=self.dtype, kernel_init=self.kernel_init, name='depth'
+    )(y)
+    return y.reshape(batch, depth, height, width, self.features)
+
+
 class ResBlock(nn.Module):
   """Pre-activation residual block (GroupNorm, SiLU, 3^n conv, twice) in 2D or 3D.
 
@@ -106,12 +147,30 @@ class ResBlock(nn.Module):
   features: int
   spatial_dims: int = 2
   downsample: bool = False
+  factorized: bool = False  # 3D only: VolumeConv '2+1d'.
   dtype: Dtype = jnp.float32
+
+  def _conv(self, name: str, stride: int = 1, kernel_init=nn.initializers.lecun_normal()):
+    if self.spatial_dims == 3:
+      return VolumeConv(
+        self.features,
+        stride=stride,
+        factorized=self.factorized,
+        dtype=self.dtype,
+        kernel_init=kernel_init,
+        name=name,
+      )
+    return nn.Conv(
+      self.features,
+      (3, 3),
+      strides=(stride, stride),
+      dtype=self.dtype,
+      kernel_init=kernel_init,
+      name=name,
+    )
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = (3,) * self.spatial_dims
-    strides = (1,) * (self.spatial_dims - 2) + ((2, 2) if self.downsample else (1, 1))
     shortcut = x
     if self.downsample:
       shortcut = downsample_2x(shortcut)
@@ -120,19 +179,11 @@ class ResBlock(nn.Module):
         self.features, (1,) * self.spatial_dims, dtype=self.dtype, name='shortcut'
       )(shortcut)
     y = nn.GroupNorm(num_groups(x.shape[-1]), dtype=self.dtype, name='norm1')(x)
-    y = nn.Conv(self.features, kernel, strides=strides, dtype=self.dtype, name='conv1')(
-      activation(y)
-    )
+    y = self._conv('conv1', stride=2 if self.downsample else 1)(activation(y))
     y = nn.GroupNorm(num_groups(self.features), dtype=self.dtype, name='norm2')(y)
     # Zero-initialised last conv: each block starts as the identity, which keeps deep stacks
     # stable at initialisation without normalising the residual sum.
-    y = nn.Conv(
-      self.features,
-      kernel,
-      dtype=self.dtype,
-      kernel_init=nn.initializers.zeros,
-      name='conv2',
-    )(activation(y))
+    y = self._conv('conv2', kernel_init=nn.initializers.zeros)(activation(y))
     return (shortcut + y).astype(self.dtype)
 
 
