@@ -1,6 +1,6 @@
 r"""Benchmarks, each printing one JSON line.
 
-  python -m reenact_jax.benchmark --config=configs/base.py --what=warp|step|input|reenact
+  python -m reenact_jax.benchmark --config=configs/base.py --what=warp|step|input|reenact|flow
 
 --what=warp  the project's 3D warp (reenact_jax.warp.warp_3d) against
              jax.scipy.ndimage.map_coordinates(order=1), forward and forward+backward, at the
@@ -12,6 +12,9 @@ r"""Benchmarks, each printing one JSON line.
              3 runs) and prepare_frames_per_sec of data preparation on the demo clip.
 --what=reenact frames_per_sec of the jitted generator and of the exported artifact at batch 1
              and 8 (rendering only, no video decode).
+--what=flow  end-point error (pixels) of the image flow on held-out synthetic pairs (true motion
+             known): no motion, the geometric prior alone, and prior + learned correction after
+             --steps of training (or the model of --workdir); needs a synthetic-data config.
 
 Timings are the median of `--repeats` runs after compilation, each ended by
 `block_until_ready`, as wall time (`*_ms`) and process CPU time (`*_cpu_ms`).
@@ -28,12 +31,13 @@ from reenact_jax import benchmarks
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
 _WHAT = flags.DEFINE_enum(
-  'what', 'warp', ['warp', 'step', 'input', 'reenact'], 'What to benchmark.'
+  'what', 'warp', ['warp', 'step', 'input', 'reenact', 'flow'], 'What to benchmark.'
 )
 _WORKDIR = flags.DEFINE_string(
   'workdir', '', "--what=reenact: use this run's newest checkpoint (default: fresh parameters)."
 )
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed runs after compilation (median is kept).')
+_STEPS = flags.DEFINE_integer('steps', 300, '--what=flow: training steps before measuring.')
 _BATCH = flags.DEFINE_integer(
   'batch', 0, 'Warp batch size; 0: train.batch_size // device_count (at most 4 on CPU).'
 )
@@ -50,6 +54,8 @@ def main(argv):
     result = benchmarks.benchmark_step(config, repeats=_REPEATS.value)
   elif _WHAT.value == 'input':
     result = benchmarks.benchmark_input(config)
+  elif _WHAT.value == 'flow':
+    result = benchmarks.benchmark_flow(config, steps=_STEPS.value, workdir=_WORKDIR.value)
   else:
     result = benchmarks.benchmark_reenact(config, repeats=_REPEATS.value, workdir=_WORKDIR.value)
   print(json.dumps(result))

@@ -49,6 +49,21 @@ class SyntheticFrames:
     self._image_size = image_size
     self._seed = seed
 
+  def true_flow(self, source_index: int, driving_index: int) -> np.ndarray:
+    """synthetic.true_flow between two frames of one clip (H, W, 2)."""
+    clip, source_frame = divmod(int(source_index), self._frames_per_clip)
+    driving_clip, driving_frame = divmod(int(driving_index), self._frames_per_clip)
+    if clip != driving_clip:
+      raise ValueError(f'frames {source_index} and {driving_index} are of different clips.')
+    return synthetic.true_flow(
+      clip,
+      source_frame,
+      driving_frame,
+      image_size=self._image_size,
+      num_frames=self._frames_per_clip,
+      seed=self._seed,
+    )
+
   def frame(self, index: int) -> dict[str, np.ndarray]:
     clip, frame = divmod(int(index), self._frames_per_clip)
     return synthetic.render_frame(

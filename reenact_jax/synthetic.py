@@ -309,6 +309,60 @@ def _texture_fit(num_landmarks: int):
   return np.linalg.pinv(design)  # (3, K)
 
 
+def _landmarks_and_texture_affine(clip, topology, frame_index, num_frames, num_landmarks):
+  """(landmarks (N, 3) float32, affine (2, 3)) of one frame: the head pose applied to the clip's
+  face, and the least-squares affine of its rigid landmarks that carries the skin texture
+  (canonical normalised (x, y, 1) -> frame normalised (x, y))."""
+  motion = _motion(clip, frame_index, num_frames)
+  # Landmarks: identity shape and jaw opening in canonical space, then the 3D head motion
+  # about the face centre, orthographic projection (x, y kept), z re-centred.
+  linear = motion['scale'] * _rotation(motion['yaw'], motion['pitch'], motion['roll'])
+  mouth = motion['mouth']
+  points = (clip['shape'] + mouth * clip['jaw_opening']) @ linear.T
+  mean_z = linear[2] @ (clip['shape_mean'] + mouth * clip['jaw_opening_mean'])
+  centre = topology['centre']
+  points += np.array([centre[0] + motion['tx'], centre[1] + motion['ty'], -mean_z])
+  landmarks = points.astype(np.float32)
+  xy = landmarks[:, :2].astype(np.float64)
+  affine = (_texture_fit(num_landmarks) @ xy[topology['rigid']]).T  # (2, 3) normalised.
+  return landmarks, affine
+
+
+def true_flow(
+  clip_index: int,
+  source_frame: int,
+  driving_frame: int,
+  *,
+  image_size: int,
+  num_frames: int,
+  seed: int,
+  num_landmarks: int = 478,
+) -> np.ndarray:
+  """The true backward 2D flow of the skin from a driving frame to a source frame of one clip.
+
+  The skin texture of a synthetic frame is the clip's texture moved by the frame's affine A_f
+  (its rigid landmarks' least-squares affine), so a driving pixel p shows the skin that the
+  source shows at A_source(A_driving^-1(p)).
+
+  Returns:
+    (H, W, 2) float32 (dx, dy) in normalised units; meaningful on the driving frame's skin
+    (its 'mask').
+  """
+  topology = _topology(num_landmarks)
+  clip = _clip(clip_index, image_size, seed, num_landmarks)
+  _, source_affine = _landmarks_and_texture_affine(
+    clip, topology, source_frame, num_frames, num_landmarks
+  )
+  _, driving_affine = _landmarks_and_texture_affine(
+    clip, topology, driving_frame, num_frames, num_landmarks
+  )
+  coords = (np.arange(image_size) + 0.5) * (2.0 / image_size) - 1.0
+  grid = np.stack(np.meshgrid(coords, coords), axis=-1)  # (H, W, 2) normalised (x, y).
+  canonical = (grid - driving_affine[:, 2]) @ np.linalg.inv(driving_affine[:, :2]).T
+  source = canonical @ source_affine[:, :2].T + source_affine[:, 2]
+  return (source - grid).astype(np.float32)
+
+
 def render_frame(
   clip_index: int,
   frame_index: int,
@@ -341,24 +395,15 @@ def render_frame(
     raise ValueError(f'clip_index must be non-negative, got {clip_index}.')
   topology = _topology(num_landmarks)
   clip = _clip(clip_index, image_size, seed, num_landmarks)
-  motion = _motion(clip, frame_index, num_frames)
   size = image_size
-
-  # Landmarks: identity shape and jaw opening in canonical space, then the 3D head motion
-  # about the face centre, orthographic projection (x, y kept), z re-centred.
-  linear = motion['scale'] * _rotation(motion['yaw'], motion['pitch'], motion['roll'])
-  mouth = motion['mouth']
-  points = (clip['shape'] + mouth * clip['jaw_opening']) @ linear.T
-  mean_z = linear[2] @ (clip['shape_mean'] + mouth * clip['jaw_opening_mean'])
-  centre = topology['centre']
-  points += np.array([centre[0] + motion['tx'], centre[1] + motion['ty'], -mean_z])
-  landmarks = points.astype(np.float32)
+  landmarks, affine = _landmarks_and_texture_affine(
+    clip, topology, frame_index, num_frames, num_landmarks
+  )
   # Draw from the float32 landmarks we return: the mask is exactly records.face_oval_mask of them.
   xy = landmarks[:, :2].astype(np.float64)
 
   # Skin texture follows the least-squares affine motion of the rigid landmarks. Normalised
   # n and pixel p coordinates relate by p = k n + b on both axes (square image).
-  affine = (_texture_fit(num_landmarks) @ xy[topology['rigid']]).T  # (2, 3) normalised.
   k, b = size / 2.0, size / 2.0 - 0.5
   offset = k * affine[:, 2] + b - affine[:, :2] @ np.array([b, b])
   affine_px = np.concatenate([affine[:, :2], offset[:, None]], axis=1)

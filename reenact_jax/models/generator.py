@@ -85,9 +85,9 @@ UNCOVERED_MOTION_PIXELS = 2.0
 class Warped:
   """The source's pixels moved by a projected flow, at the image's resolution (B, H, W, C)."""
 
-  flow_2d: jax.Array  # (B, H, W, 2) the projected flow (head moves, the rest stays).
-  image: jax.Array  # (B, H, W, 3) the source sampled along flow_2d.
-  validity: jax.Array  # (B, H, W, 1) 1 where flow_2d samples inside the source.
+  flow_2d: jax.Array  # (B, H, W, 2) the head's flow projected to the image.
+  image: jax.Array  # (B, H, W, 3) the moved head over the unmoved rest of the source.
+  validity: jax.Array  # (B, H, W, 1) 0 where the moved head samples outside the source.
   person: jax.Array  # (B, H, W, 1) where the moved person is: the moved head over the rest.
   head_motion: jax.Array  # (B, H, W, 1) how far the head moved at each pixel, in [0, 1].
 
@@ -96,28 +96,33 @@ def warp_person(
   source: jax.Array,
   source_head: jax.Array,
   source_rest: jax.Array,
-  flow: jax.Array,
   head_flow: jax.Array,
   visibility: jax.Array,
 ) -> Warped:
-  """Moves the source's pixels by the 3D flow projected to the image (geometry.project_flow).
+  """Moves the source's pixels as the person moves: the head by the 3D head flow projected to
+  the image (geometry.project_flow), over the unmoved rest (neck, shoulders, torso, background).
 
-  The image follows `flow` (the head moves, the rest of the person and the background stay);
-  the moved person is the source head moved by `head_flow` (where the head lands) united with
-  the unmoved rest (neck, shoulders, torso). Where the head moved away from, neither covers: the
-  background shows through there.
+  The image is the source sampled along the head's flow where the moved head is (the source
+  head weight moved by the same flow), and the source itself elsewhere: two layers, so nothing
+  is stretched between a moving head and a still torso. The moved person is the moved head
+  united with the unmoved rest; where the head moved away from, neither covers and the
+  background shows through.
   """
   size = source.shape[1:3]
-  flow_2d = geometry.project_flow(flow, visibility, *size)
-  head_flow_2d = geometry.project_flow(head_flow, visibility, *size)
-  stacked = jnp.concatenate([source.astype(jnp.float32), jnp.ones_like(source_head)], axis=-1)
+  flow_2d = geometry.project_flow(head_flow, visibility, *size)
+  stacked = jnp.concatenate(
+    [source.astype(jnp.float32), source_head.astype(jnp.float32), jnp.ones_like(source_head)],
+    axis=-1,
+  )
   moved = warp.warp_2d(stacked, flow_2d)
-  validity = jnp.clip(moved[..., 3:4], 0.0, 1.0)
+  inside = jnp.clip(moved[..., 4:5], 0.0, 1.0)
   # Bilinear weights outside the image are 0: renormalise the partly outside border pixels.
-  image = jnp.clip(moved[..., :3] / jnp.maximum(validity, 1e-3), 0.0, 1.0)
-  moved_head = warp.warp_2d(source_head.astype(jnp.float32), head_flow_2d)
+  head_image = jnp.clip(moved[..., :3] / jnp.maximum(inside, 1e-3), 0.0, 1.0)
+  moved_head = jnp.clip(moved[..., 3:4], 0.0, 1.0)
+  image = moved_head * head_image + (1.0 - moved_head) * source.astype(jnp.float32)
+  validity = moved_head * inside + (1.0 - moved_head)
   person = jnp.clip(moved_head + source_rest.astype(jnp.float32), 0.0, 1.0)
-  pixels = jnp.linalg.norm(head_flow_2d, axis=-1, keepdims=True) * (size[1] / 2)
+  pixels = jnp.linalg.norm(flow_2d, axis=-1, keepdims=True) * (size[1] / 2)
   head_motion = jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0)
   return Warped(flow_2d, image, validity, person, head_motion)
 
@@ -297,9 +302,7 @@ class Generator(nn.Module):
       _, outputs['projected_cycle'] = self.projection(cycled_volume)
     if warp_only:
       return outputs
-    warped = warp_person(
-      source, source_head, source_rest, flow, prior.head_flow + learned, visibility
-    )
+    warped = warp_person(source, source_head, source_rest, prior.head_flow + learned, visibility)
     foreground, alpha = self.renderer(
       projected_features, occlusion, warped.image, warped.validity, warped.person
     )
@@ -474,7 +477,7 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
     stable_indices=generator.stable_indices,
   )
   visibility = generator.visibility_sharpness * prior.confidence
-  warped = warp_person(source, source_head, source_rest, prior.flow, prior.head_flow, visibility)
+  warped = warp_person(source, source_head, source_rest, prior.head_flow, visibility)
   hole = hole_of(matte)
   filled = layers.fill_holes(source * (1.0 - hole), 1.0 - hole)
   background = composite_background(source, filled, hole, source_rest, warped)
