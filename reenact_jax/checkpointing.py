@@ -23,16 +23,22 @@ from flax import traverse_util
 SHAPE_KEYS = ('image_size', 'model')
 # Sections that decide the data order and the optimisation; a change is allowed but logged.
 ORDER_KEYS = ('seed', 'train', 'data', 'optim', 'loss', 'mesh')
+# The training loop's own settings: how long, how often to log, save and evaluate, where to.
+LOOP_KEYS = frozenset(
+  {
+    'total_steps',
+    'train.total_steps',
+    'train.log_every',
+    'train.image_log_every',
+    'train.checkpoint_every',
+    'train.max_to_keep',
+    'train.eval_every',
+    'train.compilation_cache_dir',
+    'train.local_log_dir',
+  }
+)
 # Changing these on resume is the normal way to continue or inspect a run.
-RESUMABLE_KEYS = {
-  'train.total_steps',
-  'train.log_every',
-  'train.image_log_every',
-  'train.checkpoint_every',
-  'train.max_to_keep',
-  'train.eval_every',
-  'train.compilation_cache_dir',
-  'train.local_log_dir',
+RESUMABLE_KEYS = LOOP_KEYS | {
   'data.num_workers',
   'data.num_threads',
   'data.prefetch',

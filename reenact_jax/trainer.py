@@ -224,26 +224,11 @@ class Setup:
     )
 
 
-# What a Setup does not depend on: a run may reuse the Setup of a config that differs only here.
-_LOOP_KEYS = frozenset(
-  {
-    'total_steps',
-    'train.total_steps',
-    'train.log_every',
-    'train.image_log_every',
-    'train.checkpoint_every',
-    'train.max_to_keep',
-    'train.eval_every',
-    'train.local_log_dir',
-    'train.compilation_cache_dir',
-  }
-)
-
-
 def _check_setup_fits(setup: Setup, config: ml_collections.ConfigDict) -> None:
   mine = traverse_util.flatten_dict(checkpointing.config_to_json(setup.config), sep='.')
   theirs = traverse_util.flatten_dict(checkpointing.config_to_json(config), sep='.')
-  ignored = set(_LOOP_KEYS) | {key for key in mine | theirs if key.startswith('data.')}
+  # A Setup does not depend on the loop's settings nor on the data.
+  ignored = set(checkpointing.LOOP_KEYS) | {key for key in mine | theirs if key.startswith('data.')}
   if config.optim.schedule == 'cosine' and not config.optim.decay_steps:
     ignored -= {'total_steps', 'train.total_steps'}  # The schedule's length.
   differ = sorted(
@@ -408,7 +393,8 @@ def train_and_evaluate(
 
   Args:
     setup: a Setup of this config to reuse (with its compiled steps), e.g. across the runs of a
-      test session; it may differ from `config` only in the loop's settings (_LOOP_KEYS, data).
+      test session; it may differ from `config` only in the loop's settings
+      (checkpointing.LOOP_KEYS) and the data.
 
   Returns the last logged metrics (empty if no step ran).
   """

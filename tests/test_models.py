@@ -83,6 +83,7 @@ def test_output_shapes_and_ranges(setup):
     'foreground': (BATCH, size, size, 3),
     'alpha': (BATCH, size, size, 1),
     'background': (BATCH, size, size, 3),
+    'inpainted': (BATCH, size, size, 3),
     'output': (BATCH, size, size, 3),
   }
   assert set(outputs) == set(expected)
@@ -139,7 +140,10 @@ def test_an_untrained_generator_shows_the_geometric_prior(setup):
   prior = jax.jit(lambda x: models.prior_render(generator, x))(inputs)
   difference = np.abs(np.asarray(outputs['output']) - np.asarray(prior['output']))
   assert difference.mean() < 0.01 and difference.max() < 0.1, (difference.mean(), difference.max())
-  np.testing.assert_allclose(outputs['background'], prior['background'], atol=1e-5)
+  # The inpainter starts as the classical fill (its output differs only through the tiny initial
+  # flow correction, which moves where the head uncovers the background).
+  background = np.abs(np.asarray(outputs['background']) - np.asarray(prior['background']))
+  assert background.mean() < 1e-3 and background.max() < 0.02
   # And the prior differs from the unmoved source: it moved the head.
   assert np.abs(np.asarray(prior['output']) - np.asarray(inputs['source'])).mean() > 0.02
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from reenact_jax import checkpointing, input_pipeline, models, sharding, trainer
+from reenact_jax import benchmarks, checkpointing, input_pipeline, models, sharding, trainer
 from reenact_jax import workdir as workdir_lib
 from tests import helpers
 
@@ -305,3 +305,12 @@ def test_the_model_learns_one_batch():
 
 
 OVERFIT_STEPS = 100
+
+
+def test_flow_benchmark_measures_against_the_true_motion(tiny_workdir):
+  """benchmark --what=flow on the held-out synthetic clips: the geometric prior explains much of
+  the true motion (its end-point error is well below doing nothing)."""
+  result = benchmarks.benchmark_flow(helpers.config_with(), workdir=str(tiny_workdir))
+  assert result['pairs'] == 8 * 4 and result['step'] == 3
+  assert result['epe_prior_px'] < 0.6 * result['epe_no_motion_px'], result
+  assert result['epe_model_px'] < result['epe_no_motion_px'], result

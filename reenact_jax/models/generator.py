@@ -98,41 +98,45 @@ def warp_person(
   source_rest: jax.Array,
   head_flow: jax.Array,
   visibility: jax.Array,
+  hole: jax.Array,
+  fill: jax.Array,
 ) -> Warped:
   """Moves the source's pixels as the person moves: the head by the 3D head flow projected to
-  the image (geometry.project_flow), over the unmoved rest (neck, shoulders, torso, background).
+  the image (geometry.project_flow), over the unmoved rest of the source.
 
-  The image is the source sampled along the head's flow where the moved head is (the source
-  head weight moved by the same flow), and the source itself elsewhere: two layers, so nothing
-  is stretched between a moving head and a still torso. The moved person is the moved head
-  united with the unmoved rest; where the head moved away from, neither covers and the
-  background shows through.
+  Two layers, so that nothing is stretched between a moving head and a still torso: the source
+  sampled along the head's flow where the moved head is (the source head weight moved by the
+  same flow), over the background layer elsewhere: the source itself, except where the head
+  moved away from (inside the person's `hole`), which shows `fill` (the hole filled from the known
+  background: never the head where it was). The moved person is the moved head united with the
+  unmoved rest.
   """
   size = source.shape[1:3]
+  source = source.astype(jnp.float32)
   flow_2d = geometry.project_flow(head_flow, visibility, *size)
   stacked = jnp.concatenate(
-    [source.astype(jnp.float32), source_head.astype(jnp.float32), jnp.ones_like(source_head)],
-    axis=-1,
+    [source, source_head.astype(jnp.float32), jnp.ones_like(source_head)], axis=-1
   )
   moved = warp.warp_2d(stacked, flow_2d)
   inside = jnp.clip(moved[..., 4:5], 0.0, 1.0)
   # Bilinear weights outside the image are 0: renormalise the partly outside border pixels.
   head_image = jnp.clip(moved[..., :3] / jnp.maximum(inside, 1e-3), 0.0, 1.0)
   moved_head = jnp.clip(moved[..., 3:4], 0.0, 1.0)
-  image = moved_head * head_image + (1.0 - moved_head) * source.astype(jnp.float32)
-  validity = moved_head * inside + (1.0 - moved_head)
-  person = jnp.clip(moved_head + source_rest.astype(jnp.float32), 0.0, 1.0)
   pixels = jnp.linalg.norm(flow_2d, axis=-1, keepdims=True) * (size[1] / 2)
   head_motion = jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0)
+  background = composite_background(source, fill, hole, source_rest, head_motion)
+  image = moved_head * head_image + (1.0 - moved_head) * background
+  validity = moved_head * inside + (1.0 - moved_head)
+  person = jnp.clip(moved_head + source_rest.astype(jnp.float32), 0.0, 1.0)
   return Warped(flow_2d, image, validity, person, head_motion)
 
 
 def composite_background(
-  source: jax.Array, filled: jax.Array, hole: jax.Array, source_rest: jax.Array, warped: Warped
+  source: jax.Array, filled: jax.Array, hole: jax.Array, source_rest: jax.Array, head_motion
 ) -> jax.Array:
   """The background layer: the source, except where the moved head uncovered it (inside the
   hole, off the unmoved rest of the person, where the head moved), which shows `filled`."""
-  uncovered = hole * (1.0 - source_rest.astype(jnp.float32)) * warped.head_motion
+  uncovered = hole * (1.0 - source_rest.astype(jnp.float32)) * head_motion
   return source.astype(jnp.float32) * (1.0 - uncovered) + filled * uncovered
 
 
@@ -302,13 +306,16 @@ class Generator(nn.Module):
       _, outputs['projected_cycle'] = self.projection(cycled_volume)
     if warp_only:
       return outputs
-    warped = warp_person(source, source_head, source_rest, prior.head_flow + learned, visibility)
+    hole = hole_of(source_matte)
+    fill = layers.fill_holes(source.astype(jnp.float32) * (1.0 - hole), 1.0 - hole)
+    warped = warp_person(
+      source, source_head, source_rest, prior.head_flow + learned, visibility, hole, fill
+    )
     foreground, alpha = self.renderer(
       projected_features, occlusion, warped.image, warped.validity, warped.person
     )
-    hole = hole_of(source_matte)
-    filled = self.inpainter(source, hole)
-    background = composite_background(source, filled, hole, source_rest, warped)
+    filled = self.inpainter(source, hole, fill)
+    background = composite_background(source, filled, hole, source_rest, warped.head_motion)
     outputs.update(
       flow_2d=warped.flow_2d,
       warped_source=warped.image,
@@ -477,10 +484,10 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
     stable_indices=generator.stable_indices,
   )
   visibility = generator.visibility_sharpness * prior.confidence
-  warped = warp_person(source, source_head, source_rest, prior.head_flow, visibility)
   hole = hole_of(matte)
-  filled = layers.fill_holes(source * (1.0 - hole), 1.0 - hole)
-  background = composite_background(source, filled, hole, source_rest, warped)
+  fill = layers.fill_holes(source * (1.0 - hole), 1.0 - hole)
+  warped = warp_person(source, source_head, source_rest, prior.head_flow, visibility, hole, fill)
+  background = composite_background(source, fill, hole, source_rest, warped.head_motion)
   alpha = warped.person * warped.validity
   return {
     'output': alpha * warped.image + (1.0 - alpha) * background,

@@ -10,12 +10,12 @@ from reenact_jax.models import layers
 
 
 class GatedInpainter(nn.Module):
-  """Source (B, H, W, 3) and hole (B, H, W, 1) in [0, 1] -> the background behind the hole
+  """Source (B, H, W, 3), hole (B, H, W, 1) in [0, 1] and the classical fill of the hole
+  (B, H, W, 3: `layers.fill_holes` of the known background) -> the background behind the hole
   (B, H, W, 3) float32 in [0, 1].
 
   The hole is where the source person is (its matte, dilated). The network sees only
-  S * (1 - hole), the hole, and the push-pull fill of the known background
-  (`layers.fill_holes`), and predicts a bounded correction of that fill: fill + correction,
+  S * (1 - hole), the hole and the fill, and predicts a bounded correction: fill + correction,
   meaningful inside the hole (the generator composites it where the moved person uncovers the
   background). An untrained inpainter returns the classical fill.
   Levels: one per entry of `channels`, each after the first at half the resolution; two dilated
@@ -27,12 +27,11 @@ class GatedInpainter(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, source: jax.Array, hole: jax.Array) -> jax.Array:
+  def __call__(self, source: jax.Array, hole: jax.Array, fill: jax.Array) -> jax.Array:
     gated = layers.maybe_remat(layers.GatedConv, self.remat)
-    source = source.astype(jnp.float32)
     hole = hole.astype(jnp.float32)
-    hidden = source * (1.0 - hole)
-    fill = layers.fill_holes(hidden, 1.0 - hole)
+    hidden = source.astype(jnp.float32) * (1.0 - hole)
+    fill = fill.astype(jnp.float32)
     x = jnp.concatenate([2.0 * hidden - 1.0, hole, 2.0 * fill - 1.0], axis=-1).astype(self.dtype)
     x = gated(self.channels[0], kernel_size=5, dtype=self.dtype, name='stem')(x)
     skips = [x]
