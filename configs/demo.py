@@ -54,8 +54,8 @@ def get_config():
 
   train = config.train
   train.batch_size = 4
-  train.total_steps = 1000
-  train.phase1_steps = 200
+  train.total_steps = 800
+  train.phase1_steps = 150
   train.log_every = 20
   train.image_log_every = 200
   train.checkpoint_every = 400

@@ -116,7 +116,8 @@ def _generator_losses(
       background=outputs['inpainted'],
       driving=batch['driving'],
       hole=models.hole_of(batch['source_matte']),
-      driving_matte=batch['driving_matte'],
+      # Grown like the hole: a fringe of hair the driving matte misses is not background.
+      driving_matte=models.hole_of(batch['driving_matte']),
     )
     if weights.adversarial:
       fake = discriminator.apply(discriminator_variables, output, update_stats=False)

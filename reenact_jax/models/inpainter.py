@@ -15,7 +15,8 @@ class GatedInpainter(nn.Module):
   (B, H, W, 3) float32 in [0, 1].
 
   The hole is where the source person is (its matte, dilated). The network sees only
-  S * (1 - hole), the hole and the fill, and predicts a bounded correction: fill + correction,
+  S * (1 - hole), the hole and the fill, and predicts a bounded correction (MAX_CORRECTION):
+  fill + correction,
   meaningful inside the hole (the generator composites it where the moved person uncovers the
   background). An untrained inpainter returns the classical fill.
   Levels: one per entry of `channels`, each after the first at half the resolution; two dilated
@@ -49,4 +50,10 @@ class GatedInpainter(nn.Module):
     correction = nn.Conv(
       3, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head'
     )(x).astype(jnp.float32)
-    return jnp.clip(fill + jnp.tanh(correction), 0.0, 1.0)
+    return jnp.clip(fill + MAX_CORRECTION * jnp.tanh(correction), 0.0, 1.0)
+
+
+# The inpainter corrects the classical fill by at most this much per channel: what a moved head
+# uncovers is mostly more of the background around it, and a briefly trained inpainter that
+# may repaint freely paints the person it was trained to remove.
+MAX_CORRECTION = 0.25
