@@ -6,6 +6,10 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
   os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
   ).strip()
+# The tests compile far more than they run: XLA:CPU's cheapest code generation compiles ~25%
+# faster (measured on the tiny train steps), at twice the run time of a step.
+if 'xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
+  os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Compiling the models dominates test time on CPU; tests (and the subprocesses they start, which
 # inherit the environment) share compiled executables through a persistent cache.

@@ -375,6 +375,7 @@ print(json.dumps(trainer.train_and_evaluate(config, sys.argv[2])))
 """
 
 
+@pytest.mark.slow
 def test_demo_config_trains_two_steps_with_finite_losses(carphone_cache_64, tmp_path):
   """configs/demo.py (carphone + portrait pseudo-pairs) at 64x64, batch 2, on one CPU device.
 

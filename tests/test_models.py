@@ -178,6 +178,7 @@ def test_bfloat16_compute_keeps_float32_params(setup):
     np.testing.assert_allclose(value, outputs32[key], atol=0.05, err_msg=key)
 
 
+@pytest.mark.slow
 def test_remat_gradients_reach_every_part_and_outputs_match(setup):
   # One compiled backward pass serves two checks: remat changes nothing in the outputs, and
   # gradients flow (finite, non-zero) into every part of the generator.

@@ -1,6 +1,7 @@
 """reenact: the astronaut driven by a short cut of the carphone clip, motion maths, bad inputs."""
 
 import fractions
+import functools
 import json
 import os
 import pathlib
@@ -8,7 +9,9 @@ import subprocess
 import sys
 
 import av
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from reenact_jax import bundled, face_topology, media, motion, reenactment
@@ -229,18 +232,27 @@ def test_cli_bad_inputs_fail_with_one_message(case, tiny_workdir, inputs, tmp_pa
 
 @pytest.fixture(scope='module')
 def prior_run(tmp_path_factory):
-  """A run directory with an untrained step-0 checkpoint of the demo model at 64x64: enough for
-  --prior-only (the run's sizes, none of its weights), large enough for the face models."""
+  """A run directory with a step-0 checkpoint of the demo model at 64x64 whose parameters are
+  zeros: enough for --prior-only (the run's sizes, none of its weights), and large enough for
+  the face models."""
   from configs import demo
-  from reenact_jax import checkpointing, trainer
+  from reenact_jax import checkpointing, models
 
   config = demo.get_config()
   config.image_size = 64
-  config.train.batch_size = 8
+  generator = models.make_generator(config.model, config.image_size)
+  shapes = jax.eval_shape(functools.partial(models.init_params, generator), jax.random.key(0))
+  params = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
   workdir = tmp_path_factory.mktemp('prior_run')
-  setup = trainer.Setup(config)
   manager = checkpointing.make_manager(str(workdir), async_save=False)
-  checkpointing.save(manager, 0, setup.init_state(), None, config)
+  manager.save(
+    0,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave({'ema_params': params}),
+      data=ocp.args.JsonSave({}),
+      config=ocp.args.JsonSave(checkpointing.config_to_json(config)),
+    ),
+  )
   manager.close()
   return workdir
 
