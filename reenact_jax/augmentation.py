@@ -70,27 +70,12 @@ def affine_frame(
   half = np.array([[0.5], [0.5]], np.float32)
   matrix_cv = matrix.copy()
   matrix_cv[:, 2:] = matrix[:, 2:] + matrix[:, :2] @ half - half
-  image = cv2.warpAffine(
-    frame['image'],
-    matrix_cv,
-    (width, height),
-    flags=cv2.INTER_LINEAR,
-    borderMode=cv2.BORDER_REFLECT,
+  warp = lambda plane, interpolation, border: cv2.warpAffine(
+    plane, matrix_cv, (width, height), flags=interpolation, borderMode=border
   )
-  mask = cv2.warpAffine(
-    frame['mask'][..., 0],
-    matrix_cv,
-    (width, height),
-    flags=cv2.INTER_NEAREST,
-    borderMode=cv2.BORDER_CONSTANT,
-  )[..., None]
-  matte = cv2.warpAffine(
-    frame['matte'][..., 0],
-    matrix_cv,
-    (width, height),
-    flags=cv2.INTER_LINEAR,
-    borderMode=cv2.BORDER_REFLECT,
-  )[..., None]
+  image = warp(frame['image'], cv2.INTER_LINEAR, cv2.BORDER_REFLECT)
+  mask = warp(frame['mask'][..., 0], cv2.INTER_NEAREST, cv2.BORDER_CONSTANT)[..., None]
+  matte = warp(frame['matte'][..., 0], cv2.INTER_LINEAR, cv2.BORDER_REFLECT)[..., None]
   landmarks = frame['landmarks'] * scale
   landmarks[:, 0] += translate[0]
   landmarks[:, 1] += translate[1]
