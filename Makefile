@@ -30,10 +30,11 @@ $(MODELS_DIR)/.done: $(STAMP) data/mediapipe_models.py data/mediapipe_wheel.py
 	$(PY) -m data.mediapipe_models --output=$(MODELS_DIR)
 	touch $@
 
-# The fast suite (the README's test command); `make test-slow` runs the multi-process, AOT and
-# scale tests; `make test-all` both (CI runs both).
+# The fast suite (the README's test command), one test file per worker on every core (at most
+# 4: each worker compiles its own models); `make test-slow` runs the multi-process, AOT and scale
+# tests one at a time; `make test-all` both (CI runs both).
 test: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses=4 --dist loadfile tests
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow tests
