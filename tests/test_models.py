@@ -164,6 +164,31 @@ def test_background_equals_source_outside_the_hole_exactly(setup):
   assert not np.allclose(np.asarray(outputs['background'])[inside], 0.0)
 
 
+def test_fill_keeps_known_colours_and_fills_holes_from_their_border():
+  from reenact_jax.models import layers
+
+  # A soft-edged hole in an image of one colour: every pixel of the background fill is that
+  # colour (a partly known pixel must not be darkened by its weight: no outline around the old
+  # head), known pixels are kept exactly.
+  size = 32
+  yy, xx = np.mgrid[:size, :size]
+  distance = np.hypot(yy - 15.5, xx - 15.5)
+  hole = np.clip((9.0 - distance) / 3.0, 0.0, 1.0)[None, :, :, None].astype(np.float32)
+  colour = np.array([0.8, 0.5, 0.2], np.float32)
+  image = np.broadcast_to(colour, (1, size, size, 3)).copy()
+  image[hole[..., 0] == 1.0] = 0.0  # The hole's content is unknown.
+  filled = np.asarray(models.background_fill(jnp.asarray(image), jnp.asarray(hole)))
+  np.testing.assert_allclose(filled, np.broadcast_to(colour, filled.shape), atol=1e-5)
+  # Two colours, left and right: the hole takes the colour of the border nearest to it.
+  image = np.zeros((1, size, size, 3), np.float32)
+  image[:, :, : size // 2] = 1.0
+  known = np.ones((1, size, size, 1), np.float32)
+  known[:, 12:20, 2:8] = 0.0
+  filled = np.asarray(layers.fill_holes(jnp.asarray(image), jnp.asarray(known)))
+  assert filled[0, 12:20, 2:8].min() > 0.9
+  np.testing.assert_array_equal(filled[known[..., 0] == 1.0], image[known[..., 0] == 1.0])
+
+
 def test_bfloat16_compute_keeps_float32_params(setup):
   _, _, params, inputs, _, outputs32 = setup
   config16 = _config(compute_dtype='bfloat16')

@@ -123,7 +123,11 @@ def warp_person(
   head_image = jnp.clip(moved[..., :3] / jnp.maximum(inside, 1e-3), 0.0, 1.0)
   moved_head = jnp.clip(moved[..., 3:4], 0.0, 1.0)
   pixels = jnp.linalg.norm(flow_2d, axis=-1, keepdims=True) * (size[1] / 2)
-  head_motion = jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0)
+  # Grown as the hole is: the old head's soft edge (hair blended into the background, where the
+  # head flow fades to zero) is uncovered with the head, not left as an outline.
+  head_motion = layers.dilate(
+    jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0), _hole_radius(size[0])
+  )
   background = composite_background(source, fill, hole, source_rest, head_motion)
   image = moved_head * head_image + (1.0 - moved_head) * background
   validity = moved_head * inside + (1.0 - moved_head)
@@ -142,8 +146,17 @@ def composite_background(
 
 def hole_of(source_matte: jax.Array) -> jax.Array:
   """Where the source person is, grown by HOLE_DILATION of the side: what the inpainter fills."""
-  radius = max(1, round(HOLE_DILATION * source_matte.shape[1]))
-  return layers.dilate(source_matte.astype(jnp.float32), radius)
+  return layers.dilate(source_matte.astype(jnp.float32), _hole_radius(source_matte.shape[1]))
+
+
+def background_fill(source: jax.Array, hole: jax.Array) -> jax.Array:
+  """The source with its `hole` filled from the known background around it (layers.fill_holes;
+  a pixel partly in the hole keeps its colour, weighted by how known it is)."""
+  return layers.fill_holes(source, 1.0 - hole)
+
+
+def _hole_radius(height: int) -> int:
+  return max(1, round(HOLE_DILATION * height))
 
 
 class Generator(nn.Module):
@@ -307,7 +320,7 @@ class Generator(nn.Module):
     if warp_only:
       return outputs
     hole = hole_of(source_matte)
-    fill = layers.fill_holes(source.astype(jnp.float32) * (1.0 - hole), 1.0 - hole)
+    fill = background_fill(source, hole)
     warped = warp_person(
       source, source_head, source_rest, prior.head_flow + learned, visibility, hole, fill
     )
@@ -485,7 +498,7 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   )
   visibility = generator.visibility_sharpness * prior.confidence
   hole = hole_of(matte)
-  fill = layers.fill_holes(source * (1.0 - hole), 1.0 - hole)
+  fill = background_fill(source, hole)
   warped = warp_person(source, source_head, source_rest, prior.head_flow, visibility, hole, fill)
   background = composite_background(source, fill, hole, source_rest, warped.head_motion)
   alpha = warped.person * warped.validity
