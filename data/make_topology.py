@@ -21,7 +21,7 @@ import scipy.spatial.transform
 import skimage.data
 from absl import app, flags
 
-from reenact_jax import face, face_topology
+from reenact_jax import cli, face, face_topology
 
 DEFAULT_OUTPUT = pathlib.Path(face_topology.__file__).parent / 'assets' / 'face_topology.npz'
 FACE_FRACTION = 0.6
@@ -123,4 +123,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

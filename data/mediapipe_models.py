@@ -13,7 +13,7 @@ import tempfile
 from absl import app, flags
 
 from data import mediapipe_wheel
-from reenact_jax import face
+from reenact_jax import cli, face
 
 _OUTPUT = flags.DEFINE_string('output', str(face.default_model_dir()), 'Folder for the models.')
 _WHEEL = flags.DEFINE_string('wheel', None, 'A local mediapipe wheel (skips the download).')
@@ -38,4 +38,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from reenact_jax import preparation
+from reenact_jax import cli, preparation
 
 _INPUT = flags.DEFINE_string('input', None, 'A folder of clips or one video file.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Folder for the shards (created).')
@@ -70,4 +70,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -27,7 +27,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from reenact_jax import benchmarks
+from reenact_jax import benchmarks, cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
 _WHAT = flags.DEFINE_enum(
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -18,6 +18,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
+from reenact_jax import distributed
+
 # Config sections that decide the shapes of the state: a checkpoint is only compatible with a
 # config that agrees on all of them.
 SHAPE_KEYS = ('image_size', 'model')
@@ -52,7 +54,11 @@ RESUMABLE_KEYS = LOOP_KEYS | {
 
 
 class IncompatibleCheckpointError(ValueError):
-  pass
+  """A readable checkpoint of another model: resuming or loading it cannot work."""
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint whose files cannot be read (truncated, missing, garbled)."""
 
 
 ITEMS = ('state', 'data', 'config')
@@ -168,16 +174,51 @@ def check_compatible(saved_config: dict[str, Any], config, checkpoint_dir: str) 
 def restore_or_init(
   manager: ocp.CheckpointManager, config, abstract_state, init: Callable[[], Any]
 ) -> tuple[Any, dict[str, Any] | None, int]:
-  """(state, data iterator state or None, step) of the newest checkpoint, or init() at step 0.
+  """(state, data iterator state or None, step) of the newest checkpoint that restores, or
+  init() at step 0 when there is none.
 
-  Always resume from the newest checkpoint in the workdir: a rerun of the same command after a
-  crash or preemption continues exactly where the run stopped.
+  A rerun of the same command after a crash or preemption continues where the run stopped. A
+  checkpoint that cannot be read (truncated or missing files, as a crash during a copy leaves
+  them) is reported, moved aside to WORKDIR/corrupt_checkpoints/ (not deleted) and the one
+  before it is used; a checkpoint of another configuration stops the run
+  (IncompatibleCheckpointError), as does a workdir where no checkpoint restores
+  (CorruptCheckpointError).
   """
-  latest = manager.latest_step()
-  if latest is None:
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return init(), None, 0
-  state, data_state = restore(manager, latest, abstract_state, config)
-  return state, data_state, int(latest)
+  moved = []
+  for step in steps:
+    try:
+      state, data_state = restore(manager, step, abstract_state, config)
+    except CorruptCheckpointError as error:
+      moved.append(set_aside(manager, step))
+      logging.warning('%s Moved it to %s; trying the previous checkpoint.', error, moved[-1])
+      continue
+    return state, data_state, int(step)
+  raise CorruptCheckpointError(
+    f'No checkpoint in {manager.directory} restores; the unreadable ones are in '
+    f'{epath.Path(moved[0]).parent}. Restore a good copy there, or start a new run in another '
+    '--workdir.'
+  )
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Move checkpoint `step` to WORKDIR/corrupt_checkpoints/<step>[.<n>] (process 0; every
+  process waits for it) and make the manager forget it. Returns the new path."""
+  directory = epath.Path(manager.directory)
+  aside = directory.parent / 'corrupt_checkpoints'
+  target = aside / str(step)
+  copies = 0
+  while target.exists():
+    copies += 1
+    target = aside / f'{step}.{copies}'
+  if jax.process_index() == 0:
+    aside.mkdir(parents=True, exist_ok=True)
+    (directory / str(step)).rename(target)
+  distributed.barrier(f'checkpoint_{step}_set_aside_{copies}')
+  manager.reload()
+  return str(target)
 
 
 def restore_ema_params(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> Any:
@@ -204,25 +245,56 @@ def restore_ema_params(manager: ocp.CheckpointManager, step: int, abstract_param
 
 
 def restore(manager, step: int, abstract_state, config) -> tuple[Any, dict[str, Any]]:
-  """Restore (state, data_state) at `step` onto the shardings of `abstract_state`."""
+  """Restore (state, data_state) at `step` onto the shardings of `abstract_state`.
+
+  Raises IncompatibleCheckpointError when the checkpoint holds another model (its config or its
+  tree of arrays differs: a readable checkpoint this code cannot use) and CorruptCheckpointError
+  when it cannot be read at all (a truncated or missing file).
+  """
   directory = str(manager.directory)
-  saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  check_compatible(saved_config['config'], config, directory)
+  where = f'The checkpoint at step {step} in {directory}'
+  try:
+    saved_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    saved_config = saved_config['config']
+    item = epath.Path(manager.directory) / str(step) / 'state'
+    stored = ocp.PyTreeCheckpointHandler().metadata(item).tree
+    stored = traverse_util.flatten_dict(dict(stored), sep='/')
+    if saved_config is None or not stored:
+      raise ValueError('its config or its array metadata is missing')
+  except Exception as error:  # orbax, json and tensorstore raise many types on broken files.
+    raise CorruptCheckpointError(f'{where} cannot be read ({_reason(error)}).') from error
+  check_compatible(saved_config, config, directory)
   target = flax.serialization.to_state_dict(abstract_state)
+  expected = traverse_util.flatten_dict(target, sep='/')
+  different = sorted(
+    key
+    for key in set(expected) | set(stored)
+    if key not in stored
+    or key not in expected
+    or tuple(getattr(stored[key], 'shape', ())) != tuple(getattr(expected[key], 'shape', ()))
+  )
+  if different:
+    raise IncompatibleCheckpointError(
+      f'{where} does not match the state this code builds (arrays that differ: '
+      f'{", ".join(different[:5])}{", ..." if len(different) > 5 else ""}). It was probably '
+      'written by another version of reenact_jax; start a new run in another --workdir.'
+    )
   try:
     restored = manager.restore(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
     )
-  except (ValueError, KeyError, TypeError) as error:
-    raise IncompatibleCheckpointError(
-      f'The checkpoint at step {step} in {directory} does not match the state this code '
-      f'builds ({type(error).__name__}: {str(error)[:500]}). It was probably written by another '
-      'version of reenact_jax; start a new run in another --workdir.'
-    ) from error
+  except Exception as error:  # The tree matched, so this is a file that cannot be read.
+    raise CorruptCheckpointError(f'{where} cannot be read ({_reason(error)}).') from error
   state = flax.serialization.from_state_dict(abstract_state, restored['state'])
   logging.info('Restored step %d from %s.', step, directory)
   return state, restored['data']
+
+
+def _reason(error: BaseException) -> str:
+  """An exception as a short line (tensorstore's messages run to pages)."""
+  message = ' '.join(str(error).split(' See full TensorStore details')[0].split())
+  return f'{type(error).__name__}: {message[:300]}{"..." if len(message) > 300 else ""}'
 
 
 def abstract_with_shardings(abstract_state, shardings):

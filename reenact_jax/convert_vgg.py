@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from reenact_jax import vgg_conversion
+from reenact_jax import cli, vgg_conversion
 
 _INPUT = flags.DEFINE_string('input', None, 'torchvision state dict (.npz/.safetensors) or .h5.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Project weights file: .npz/.safetensors/.msgpack.')
@@ -33,4 +33,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reenact_jax import demo_pipeline, trainer
+from reenact_jax import cli, demo_pipeline, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'The demo config.')
 _OUTPUT = flags.DEFINE_string('output', 'demo_out', 'Folder for the run and the results.')
@@ -32,4 +32,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

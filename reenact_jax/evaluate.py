@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from reenact_jax import checkpointing, evaluation, inference, lpips, records
+from reenact_jax import checkpointing, cli, evaluation, inference, lpips, records
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
 _SPLIT = flags.DEFINE_string('split', None, 'Data split (default: config.eval.split).')
@@ -66,4 +66,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from reenact_jax import checkpointing, exported, exporter, inference
+from reenact_jax import checkpointing, cli, exported, exporter, inference
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Folder to write the artifact to (created).')
@@ -56,4 +56,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

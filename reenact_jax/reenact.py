@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from reenact_jax import reenactment
+from reenact_jax import cli, reenactment
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
 _SOURCE = flags.DEFINE_string('source', None, 'Source portrait (JPEG/PNG) or video.')
@@ -138,4 +138,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

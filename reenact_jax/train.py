@@ -7,13 +7,14 @@ overridden on the command line; a key that does not exist is an error. On a mult
 or GPU cluster, run the same command on every host (see launch/).
 """
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 # Importing these creates no JAX backend, so jax.distributed.initialize still runs first (main).
-from reenact_jax import checkpointing, distributed, trainer
+from reenact_jax import checkpointing, cli, distributed, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, logs, metrics.')
@@ -54,6 +55,9 @@ def main(argv):
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
+  # A log handler that cannot write (a full disk) must not print its own traceback; the run
+  # ends with one line that says what failed (trainer.WriteError).
+  std_logging.raiseExceptions = False
   logging.info('Config:\n%s', _CONFIG.value)
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -62,6 +66,7 @@ def main(argv):
   except (
     trainer.NonFiniteError,
     trainer.ReplicaDivergenceError,
+    trainer.WriteError,
     checkpointing.IncompatibleCheckpointError,
     FileNotFoundError,
     ValueError,
@@ -71,4 +76,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -50,6 +50,11 @@ class ReplicaDivergenceError(RuntimeError):
   hardware): continuing would train several different models under one name."""
 
 
+class WriteError(OSError):
+  """Saving to the workdir failed (no space, no permission, object store unavailable). What was
+  saved before is untouched; the message names the last good checkpoint to resume from."""
+
+
 class Preempted(Exception):
   """SIGTERM arrived; a checkpoint of the last step was saved (entry points exit 0)."""
 
@@ -241,14 +246,28 @@ def _check_setup_fits(setup: Setup, config: ml_collections.ConfigDict) -> None:
 class MetricsWriter:
   """metrics.jsonl, TensorBoard scalars/images and a terminal progress line (process 0 only)."""
 
-  def __init__(self, log_dir: pathlib.Path, total_steps: int):
+  def __init__(self, log_dir: pathlib.Path, total_steps: int, start_step: int = 0):
+    """A resumed run (start_step > 0) continues the logs from its restored step: what the
+    interrupted run logged after it is dropped (`truncate_metrics`), and TensorBoard is told
+    to purge its events from start_step + 1 on."""
     self._active = jax.process_index() == 0
     self._total_steps = total_steps
     self._jsonl = None
     self._tensorboard = None
     if self._active:
-      self._jsonl = (log_dir / 'metrics.jsonl').open('a')
-      self._tensorboard = SummaryWriter(str(log_dir / 'tensorboard'))
+      path = log_dir / 'metrics.jsonl'
+      dropped = truncate_metrics(path, start_step)
+      if dropped:
+        logging.warning(
+          'Resuming at step %d: dropped %d line(s) of %s logged after it by the interrupted run.',
+          start_step,
+          dropped,
+          path,
+        )
+      self._jsonl = path.open('a')
+      self._tensorboard = SummaryWriter(
+        str(log_dir / 'tensorboard'), purge_step=start_step + 1 if start_step else None
+      )
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self._active:
@@ -281,6 +300,28 @@ class MetricsWriter:
     if self._active:
       self._jsonl.close()
       self._tensorboard.close()
+
+
+def truncate_metrics(path: pathlib.Path, step: int) -> int:
+  """Keep the records of metrics.jsonl up to `step` (and none that is cut off or unreadable, as
+  a crash mid-write leaves); returns how many lines were dropped. Rewrites the file atomically."""
+  if not path.exists():
+    return 0
+  kept, dropped = [], 0
+  for line in path.read_text().splitlines():
+    try:
+      record_step = json.loads(line)['step']
+    except (ValueError, KeyError, TypeError):
+      record_step = None
+    if isinstance(record_step, int) and record_step <= step:
+      kept.append(line + '\n')
+    else:
+      dropped += 1
+  if dropped:
+    partial = path.with_name(path.name + '.tmp')
+    partial.write_text(''.join(kept))
+    partial.replace(path)
+  return dropped
 
 
 GRID_COLUMNS = ('source', 'driving', 'projected', 'warped', 'foreground', 'background', 'output')
@@ -366,11 +407,45 @@ class _Prefetcher:
 
 
 def _setup_logging(log_dir: pathlib.Path) -> logging.Handler:
+  """Everything to WORKDIR/train.<process>.log; tracebacks (e.g. of orbax's asynchronous
+  writer) go only there, not to the terminal, which gets the run's one-line error."""
   handler = logging.FileHandler(str(log_dir / f'train.{jax.process_index()}.log'))
   handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
   logging.getLogger().addHandler(handler)
   logging.getLogger().setLevel(logging.INFO)
+  for terminal in logging.getLogger().handlers:
+    if terminal is not handler:
+      terminal.addFilter(_no_tracebacks)
   return handler
+
+
+def _no_tracebacks(record: logging.LogRecord) -> bool:
+  return not record.exc_info
+
+
+def _last_good_checkpoint(workdir: epath.Path) -> str:
+  """'step N (WORKDIR/checkpoints/N)' of the newest complete checkpoint, or 'none'. (orbax
+  writes a step into N.orbax-checkpoint-tmp* and renames it to N once it is complete.)"""
+  try:
+    steps = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
+  except OSError:  # The workdir itself may be unreadable now.
+    steps = []
+  return f'step {max(steps)} ({workdir / "checkpoints" / str(max(steps))})' if steps else 'none'
+
+
+def _write_error(workdir: epath.Path, step: int, error: BaseException, manager=None) -> WriteError:
+  """The one-line WriteError, once the manager's pending save (if any) has ended either way."""
+  if manager is not None:
+    try:
+      manager.wait_until_finished()
+    except Exception:  # Its own failure is in the log; the first error is the one to report.
+      logging.exception('A pending checkpoint could not be written either.')
+  reason = ' '.join(str(error).split())[:300] or type(error).__name__
+  return WriteError(
+    f'Could not save to {workdir} by step {step} ({type(error).__name__}: {reason}). The last '
+    f'good checkpoint is {_last_good_checkpoint(workdir)}; free space or fix access, then rerun '
+    'the same command to resume from it.'
+  )
 
 
 def _enable_compilation_cache(setting: str, workdir: epath.Path) -> None:
@@ -447,7 +522,7 @@ def train_and_evaluate(
   perceptual_params = setup.perceptual[0]
   distributed.barrier('train_steps_compiled')
   render = setup.render_step
-  writer = MetricsWriter(log_dir.local, train_config.total_steps)
+  writer = MetricsWriter(log_dir.local, train_config.total_steps, start_step)
   add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
 
   last_values: dict[str, float] = {}
@@ -508,19 +583,36 @@ def train_and_evaluate(
           )
         if save_now:
           check_replicas(state, step)
-          checkpointing.save(manager, step, state, data_state, config)
+          try:
+            checkpointing.save(manager, step, state, data_state, config)
+          except Exception as error:  # orbax re-raises the previous asynchronous save's error.
+            raise _write_error(workdir, step, error, manager) from error
           log_dir.sync()
         if preempted:
           logging.warning('Checkpoint saved at step %d after SIGTERM; exiting.', step)
           break
+  except OSError as error:  # Logs and metrics: no space, no permission, store unavailable.
+    if isinstance(error, WriteError):
+      raise
+    raise _write_error(workdir, step, error, manager) from error
   finally:
-    # Let an asynchronous save finish even when the loop stops on an error.
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+    # Let an asynchronous save finish even when the loop stops on an error; a failure here is
+    # raised below unless an earlier error is already on its way out.
+    failure = None
+    try:
+      manager.wait_until_finished()
+      manager.close()
+    except Exception as error:
+      logging.exception('The last checkpoint could not be written.')
+      failure = _write_error(workdir, step, error)
     logging.getLogger().removeHandler(log_handler)
-    log_handler.close()
-    log_dir.sync()
+    for finish in (writer.close, log_handler.close, log_dir.sync):
+      try:
+        finish()
+      except OSError as error:
+        failure = failure or _write_error(workdir, step, error)
+  if failure:
+    raise failure
   if preempted:
     raise Preempted(f'Stopped by SIGTERM at step {step}; checkpoint saved in {workdir}.')
   return last_values

@@ -42,6 +42,7 @@ LAYERS = {
     'exported',
   ),
   'training_and_inference': (
+    'cli',
     'workdir',
     'distributed',
     'sharding',

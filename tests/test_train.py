@@ -201,25 +201,6 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path, tiny_setup)
   assert step >= 2 and int(state.step) == step
 
 
-def test_unknown_config_key_is_an_error(tmp_path):
-  result = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'reenact_jax.train',
-      '--config=configs/tiny.py',
-      f'--workdir={tmp_path}',
-      '--config.train.totl_steps=3',
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert result.returncode != 0
-  assert 'totl_steps' in result.stderr
-
-
 def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error():
   with pytest.raises(ValueError, match=r'config.train.batch_size=4 does not divide'):
     trainer.Setup(_tiny_config(**{'train.batch_size': 4}))
