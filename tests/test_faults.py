@@ -266,3 +266,26 @@ def test_a_write_error_in_the_asynchronous_checkpoint_writer_is_one_line(tmp_pat
     and 'last good checkpoint is none' in (lines[0])
   ), result.stderr[-3000:]
   assert 'Traceback' in (tmp_path / 'train.0.log').read_text()  # The details are in the log.
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_checkpoint_is_being_written_saves_and_resumes(tmp_path, tiny_setup):
+  process = subprocess.Popen(
+    _train_command(tmp_path, 100000), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+  )
+  checkpoints = tmp_path / 'checkpoints'
+  deadline = time.time() + 300
+  # The first asynchronous save is under way: its temporary directory exists.
+  while time.time() < deadline and not (
+    checkpoints.is_dir() and any('tmp' in p.name for p in checkpoints.iterdir())
+  ):
+    assert process.poll() is None
+    time.sleep(0.01)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  stderr = stderr.decode()
+  assert process.returncode == 0, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  step, state = _state_at(tmp_path, tiny_setup, _config(100000))
+  assert step >= 2 and int(state.step) == step
+  assert not any('tmp' in p.name for p in checkpoints.iterdir())
