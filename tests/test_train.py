@@ -259,6 +259,11 @@ def test_parts_that_start_in_phase_2_get_a_fresh_optimiser_and_warmup(tiny_setup
   assert int(jax.tree.leaves(state.render_opt_state[1][0].count)[0]) == 1
 
 
+# Measured: L1 0.0109 -> 0.0055 (150 steps) -> 0.0046 (200); the cyclic error 0.38 -> 0.02. The
+# untrained model already shows the prior's warp, so the L1 left to halve is small.
+OVERFIT_STEPS = 200
+
+
 def test_the_model_learns_one_batch():
   """A tiny model overfits one fixed batch: the reconstruction L1 and the cyclic warp error fall
   by more than half. Both are measured here from the model's outputs, not read from the loss
@@ -298,9 +303,6 @@ def test_the_model_learns_one_batch():
   last = jax.tree.map(float, errors(state.generator_params))
   assert last['l1'] < 0.5 * first['l1'], (first, last)
   assert last['cyclic'] < 0.5 * first['cyclic'], (first, last)
-
-
-OVERFIT_STEPS = 150
 
 
 def test_flow_benchmark_measures_against_the_true_motion(tiny_workdir):
