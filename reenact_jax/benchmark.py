@@ -23,6 +23,7 @@ from the layers above in training), giving gradients w.r.t. both the volume and 
 """
 
 import json
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -34,7 +35,10 @@ _WHAT = flags.DEFINE_enum(
   'what', 'warp', ['warp', 'step', 'input', 'reenact', 'flow'], 'What to benchmark.'
 )
 _WORKDIR = flags.DEFINE_string(
-  'workdir', '', "--what=reenact: use this run's newest checkpoint (default: fresh parameters)."
+  'workdir',
+  '',
+  "--what=reenact or flow: use this run's newest checkpoint (default: reenact with fresh "
+  'parameters; flow trains --steps steps first).',
 )
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed runs after compilation (median is kept).')
 _STEPS = flags.DEFINE_integer('steps', 300, '--what=flow: training steps before measuring.')
@@ -48,16 +52,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  if _WHAT.value == 'warp':
-    result = benchmarks.benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)
-  elif _WHAT.value == 'step':
-    result = benchmarks.benchmark_step(config, repeats=_REPEATS.value)
-  elif _WHAT.value == 'input':
-    result = benchmarks.benchmark_input(config)
-  elif _WHAT.value == 'flow':
-    result = benchmarks.benchmark_flow(config, steps=_STEPS.value, workdir=_WORKDIR.value)
-  else:
-    result = benchmarks.benchmark_reenact(config, repeats=_REPEATS.value, workdir=_WORKDIR.value)
+  try:
+    if _WHAT.value == 'warp':
+      result = benchmarks.benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)
+    elif _WHAT.value == 'step':
+      result = benchmarks.benchmark_step(config, repeats=_REPEATS.value)
+    elif _WHAT.value == 'input':
+      result = benchmarks.benchmark_input(config)
+    elif _WHAT.value == 'flow':
+      result = benchmarks.benchmark_flow(config, steps=_STEPS.value, workdir=_WORKDIR.value)
+    else:
+      result = benchmarks.benchmark_reenact(config, repeats=_REPEATS.value, workdir=_WORKDIR.value)
+  except (ValueError, FileNotFoundError) as error:  # Wrong config or workdir, missing run.
+    print(f'error: {cli.error_line(error)}', file=sys.stderr)
+    sys.exit(1)
   print(json.dumps(result))
 
 

@@ -8,6 +8,7 @@ or GPU cluster, run the same command on every host (see launch/).
 """
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -63,10 +64,15 @@ def main(argv):
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except trainer.Preempted as stop:
     logging.warning('%s Rerun the same command to resume.', stop)
+  except trainer.WriteError as error:
+    print(f'error: {error}', file=sys.stderr, flush=True)
+    # The failed save's writer threads may still be failing (and printing) while the interpreter
+    # shuts down; their tracebacks are in the log, so end the process here.
+    sys.stdout.flush()
+    os._exit(1)
   except (
     trainer.NonFiniteError,
     trainer.ReplicaDivergenceError,
-    trainer.WriteError,
     checkpointing.IncompatibleCheckpointError,
     FileNotFoundError,
     ValueError,
