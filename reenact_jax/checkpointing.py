@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
-from reenact_jax import distributed
+from reenact_jax import cli, distributed
 
 # Config sections that decide the shapes of the state: a checkpoint is only compatible with a
 # config that agrees on all of them.
@@ -191,11 +191,18 @@ def restore_or_init(
   for step in steps:
     try:
       state, data_state = restore(manager, step, abstract_state, config)
+      unreadable = None
     except CorruptCheckpointError as error:
-      moved.append(set_aside(manager, step))
-      logging.warning('%s Moved it to %s; trying the previous checkpoint.', error, moved[-1])
-      continue
-    return state, data_state, int(step)
+      unreadable = error
+    # Every host reads its own shards: all of them must agree before one moves the step aside.
+    if distributed.all_processes_agree(unreadable is None):
+      return state, data_state, int(step)
+    moved.append(_set_aside(manager, step))
+    logging.warning(
+      '%s Moved it to %s; trying the previous checkpoint.',
+      unreadable or f'The checkpoint at step {step} cannot be read on another host.',
+      moved[-1],
+    )
   raise CorruptCheckpointError(
     f'No checkpoint in {manager.directory} restores; the unreadable ones are in '
     f'{epath.Path(moved[0]).parent}. Restore a good copy there, or start a new run in another '
@@ -203,20 +210,20 @@ def restore_or_init(
   )
 
 
-def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
-  """Move checkpoint `step` to WORKDIR/corrupt_checkpoints/<step>[.<n>] (process 0; every
-  process waits for it) and make the manager forget it. Returns the new path."""
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Move checkpoint `step` to WORKDIR/corrupt_checkpoints/<step>[.<n>] (process 0 chooses
+  and moves; every process waits for it) and make the manager forget it. Returns the path."""
   directory = epath.Path(manager.directory)
   aside = directory.parent / 'corrupt_checkpoints'
   target = aside / str(step)
-  copies = 0
-  while target.exists():
-    copies += 1
-    target = aside / f'{step}.{copies}'
   if jax.process_index() == 0:
+    copies = 0
+    while target.exists():
+      copies += 1
+      target = aside / f'{step}.{copies}'
     aside.mkdir(parents=True, exist_ok=True)
     (directory / str(step)).rename(target)
-  distributed.barrier(f'checkpoint_{step}_set_aside_{copies}')
+  distributed.barrier(f'checkpoint_{step}_set_aside')
   manager.reload()
   return str(target)
 
@@ -261,8 +268,10 @@ def restore(manager, step: int, abstract_state, config) -> tuple[Any, dict[str, 
     stored = traverse_util.flatten_dict(dict(stored), sep='/')
     if saved_config is None or not stored:
       raise ValueError('its config or its array metadata is missing')
+  except TRANSIENT_ERRORS:
+    raise
   except Exception as error:  # orbax, json and tensorstore raise many types on broken files.
-    raise CorruptCheckpointError(f'{where} cannot be read ({_reason(error)}).') from error
+    raise _unreadable(where, error) from error
   check_compatible(saved_config, config, directory)
   target = flax.serialization.to_state_dict(abstract_state)
   expected = traverse_util.flatten_dict(target, sep='/')
@@ -284,17 +293,24 @@ def restore(manager, step: int, abstract_state, config) -> tuple[Any, dict[str, 
       step,
       args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
     )
+  except TRANSIENT_ERRORS:
+    raise
   except Exception as error:  # The tree matched, so this is a file that cannot be read.
-    raise CorruptCheckpointError(f'{where} cannot be read ({_reason(error)}).') from error
+    raise _unreadable(where, error) from error
   state = flax.serialization.from_state_dict(abstract_state, restored['state'])
   logging.info('Restored step %d from %s.', step, directory)
   return state, restored['data']
 
 
-def _reason(error: BaseException) -> str:
-  """An exception as a short line (tensorstore's messages run to pages)."""
-  message = ' '.join(str(error).split(' See full TensorStore details')[0].split())
-  return f'{type(error).__name__}: {message[:300]}{"..." if len(message) > 300 else ""}'
+# Errors that say nothing about the checkpoint's files (a store that is down, no permission,
+# no memory): re-raised as they are, so a passing outage never moves good checkpoints aside.
+TRANSIENT_ERRORS = (PermissionError, ConnectionError, TimeoutError, MemoryError)
+
+
+def _unreadable(where: str, error: BaseException) -> CorruptCheckpointError:
+  return CorruptCheckpointError(
+    f'{where} cannot be read ({type(error).__name__}: {cli.error_line(error, 300)}).'
+  )
 
 
 def abstract_with_shardings(abstract_state, shardings):

@@ -18,13 +18,17 @@ from ml_collections import config_flags
 USAGE_ERROR = 2
 
 
-def error_line(error: BaseException) -> str:
-  """The error's message on one line; a missing config key says which and the nearest one."""
+def error_line(error: BaseException, max_chars: int | None = None) -> str:
+  """The error's message on one line (at most max_chars); a missing config key says which and
+  the nearest one; tensorstore's pages of details are left out."""
   if isinstance(error, KeyError) and error.args and isinstance(error.args[0], str):
     message = f'no config key {error.args[0]}'  # ml_collections adds "Did you mean ...?".
   else:
-    message = str(error) or type(error).__name__
-  return ' '.join(message.split())
+    message = str(error).split(' See full TensorStore details')[0] or type(error).__name__
+  message = ' '.join(message.split())
+  if max_chars is not None and len(message) > max_chars:
+    message = message[:max_chars] + '...'
+  return message
 
 
 def parse_flags(argv: list[str]) -> list[str]:

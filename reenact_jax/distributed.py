@@ -13,8 +13,10 @@ import os
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from absl import logging
 from jax._src import distributed as jax_distributed
+from jax.experimental import multihost_utils
 
 # Environment variables that mean "this process is one of several". A Cloud TPU pod is not
 # visible in the environment (JAX asks the metadata server): its launcher passes mode='on'.
@@ -79,6 +81,14 @@ def log_topology() -> None:
     jax.device_count(),
     local[0].device_kind if local else 'none',
   )
+
+
+def all_processes_agree(value: bool) -> bool:
+  """True when `value` is true on every process (a host-side all-gather; `value` itself with
+  one process)."""
+  if jax.process_count() == 1:
+    return bool(value)
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(value, np.bool_))))
 
 
 def barrier(name: str, timeout_s: float = 3600.0) -> None:

@@ -6,6 +6,7 @@ run exactly (params, optimizer states, EMA, RNG, step and data order).
 """
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -28,6 +29,7 @@ from tensorboardX import SummaryWriter
 
 from reenact_jax import (
   checkpointing,
+  cli,
   distributed,
   evaluation,
   input_pipeline,
@@ -50,7 +52,7 @@ class ReplicaDivergenceError(RuntimeError):
   hardware): continuing would train several different models under one name."""
 
 
-class WriteError(OSError):
+class WriteError(RuntimeError):
   """Saving to the workdir failed (no space, no permission, object store unavailable). What was
   saved before is untouched; the message names the last good checkpoint to resume from."""
 
@@ -233,7 +235,7 @@ def _check_setup_fits(setup: Setup, config: ml_collections.ConfigDict) -> None:
   mine = traverse_util.flatten_dict(checkpointing.config_to_json(setup.config), sep='.')
   theirs = traverse_util.flatten_dict(checkpointing.config_to_json(config), sep='.')
   # A Setup does not depend on the loop's settings nor on the data.
-  ignored = set(checkpointing.LOOP_KEYS) | {key for key in mine | theirs if key.startswith('data.')}
+  ignored = checkpointing.LOOP_KEYS | {key for key in mine | theirs if key.startswith('data.')}
   if config.optim.schedule == 'cosine' and not config.optim.decay_steps:
     ignored -= {'total_steps', 'train.total_steps'}  # The schedule's length.
   differ = sorted(
@@ -247,9 +249,9 @@ class MetricsWriter:
   """metrics.jsonl, TensorBoard scalars/images and a terminal progress line (process 0 only)."""
 
   def __init__(self, log_dir: pathlib.Path, total_steps: int, start_step: int = 0):
-    """A resumed run (start_step > 0) continues the logs from its restored step: what the
-    interrupted run logged after it is dropped (`truncate_metrics`), and TensorBoard is told
-    to purge its events from start_step + 1 on."""
+    """The logs continue from start_step (the restored one, or 0): what an interrupted run
+    logged after it is dropped (`truncate_metrics`), and TensorBoard is told to purge its
+    events from start_step + 1 on."""
     self._active = jax.process_index() == 0
     self._total_steps = total_steps
     self._jsonl = None
@@ -265,9 +267,7 @@ class MetricsWriter:
           path,
         )
       self._jsonl = path.open('a')
-      self._tensorboard = SummaryWriter(
-        str(log_dir / 'tensorboard'), purge_step=start_step + 1 if start_step else None
-      )
+      self._tensorboard = SummaryWriter(str(log_dir / 'tensorboard'), purge_step=start_step + 1)
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self._active:
@@ -423,29 +423,39 @@ def _no_tracebacks(record: logging.LogRecord) -> bool:
   return not record.exc_info
 
 
-def _last_good_checkpoint(workdir: epath.Path) -> str:
-  """'step N (WORKDIR/checkpoints/N)' of the newest complete checkpoint, or 'none'. (orbax
-  writes a step into N.orbax-checkpoint-tmp* and renames it to N once it is complete.)"""
+def _last_good_checkpoint(workdir: epath.Path, manager) -> str:
+  """'step N (WORKDIR/checkpoints/N)' of the newest complete checkpoint, or 'none' (orbax's own
+  view of the folder: a step still being written, or whose write failed, is not complete)."""
   try:
-    steps = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
-  except OSError:  # The workdir itself may be unreadable now.
-    steps = []
-  return f'step {max(steps)} ({workdir / "checkpoints" / str(max(steps))})' if steps else 'none'
+    manager.reload()
+    step = manager.latest_step()
+  except Exception:  # The workdir itself may be unreadable now.
+    step = None
+  return 'none' if step is None else f'step {step} ({workdir / "checkpoints" / str(step)})'
 
 
-def _write_error(workdir: epath.Path, step: int, error: BaseException, manager=None) -> WriteError:
+def _write_error(workdir: epath.Path, step: int, error: BaseException, manager) -> WriteError:
   """The one-line WriteError, once the manager's pending save (if any) has ended either way."""
-  if manager is not None:
-    try:
-      manager.wait_until_finished()
-    except Exception:  # Its own failure is in the log; the first error is the one to report.
-      logging.exception('A pending checkpoint could not be written either.')
-  reason = ' '.join(str(error).split())[:300] or type(error).__name__
+  try:
+    manager.wait_until_finished()
+  except Exception:  # Its own failure is in the log; the first error is the one to report.
+    logging.exception('A pending checkpoint could not be written either.')
   return WriteError(
-    f'Could not save to {workdir} by step {step} ({type(error).__name__}: {reason}). The last '
-    f'good checkpoint is {_last_good_checkpoint(workdir)}; free space or fix access, then rerun '
-    'the same command to resume from it.'
+    f'Could not save to {workdir} by step {step} ({type(error).__name__}: '
+    f'{cli.error_line(error, 300)}). The last good checkpoint is '
+    f'{_last_good_checkpoint(workdir, manager)}; free space or fix access, then rerun the same '
+    'command to resume from it.'
   )
+
+
+@contextlib.contextmanager
+def _writing(workdir: epath.Path, step: int, manager, errors=(OSError,)):
+  """A failed write inside (no space, no permission, store unavailable) ends the run as one
+  WriteError; `errors` are the exception types that mean it."""
+  try:
+    yield
+  except errors as error:
+    raise _write_error(workdir, step, error, manager) from error
 
 
 def _enable_compilation_cache(setting: str, workdir: epath.Path) -> None:
@@ -531,6 +541,7 @@ def train_and_evaluate(
   interval_start, interval_start_step = time.perf_counter(), start_step
   step = start_step
   preempted = False
+  stopped_by = None
   try:
     with _Preemption() as preemption:
       while step < train_config.total_steps:
@@ -558,18 +569,20 @@ def train_and_evaluate(
           values['lr/render'] = float(
             setup.optimizers.render_schedule(max(step - train_config.phase1_steps, 0))
           )
-          writer.scalars(step, values)
-          writer.progress(step, values, seconds_per_step)
+          with _writing(workdir, step, manager):
+            writer.scalars(step, values)
+            writer.progress(step, values, seconds_per_step)
           last_values = values
           accumulated, accumulated_steps = None, 0
           interval_start, interval_start_step = time.perf_counter(), step
         if train_config.image_log_every and (step % train_config.image_log_every == 0 or is_last):
           images = multihost_utils.process_allgather(render(state.ema_params, batch), tiled=True)
-          writer.images(
-            step,
-            'ema/source|driving|projected|warped|foreground|background|output',
-            image_grid(jax.tree.map(np.asarray, images)),
-          )
+          with _writing(workdir, step, manager):
+            writer.images(
+              step,
+              'ema/source|driving|projected|warped|foreground|background|output',
+              image_grid(jax.tree.map(np.asarray, images)),
+            )
         if train_config.eval_every and (step % train_config.eval_every == 0 or is_last):
           evaluation.evaluate(
             config,
@@ -583,34 +596,39 @@ def train_and_evaluate(
           )
         if save_now:
           check_replicas(state, step)
-          try:
+          # orbax raises the previous asynchronous save's error here, of many types.
+          with _writing(workdir, step, manager, errors=(Exception,)):
             checkpointing.save(manager, step, state, data_state, config)
-          except Exception as error:  # orbax re-raises the previous asynchronous save's error.
-            raise _write_error(workdir, step, error, manager) from error
-          log_dir.sync()
+          with _writing(workdir, step, manager):
+            log_dir.sync()
         if preempted:
           logging.warning('Checkpoint saved at step %d after SIGTERM; exiting.', step)
           break
-  except OSError as error:  # Logs and metrics: no space, no permission, store unavailable.
-    if isinstance(error, WriteError):
-      raise
-    raise _write_error(workdir, step, error, manager) from error
+  except BaseException as error:
+    stopped_by = error
+    raise
   finally:
-    # Let an asynchronous save finish even when the loop stops on an error; a failure here is
-    # raised below unless an earlier error is already on its way out.
+    # Let an asynchronous save finish even when the loop stops on another error (a WriteError
+    # has waited for it already); a failure here is raised below when nothing else is.
     failure = None
-    try:
-      manager.wait_until_finished()
-      manager.close()
-    except Exception as error:
-      logging.exception('The last checkpoint could not be written.')
-      failure = _write_error(workdir, step, error)
+    if not isinstance(stopped_by, WriteError):
+      try:
+        manager.wait_until_finished()
+      except Exception as error:
+        logging.exception('The last checkpoint could not be written.')
+        if stopped_by is None:
+          failure = _write_error(workdir, step, error, manager)
     logging.getLogger().removeHandler(log_handler)
     for finish in (writer.close, log_handler.close, log_dir.sync):
       try:
         finish()
       except OSError as error:
-        failure = failure or _write_error(workdir, step, error)
+        if stopped_by is None and failure is None:
+          failure = _write_error(workdir, step, error, manager)
+    try:
+      manager.close()
+    except Exception:
+      logging.exception('Closing the checkpoint manager failed.')
   if failure:
     raise failure
   if preempted:
