@@ -339,7 +339,7 @@ def benchmark_flow(
     distance = np.linalg.norm(np.asarray(flow) - truth, axis=-1) * (size / 2)
     return float(distance[skin].mean())
 
-  model = inference.render_fn(loaded.generator)(loaded.params, batch)['flow_2d']
+  model = loaded(batch)['flow_2d']
   prior = inference.render_fn(loaded.generator, prior_only=True)(loaded.params, batch)['flow_2d']
   return {
     'what': 'flow',

@@ -90,6 +90,7 @@ class Warped:
   validity: jax.Array  # (B, H, W, 1) 0 where the moved head samples outside the source.
   person: jax.Array  # (B, H, W, 1) where the moved person is: the moved head over the rest.
   head_motion: jax.Array  # (B, H, W, 1) how far the head moved at each pixel, in [0, 1].
+  background: jax.Array  # (B, H, W, 3) the source with `fill` where the head moved away from.
 
 
 def warp_person(
@@ -132,7 +133,7 @@ def warp_person(
   image = moved_head * head_image + (1.0 - moved_head) * background
   validity = moved_head * inside + (1.0 - moved_head)
   person = jnp.clip(moved_head + source_rest.astype(jnp.float32), 0.0, 1.0)
-  return Warped(flow_2d, image, validity, person, head_motion)
+  return Warped(flow_2d, image, validity, person, head_motion, background)
 
 
 def composite_background(
@@ -500,13 +501,12 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   hole = hole_of(matte)
   fill = background_fill(source, hole)
   warped = warp_person(source, source_head, source_rest, prior.head_flow, visibility, hole, fill)
-  background = composite_background(source, fill, hole, source_rest, warped.head_motion)
   alpha = warped.person * warped.validity
   return {
-    'output': alpha * warped.image + (1.0 - alpha) * background,
+    'output': alpha * warped.image + (1.0 - alpha) * warped.background,
     'foreground': warped.image,
     'alpha': alpha,
-    'background': background,
+    'background': warped.background,
     'flow_2d': warped.flow_2d,
     'warped_source': warped.image,
     'validity': warped.validity,
