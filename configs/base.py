@@ -60,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- losses
   config.loss = loss = ml_collections.ConfigDict()
+  # End-point error (pixels) of the image flow on the pairs whose true motion is known
+  # (pseudo-pairs, synthetic clips); 0 elsewhere.
+  loss.flow = 1.0
   loss.cyclic_warp = 10.0
   loss.cyclic_backward = 1.0  # Relative weight of the backward (D->S) half of L_cyc.
   loss.cyclic_face = 1.0  # Extra weight of the face (oval) inside the person in L_cyc.

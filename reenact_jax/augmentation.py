@@ -162,7 +162,30 @@ def _transform_frame(
   elif flip:
     image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
     matte = np.ascontiguousarray(matte[:, ::-1])
-  return {'image': image, 'mask': mask, 'matte': matte, 'landmarks': landmarks}
+  out = {'image': image, 'mask': mask, 'matte': matte, 'landmarks': landmarks}
+  if 'flow' in frame:
+    out['flow'] = _transform_flow(frame['flow'], flip, scale, translate, warp)
+  return out
+
+
+def _transform_flow(flow: np.ndarray, flip: bool, scale: float, translate, warp: bool):
+  """A backward flow (H, W, 2) of a pair moved by the pair's common map T(p) = s F p + t.
+
+  A driving pixel q was T^-1(q), which showed the source at T^-1(q) + f(T^-1(q)); in the moved
+  source that is q + s F f(T^-1(q)): the field is resampled like the image and its vectors
+  scaled (and mirrored in x by a flip); the translation cancels.
+  """
+  flow = np.asarray(flow, np.float32)
+  if warp:
+    height, width = flow.shape[:2]
+    matrix = _geometry_matrix(flip, scale, translate, height, width)
+    flow = cv2.warpAffine(
+      flow, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+  elif flip:
+    flow = flow[:, ::-1]
+  factors = np.array([-scale if flip else scale, scale], np.float32)
+  return np.ascontiguousarray(flow * factors)
 
 
 def augment_pair(
@@ -226,7 +249,8 @@ def repose(
   max_scale: float,
   max_translation: float,
   max_deformation: float = 0.03,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  with_flow: bool = False,
+) -> tuple[np.ndarray, ...]:
   """Random smooth re-posing of the head in a still portrait (a pseudo driving frame).
 
   The head (person matte times geometry.head_region: face, hair, ears) moves; the torso and the
@@ -252,7 +276,9 @@ def repose(
 
   Returns:
     (image (H, W, 3) float32, landmarks (N, 3) float32, mask (H, W, 1) float32 face-oval fill
-    of the new landmarks, matte (H, W, 1) float32 of the moved person).
+    of the new landmarks, matte (H, W, 1) float32 of the moved person); with_flow adds the
+    head's true backward flow (H, W, 2) float32, normalised (dx, dy): the output pixel q shows
+    the input at q + flow(q), meaningful where the moved head is.
   """
   image = np.asarray(image, np.float32)
   landmarks = np.asarray(landmarks, np.float64)
@@ -321,9 +347,12 @@ def repose(
   moved_landmarks = np.concatenate([moved_xy, (moved_z - moved_z.mean())[:, None]], axis=1)
   moved_landmarks = moved_landmarks.astype(np.float32)
   mask = records.face_oval_mask(moved_landmarks, height, width)
-  return (
+  result = (
     np.clip(moved_image, 0.0, 1.0),
     moved_landmarks,
     mask,
     np.clip(moved_matte, 0.0, 1.0).astype(np.float32),
   )
+  if with_flow:
+    result += ((p - grid).astype(np.float32),)
+  return result

@@ -305,7 +305,8 @@ def benchmark_flow(
   2D flow the generator warps the source pixels with ('flow_2d': the 3D flow projected to the
   image) against synthetic.true_flow, on the driving frame's skin. Reports, in pixels, the mean
   end-point error of: no motion (zero flow), the geometric prior alone, and prior + learned
-  correction (the trained model).
+  correction (the trained model). Training sees the true motion of its own clips (loss.flow),
+  never of these.
   """
   if config.data.source != 'synthetic':
     raise ValueError(
@@ -320,36 +321,37 @@ def benchmark_flow(
         config.train.image_log_every = 0
         config.train.checkpoint_every = steps
       trainer.train_and_evaluate(config, workdir)
+    # Measured inside: the run's compilation cache is in the temporary folder.
     loaded = inference.load_generator(workdir)
-  config = loaded.config
-  frames = input_pipeline.make_frame_source(config, 'test')
-  size = int(config.image_size)
-  examples, truths, skins = [], [], []
-  for clip in frames.clips:
-    source = frames.frame(clip.first)
-    for offset in np.linspace(1, clip.num_frames - 1, pairs_per_clip).round().astype(int):
-      driving = frames.frame(clip.first + offset)
-      examples.append(input_pipeline.pair_to_example(source, driving))
-      truths.append(frames.true_flow(clip.first, clip.first + offset))
-      skins.append(driving['mask'][..., 0] > 0)
-  batch = jax.tree.map(lambda *items: np.stack(items), *examples)
-  truth, skin = np.stack(truths), np.stack(skins)
+    config = loaded.config
+    frames = input_pipeline.make_frame_source(config, 'test')
+    size = int(config.image_size)
+    examples, truths, skins = [], [], []
+    for clip in frames.clips:
+      source = frames.frame(clip.first)
+      for offset in np.linspace(1, clip.num_frames - 1, pairs_per_clip).round().astype(int):
+        driving = frames.frame(clip.first + offset)
+        examples.append(input_pipeline.pair_to_example(source, driving))
+        truths.append(frames.true_flow(clip.first, clip.first + offset))
+        skins.append(driving['mask'][..., 0] > 0)
+    batch = jax.tree.map(lambda *items: np.stack(items), *examples)
+    truth, skin = np.stack(truths), np.stack(skins)
 
-  def end_point_error(flow) -> float:
-    distance = np.linalg.norm(np.asarray(flow) - truth, axis=-1) * (size / 2)
-    return float(distance[skin].mean())
+    def end_point_error(flow) -> float:
+      distance = np.linalg.norm(np.asarray(flow) - truth, axis=-1) * (size / 2)
+      return float(distance[skin].mean())
 
-  model = loaded(batch)['flow_2d']
-  prior = inference.render_fn(loaded.generator, prior_only=True)(loaded.params, batch)['flow_2d']
-  return {
-    'what': 'flow',
-    'image_size': size,
-    'step': loaded.step,
-    'pairs': len(examples),
-    'epe_no_motion_px': round(end_point_error(np.zeros_like(truth)), 4),
-    'epe_prior_px': round(end_point_error(prior), 4),
-    'epe_model_px': round(end_point_error(model), 4),
-  }
+    model = loaded(batch)['flow_2d']
+    prior = inference.render_fn(loaded.generator, prior_only=True)(loaded.params, batch)['flow_2d']
+    return {
+      'what': 'flow',
+      'image_size': size,
+      'step': loaded.step,
+      'pairs': len(examples),
+      'epe_no_motion_px': round(end_point_error(np.zeros_like(truth)), 4),
+      'epe_prior_px': round(end_point_error(prior), 4),
+      'epe_model_px': round(end_point_error(model), 4),
+    }
 
 
 def measure_throughput(

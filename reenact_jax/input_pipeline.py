@@ -153,7 +153,7 @@ class PseudoPairs:
       'mask': records.face_oval_mask(self.landmarks[portrait], *self.images.shape[1:3]),
       'matte': self.mattes[portrait],
     }
-    image, landmarks, mask, matte = augmentation.repose(
+    image, landmarks, mask, matte, flow = augmentation.repose(
       source['image'],
       source['landmarks'],
       source['matte'],
@@ -162,15 +162,28 @@ class PseudoPairs:
       max_scale=self.max_scale,
       max_translation=self.max_translation,
       max_deformation=self.max_deformation,
+      with_flow=True,
     )
-    return source, {'image': image, 'landmarks': landmarks, 'mask': mask, 'matte': matte}
+    driving = {'image': image, 'landmarks': landmarks, 'mask': mask, 'matte': matte, 'flow': flow}
+    return source, driving
 
 
 def pair_to_example(
   source: dict[str, np.ndarray], driving: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-  """A training / evaluation example (the steps' batch layout) from two frames."""
+  """A training / evaluation example (the steps' batch layout) from two frames.
+
+  A driving frame whose true motion is known carries 'flow' (H, W, 2), the backward flow to the
+  source (pseudo-pairs, synthetic clips); the example then has 'flow_known' 1 and that flow as
+  'driving_flow', otherwise 0 and zeros.
+  """
+  flow = driving.get('flow')
+  known = flow is not None
+  if not known:
+    flow = np.zeros(np.shape(driving['image'])[:2] + (2,), np.float32)
   return {
+    'driving_flow': np.ascontiguousarray(flow, np.float32),
+    'flow_known': np.float32(known),
     'source': np.ascontiguousarray(source['image'], np.float32),
     'driving': np.ascontiguousarray(driving['image'], np.float32),
     'source_landmarks': np.asarray(source['landmarks'], np.float32),
@@ -232,6 +245,9 @@ class MakePair(grain.transforms.Map):
     else:
       source = self._frames.frame(source_index)
       driving = self._frames.frame(driving_index)
+      true_flow = getattr(self._frames, 'true_flow', None)
+      if true_flow is not None:
+        driving['flow'] = true_flow(source_index, driving_index)
     if self._augmentation is not None:
       source, driving = augmentation.augment_pair(source, driving, rng, self._augmentation)
     return pair_to_example(source, driving)

@@ -31,6 +31,20 @@ def weighted_l1(*, prediction: jax.Array, target: jax.Array, weight: jax.Array) 
   return jnp.sum(error) / jnp.maximum(denominator, 1e-6)
 
 
+def flow_error(*, flow: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
+  """Weighted mean end-point error, in pixels, of an image flow (B, H, W, 2) in normalised units
+  (1 = half the image width) against the true flow; `weight` (B, H, W, 1) is where it is known.
+
+  Charbonnier (sqrt(d^2 + 0.01)): smooth at d = 0, so the gradient stays bounded as the error
+  vanishes.
+  """
+  pixels = flow.shape[2] / 2.0
+  difference = (_f32(flow) - _f32(target)) * pixels
+  distance = jnp.sqrt(jnp.sum(jnp.square(difference), axis=-1, keepdims=True) + 0.01)
+  weight = _f32(weight)
+  return jnp.sum(distance * weight) / jnp.maximum(jnp.sum(weight), 1e-6)
+
+
 def resize_to(images: jax.Array, height: int, width: int) -> jax.Array:
   """Area-like downsampling (B, H, W, C) -> (B, height, width, C) ('linear' with antialias)."""
   if images.shape[1:3] == (height, width):

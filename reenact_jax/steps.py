@@ -8,6 +8,9 @@ Batch layout (global arrays, batch dimension sharded over the mesh):
   'source_landmarks', 'driving_landmarks': (B, N, 3) float32, normalised (see geometry.py)
   'source_mask', 'driving_mask': (B, H, W, 1) float32 in {0, 1}, face ovals
   'source_matte', 'driving_matte': (B, H, W, 1) float32 in [0, 1], person mattes
+  'driving_flow': (B, H, W, 2) float32, the true backward flow where it is known
+  'flow_known': (B,) float32, 1 for the pairs whose driving_flow is known (pseudo-pairs,
+    synthetic clips), else 0
 """
 
 import dataclasses
@@ -30,6 +33,7 @@ PerceptualFn = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
 # Logged in every phase, so that every metrics line has the same keys (0 where a term is not
 # part of the phase's objective; the `phase` key says which phase it was).
 GENERATOR_TERMS = (
+  'flow',
   'cyclic_warp',
   'cyclic_forward',
   'cyclic_backward',
@@ -45,6 +49,7 @@ GENERATOR_TERMS = (
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
+  flow: float
   cyclic_warp: float
   cyclic_backward: float
   cyclic_face: float
@@ -104,7 +109,13 @@ def _generator_losses(
   terms['perceptual_projected'] = perceptual_fn(
     perceptual_params, outputs['projected'], losses.resize_to(batch['driving'], height, width)
   )
+  terms['flow'] = losses.flow_error(
+    flow=outputs['flow_2d'],
+    target=batch['driving_flow'],
+    weight=batch['flow_known'][:, None, None, None] * batch['driving_mask'],
+  )
   total = weights.cyclic_warp * terms['cyclic_warp']
+  total += weights.flow * terms['flow']
   total += weights.perceptual_projected * terms['perceptual_projected']
 
   if not warp_only:

@@ -104,3 +104,25 @@ def test_feature_matching_pulls_fake_features_only():
   )(real, fake)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad_real))
   assert all(float(g.mean()) > 0 for g in jax.tree.leaves(grad_fake))
+
+
+def test_flow_error_is_the_end_point_error_in_pixels_where_the_motion_is_known():
+  target = 0.1 * jax.random.normal(jax.random.key(4), (2, 16, 16, 2))
+  known = jnp.zeros((2, 16, 16, 1)).at[0].set(1.0)  # Only the first pair's motion is known.
+  exact = losses.flow_error(flow=target, target=target, weight=known)
+  assert float(exact) == pytest.approx(0.1, abs=1e-6)  # sqrt(0 + 0.01): the Charbonnier floor.
+  # One pixel (2 / 16 normalised units) off in x everywhere: an end-point error of ~1 pixel.
+  shifted = target.at[..., 0].add(2.0 / 16)
+  value = float(losses.flow_error(flow=shifted, target=target, weight=known))
+  assert value == pytest.approx(np.sqrt(1.0 + 0.01), rel=1e-5)
+  # Errors where the motion is not known cost nothing.
+  wrong_unknown = target.at[1].add(1.0)
+  assert float(losses.flow_error(flow=wrong_unknown, target=target, weight=known)) == float(exact)
+  # The gradient points away from the truth: a step against it moves the flow towards it (a
+  # flipped sign would move it away).
+  gradient = jax.grad(lambda f: losses.flow_error(flow=f, target=target, weight=known))(shifted)
+  stepped = shifted - 0.05 * gradient
+  assert float(losses.flow_error(flow=stepped, target=target, weight=known)) < value
+  # The flow's direction counts: the opposite flow is wrong.
+  opposite = float(losses.flow_error(flow=-target, target=target, weight=known))
+  assert opposite > 10 * float(exact)

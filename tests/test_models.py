@@ -115,6 +115,7 @@ def test_warp_only_skips_renderer_and_cycle_shares_the_flow_net(setup):
     'flow_prior',
     'confidence',
     'occlusion',
+    'flow_2d',
   }
   for key in outputs:
     np.testing.assert_allclose(outputs[key], full[key], atol=1e-6, err_msg=key)

@@ -276,10 +276,10 @@ class Generator(nn.Module):
     Returns:
       dict with 'projected' (B, H/4, W/4, 3), 'flow' and 'flow_prior' (B, D, H/4, W/4, 3),
       'confidence' (B, D, H/4, W/4, 1), 'occlusion' (B, H/4, W/4, 1); with_cycle adds
-      'projected_cycle' (B, H/4, W/4, 3); unless warp_only: 'flow_2d' (B, H, W, 2),
-      'warped_source' (B, H, W, 3) and 'validity' (B, H, W, 1), 'foreground', 'background',
-      'inpainted' (the filled hole), 'output' (B, H, W, 3) and 'alpha' (B, H, W, 1). Images in
-      [0, 1].
+      'projected_cycle' (B, H/4, W/4, 3); 'flow_2d' (B, H, W, 2) the head's image flow; unless
+      warp_only: 'warped_source' (B, H, W, 3) and 'validity' (B, H, W, 1), 'foreground',
+      'background', 'inpainted' (the filled hole), 'output' (B, H, W, 3) and 'alpha'
+      (B, H, W, 1). Images in [0, 1].
     """
     self._check_inputs(
       dict(
@@ -319,6 +319,10 @@ class Generator(nn.Module):
       cycled_volume = warp.warp_3d(warped_volume, reverse_flow).astype(self.dtype)
       _, outputs['projected_cycle'] = self.projection(cycled_volume)
     if warp_only:
+      # The image flow alone (no pixels moved), for the loss on pairs whose true motion is known.
+      outputs['flow_2d'] = geometry.project_flow(
+        prior.head_flow + learned, visibility, self.image_size, self.image_size
+      )
       return outputs
     hole = hole_of(source_matte)
     fill = background_fill(source, hole)
