@@ -21,7 +21,7 @@ import imageio.v3 as iio
 import ml_collections
 import numpy as np
 
-from reenact_jax import bundled, evaluation, reenactment, trainer
+from reenact_jax import bundled, evaluation, metrics, reenactment, trainer
 
 SHEET_FRAMES = 6
 
@@ -90,6 +90,9 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
     )
     results[name] = {'reenact': summary, 'held_out': held_out}
 
+  results['model_minus_prior'] = compare_reports(
+    results['model']['reenact']['report'], results['prior_only']['reenact']['report']
+  )
   sheet = output / 'contact_sheet.png'
   contact_sheet(reenactment.side_by_side_path(videos['model']), videos['prior_only'], sheet)
   report = output / 'eval.json'
@@ -109,6 +112,29 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
   return outputs
 
 
+def compare_reports(model: dict, prior: dict) -> dict:
+  """Per motion measure, the model's correlation with the driving clip minus the prior's, over
+  the frames where both outputs show a face, with its 95% paired bootstrap interval
+  (metrics.compare_correlations): the model follows the driving clip better where the interval
+  is above 0."""
+  if 'per_frame' not in model or 'per_frame' not in prior:
+    return {'skipped': 'a face in too few frames of one output'}
+  model_frames = {frame: i for i, frame in enumerate(model['per_frame']['frame'])}
+  prior_frames = {frame: i for i, frame in enumerate(prior['per_frame']['frame'])}
+  common = sorted(set(model_frames) & set(prior_frames))
+  first = [model_frames[frame] for frame in common]
+  second = [prior_frames[frame] for frame in common]
+  comparison = {'frames': len(common)}
+  for name in metrics.MOTION_MEASURES:
+    result = metrics.compare_correlations(
+      np.asarray(model['per_frame']['driving'][name])[first],
+      np.asarray(model['per_frame']['output'][name])[first],
+      np.asarray(prior['per_frame']['output'][name])[second],
+    )
+    comparison[name] = {k: None if v is None else round(v, 4) for k, v in result.items()}
+  return comparison
+
+
 def _print_summary(results: dict) -> None:
   lines = []
   for name in ('model', 'prior_only'):
@@ -120,6 +146,16 @@ def _print_summary(results: dict) -> None:
       f'{_number(correlation["mouth_opening"])} yaw {_number(correlation["yaw"])} pitch '
       f'{_number(correlation["pitch"])} roll {_number(correlation["roll"])}; held-out L1 '
       f'{_number(held_out.get("l1"), 4)}'
+    )
+  comparison = results['model_minus_prior']
+  if 'skipped' not in comparison:
+    lines.append(
+      '  model - prior (95% interval): '
+      + ', '.join(
+        f'{name.replace("_opening", "")} {_number(c["difference"], 3)} '
+        f'[{_number(c["low"], 3)}, {_number(c["high"], 3)}]'
+        for name, c in ((name, comparison[name]) for name in metrics.MOTION_MEASURES)
+      )
     )
   print('[demo] results:\n' + '\n'.join(lines), flush=True)
 

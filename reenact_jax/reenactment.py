@@ -470,6 +470,12 @@ class MotionReport:
     for name in metrics.MOTION_MEASURES:
       value = metrics.pearson(wanted[name], measured[name])
       report['correlation'][name] = None if math.isnan(value) else round(value, 4)
+    # The series behind the correlations (to compare two outputs frame by frame).
+    report['per_frame'] = {
+      'frame': [int(i) for i in np.flatnonzero(both)],
+      'driving': {name: np.round(wanted[name], 5).tolist() for name in metrics.MOTION_MEASURES},
+      'output': {name: np.round(measured[name], 5).tolist() for name in metrics.MOTION_MEASURES},
+    }
     return report
 
 

@@ -14,6 +14,7 @@ import skimage.data
 
 from configs import tiny
 from reenact_jax import (
+  demo_pipeline,
   evaluation,
   face,
   face_topology,
@@ -407,3 +408,44 @@ def test_evaluate_on_the_demo_split_gives_finite_metrics(carphone_cache_64):
     assert values[name] is not None and np.isfinite(values[name]), (name, result['skipped'])
   # The source is the first held-out frame: it matches itself and differs from later frames.
   assert 0.0 < values['l1'] < 0.5 and values['akd'] > 0.0
+
+
+def test_compare_correlations_says_which_output_follows_the_driving_clip_better():
+  rng = np.random.default_rng(0)
+  wanted = np.sin(np.linspace(0, 12, 120))
+  close = wanted + 0.2 * rng.normal(size=120)
+  loose = wanted + 1.0 * rng.normal(size=120)
+  better = metrics.compare_correlations(wanted, close, loose)
+  assert better['difference'] > 0 and better['low'] > 0, better
+  worse = metrics.compare_correlations(wanted, loose, close)
+  assert worse['difference'] < 0 and worse['high'] < 0, worse
+  assert worse['difference'] == pytest.approx(-better['difference'])
+  same = metrics.compare_correlations(wanted, close, close)
+  assert same == {'difference': 0.0, 'low': 0.0, 'high': 0.0}
+  assert metrics.compare_correlations(wanted, np.ones(120), close)['difference'] is None
+
+
+def test_demo_compares_model_and_prior_on_the_frames_where_both_show_a_face():
+  rng = np.random.default_rng(1)
+  wanted = {name: rng.normal(size=10) for name in metrics.MOTION_MEASURES}
+
+  def report(frames, noise):
+    return {
+      'per_frame': {
+        'frame': frames,
+        'driving': {name: wanted[name][frames].tolist() for name in wanted},
+        'output': {
+          name: (wanted[name][frames] + noise * rng.normal(size=len(frames))).tolist()
+          for name in wanted
+        },
+      }
+    }
+
+  # The prior lost frame 3's face, the model frame 7's: 8 frames in common.
+  model = report([0, 1, 2, 3, 4, 5, 6, 8, 9], 0.1)
+  prior = report([0, 1, 2, 4, 5, 6, 7, 8, 9], 2.0)
+  comparison = demo_pipeline.compare_reports(model, prior)
+  assert comparison['frames'] == 8
+  for name in metrics.MOTION_MEASURES:
+    assert comparison[name]['difference'] > 0, (name, comparison[name])
+  assert 'skipped' in demo_pipeline.compare_reports({'correlation': {}}, prior)
