@@ -69,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   loss.perceptual = 10.0  # On the composite output.
   loss.perceptual_projected = 10.0  # On the projected RGB of the warped volume.
   loss.l1 = 10.0
+  # The renderer's foreground against the warped source pixels on the driving face, where the
+  # warp is valid (it paints only what the warp cannot show).
+  loss.keep_source = 3.0
   loss.alpha = 1.0
   loss.inpaint = 5.0
   loss.gan = 1.0

@@ -40,6 +40,7 @@ GENERATOR_TERMS = (
   'perceptual_projected',
   'perceptual',
   'l1',
+  'keep_source',
   'alpha',
   'inpaint',
   'gan_g',
@@ -56,6 +57,7 @@ class LossWeights:
   perceptual: float
   perceptual_projected: float
   l1: float
+  keep_source: float
   alpha: float
   inpaint: float
   gan: float
@@ -122,6 +124,13 @@ def _generator_losses(
     output = outputs['output']
     terms['perceptual'] = perceptual_fn(perceptual_params, output, batch['driving'])
     terms['l1'] = losses.l1(prediction=output, target=batch['driving'])
+    # The renderer keeps the source's own pixels on the face where the warp reaches them, so
+    # that it paints only what the warp cannot show (a minutes-trained renderer paints blurred).
+    terms['keep_source'] = losses.weighted_l1(
+      prediction=outputs['foreground'],
+      target=jax.lax.stop_gradient(outputs['warped_source']),
+      weight=outputs['validity'] * batch['driving_mask'],
+    )
     terms['alpha'] = losses.alpha_matte(alpha=outputs['alpha'], matte=batch['driving_matte'])
     terms['inpaint'] = losses.inpaint(
       background=outputs['inpainted'],
@@ -140,6 +149,7 @@ def _generator_losses(
       )
     total += weights.perceptual * terms['perceptual']
     total += weights.l1 * terms['l1']
+    total += weights.keep_source * terms['keep_source']
     total += weights.alpha * terms['alpha']
     total += weights.inpaint * terms['inpaint']
     total += weights.gan * terms['gan_g']

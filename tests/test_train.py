@@ -307,6 +307,45 @@ def test_the_model_learns_one_batch():
   assert last['cyclic'] < 0.5 * first['cyclic'], (first, last)
 
 
+@pytest.mark.slow  # 40 s, most of it compiling a step of its own loss weights.
+def test_the_renderer_learns_to_keep_the_source_pixels_the_warp_reaches():
+  """Phase-2 steps with only loss.keep_source: the renderer's foreground moves towards the
+  warped source pixels on the driving face (measured from the outputs; a flipped sign fails)."""
+  zero = ('l1', 'perceptual', 'perceptual_projected', 'cyclic_warp', 'alpha', 'inpaint', 'flow')
+  config = _tiny_config(
+    **{
+      'train.batch_size': 2,
+      'optim.generator_lr': 1e-2,
+      'optim.warmup_steps': 1,
+      'optim.phase2_warmup_steps': 1,
+      'train.phase1_steps': 0,
+      'loss.gan': 0.0,
+      'loss.feature_matching': 0.0,
+      'loss.keep_source': 1.0,
+      **{f'loss.{name}': 0.0 for name in zero},
+    }
+  )
+  setup = trainer.Setup(config, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  local = _first_batch(config)
+  batch = sharding.global_batch(local, setup.mesh)
+  step = setup.compiled_train_step(warp_only=False)
+  inputs = {name: local[name] for name in models.INPUT_NAMES}
+
+  @jax.jit
+  def departure(params):
+    outputs = setup.generator.apply({'params': params}, **inputs)
+    weight = outputs['validity'] * local['driving_mask']
+    difference = jnp.abs(outputs['foreground'] - outputs['warped_source']) * weight
+    return difference.sum() / (3 * weight.sum())
+
+  state = setup.init_state()
+  first = float(departure(state.generator_params))
+  for _ in range(20):
+    state, _ = step(state, batch, setup.perceptual[0])
+  last = float(departure(state.generator_params))
+  assert last < 0.5 * first, (first, last)
+
+
 FLOW_STEPS = 60
 
 
