@@ -277,8 +277,10 @@ def test_the_model_learns_one_batch():
       'train.phase1_steps': 0,
       'loss.gan': 0.0,
       'loss.feature_matching': 0.0,
-      # The photometric terms alone (the true motion is taught by the test below).
+      # The photometric terms alone: the true motion and keeping the warped pixels are taught
+      # by the tests below (keeping them holds L1 back: 0.0109 -> 0.0059 in 200 steps with it).
       'loss.flow': 0.0,
+      'loss.keep_source': 0.0,
     }
   )
   setup = trainer.Setup(config, mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
