@@ -93,36 +93,41 @@ def invert_similarity(scale, rotation, translation):
   return 1.0 / scale, rotation.swapaxes(-1, -2), inverse_translation
 
 
-# The head (face, hair, ears) as an ellipse in the canonical face's units (face_topology): centre
-# and radii relative to the face oval's box centre and half-extents. Hair reaches above the
-# forehead, ears beside the cheeks; the neck below the chin is outside the ellipse and fades.
+# The head (face, hair, ears) in the canonical face's units (face_topology): two half-ellipses
+# about one centre, relative to the face oval's box centre and half-extents. Above the centre it
+# reaches far (voluminous hair, as in the bundled portrait, is head and must move with it; the
+# person matte bounds it to the person); below it, the lower half ends a little under the chin
+# so that the neck fades out and the shoulders stay out.
 HEAD_CENTRE = (0.0, -0.2)  # Offset of the head centre, in oval half-widths / half-heights.
-HEAD_RADII = (1.4, 1.45)  # In oval half-widths / half-heights.
+HEAD_RADII_ABOVE = (1.9, 2.1)  # Radii of the upper half, in oval half-widths / half-heights.
+HEAD_RADII_BELOW = (1.9, 1.45)  # Radii of the lower half (the same width: no step at the centre).
 HEAD_SOFTNESS = 0.12  # The region falls from 1 to 0 over this band of the elliptic radius.
 
 
-def _canonical_head() -> tuple[np.ndarray, np.ndarray]:
+def _canonical_head() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(centre, radii above, radii below) of the head in canonical units."""
   oval = face_topology.canonical_landmarks()[face_topology.FACE_OVAL, :2].astype(np.float64)
   low, high = oval.min(axis=0), oval.max(axis=0)
   half = (high - low) / 2
   centre = (low + high) / 2 + np.asarray(HEAD_CENTRE) * half
-  return centre.astype(np.float32), (np.asarray(HEAD_RADII) * half).astype(np.float32)
+  above, below = (np.asarray(radii) * half for radii in (HEAD_RADII_ABOVE, HEAD_RADII_BELOW))
+  return centre.astype(np.float32), above.astype(np.float32), below.astype(np.float32)
 
 
 def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   """Soft region of the head (face, hair, ears) of a face, from its landmarks alone.
 
-  The canonical head ellipse (HEAD_CENTRE, HEAD_RADII around the canonical face oval) placed by
-  the in-plane similarity (scale, roll, shift) that maps the canonical face's stable landmarks
-  onto the face's. Multiplied with a person matte it separates the head, which moves with the
-  skull, from the torso and the background, which do not.
+  The canonical head (HEAD_CENTRE, HEAD_RADII_ABOVE and _BELOW around the canonical face oval)
+  placed by the in-plane similarity (scale, roll, shift) that maps the canonical face's stable
+  landmarks onto the face's. Multiplied with a person matte it separates the head, which moves
+  with the skull, from the torso and the background, which do not.
 
   Args:
     landmarks: (B, N, 3) normalised.
     height, width: output size (pixels of the image or voxels of the volume).
 
   Returns:
-    (B, height, width) float32 in [0, 1]; 1 inside the ellipse, 0 outside, soft in between.
+    (B, height, width) float32 in [0, 1]; 1 inside the head, 0 outside, soft in between.
   """
   stable = np.asarray(face_topology.STABLE)
   canonical = face_topology.canonical_landmarks()[stable].astype(np.float32)
@@ -136,8 +141,10 @@ def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   canonical_xy = (
     jnp.einsum('bhwi,bij->bhwj', offset, rotation[:, :2, :2]) / scale[:, None, None, None]
   )
-  centre, radii = _canonical_head()
-  radius = jnp.sqrt(jnp.sum(jnp.square((canonical_xy - centre) / radii), axis=-1))
+  centre, above, below = _canonical_head()
+  offset = canonical_xy - centre
+  radii = jnp.where(offset[..., 1:] < 0, above, below)  # Image y grows downwards.
+  radius = jnp.sqrt(jnp.sum(jnp.square(offset / radii), axis=-1))
   return jnp.clip((1.0 + HEAD_SOFTNESS - radius) / (2 * HEAD_SOFTNESS), 0.0, 1.0)
 
 

@@ -163,6 +163,11 @@ def test_head_region_covers_face_and_hair_not_the_shoulders():
   chin = oval[np.argmax(oval[:, 1])]
   assert float(region[to_pixel(centre)]) == 1.0  # The face.
   assert float(region[to_pixel(top - [0.0, 0.1])]) == 1.0  # Hair above the forehead.
+  half_width = (oval[:, 0].max() - oval[:, 0].min()) / 2
+  # Voluminous hair: a quarter of a face height above the forehead, and beside the temples.
+  assert float(region[to_pixel(top - [0.0, 0.3])]) == 1.0
+  assert float(region[to_pixel([centre[0] + 1.6 * half_width, top[1] + 0.15])]) == 1.0
+  assert float(region[to_pixel([centre[0], chin[1] + 0.4])]) == 0.0  # The neck's base.
   assert float(region[to_pixel([centre[0] + 0.9, chin[1] + 0.3])]) == 0.0  # A shoulder.
   # It moves, turns and scales with the face: shifted landmarks shift the region.
   moved = geometry.head_region(canonical + jnp.array([0.25, 0.0, 0.0]), 64, 64)[0]
