@@ -148,6 +148,39 @@ def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   return jnp.clip((1.0 + HEAD_SOFTNESS - radius) / (2 * HEAD_SOFTNESS), 0.0, 1.0)
 
 
+# Sub-pixel samples per axis of polygon_mask (its edges are antialiased over this many levels²).
+POLYGON_SUPERSAMPLING = 2
+
+
+def polygon_mask(polygon: jax.Array, height: int, width: int) -> jax.Array:
+  """Soft filled polygon: the fraction of each pixel inside a closed polygon (even-odd rule).
+
+  Each pixel is sampled at POLYGON_SUPERSAMPLING² points; a point is inside where a ray from it
+  towards +x crosses the polygon's edges an odd number of times. Agrees with
+  records.mask_from_polygon (the host rasteriser) up to the edge pixels.
+
+  Args:
+    polygon: (B, K, 2) vertices (x, y), normalised units, in order (the last joins the first).
+    height, width: output size, pixels.
+
+  Returns:
+    (B, height, width) float32 in [0, 1], no gradient (a mask of given landmarks).
+  """
+  polygon = jax.lax.stop_gradient(polygon.astype(jnp.float32))
+  n = POLYGON_SUPERSAMPLING
+  points = warp.identity_grid_2d(height * n, width * n).reshape(-1, 1, 2)  # (P, 1, 2)
+  start = polygon[:, None]  # (B, 1, K, 2)
+  end = jnp.roll(polygon, -1, axis=1)[:, None]
+  x, y = points[None, ..., 0], points[None, ..., 1]  # (1, P, 1)
+  spans = (start[..., 1] > y) != (end[..., 1] > y)
+  dy = end[..., 1] - start[..., 1]
+  safe_dy = jnp.where(spans, dy, 1.0)
+  crossing_x = start[..., 0] + (y - start[..., 1]) * (end[..., 0] - start[..., 0]) / safe_dy
+  crossings = jnp.sum(spans & (x < crossing_x), axis=-1)  # (B, P)
+  inside = (crossings % 2).astype(jnp.float32).reshape(-1, height, n, width, n)
+  return jnp.mean(inside, axis=(2, 4))
+
+
 def _gaussian_1d(centres: jax.Array, positions: jax.Array, sigma: float) -> jax.Array:
   """exp(-(positions - centres)^2 / (2 sigma^2)): (B, N) centres, (S,) positions -> (B, S, N)."""
   delta = positions[None, :, None] - centres[:, None, :]
@@ -344,6 +377,7 @@ __all__ = [
   'invert_similarity',
   'initial_flow',
   'head_region',
+  'polygon_mask',
   'project_flow',
   'head_pose',
   'rotation_to_euler',

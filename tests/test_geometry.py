@@ -199,3 +199,30 @@ def test_head_pose_and_euler_angles_round_trip():
   # Sign convention: a pure yaw is a turn about the vertical (y) axis.
   yaw_only = geometry.euler_to_rotation(jnp.array([[30.0, 0.0, 0.0]]))
   np.testing.assert_allclose(yaw_only[0] @ jnp.array([0.0, 1.0, 0.0]), [0.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_polygon_mask_fills_the_inside_of_a_concave_polygon():
+  # An L shape (concave), in either orientation: the inside is 1, the notch and outside 0.
+  shape = jnp.array([[-0.5, -0.5], [0.0, -0.5], [0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [-0.5, 0.5]])
+  for polygon in (shape, shape[::-1]):
+    mask = np.asarray(geometry.polygon_mask(polygon[None], 16, 16)[0])
+    assert mask.shape == (16, 16)
+    assert mask[6, 6] == 1.0 and mask[10, 10] == 1.0  # Both arms of the L.
+    assert mask[6, 10] == 0.0  # The notch.
+    assert mask[1, 1] == 0.0 and mask[14, 14] == 0.0
+    # Exact area (the vertices lie on pixel edges): 3/4 of a 8×8 square.
+    assert mask.sum() == pytest.approx(48.0)
+
+
+def test_polygon_mask_agrees_with_the_host_rasteriser():
+  from reenact_jax import records
+
+  landmarks = 0.8 * face_topology.canonical_landmarks()
+  polygon = landmarks[face_topology.FACE_OVAL, :2]
+  mask = np.asarray(geometry.polygon_mask(jnp.asarray(polygon)[None], 64, 64)[0])
+  host = records.mask_from_polygon(polygon, 64, 64)[..., 0]
+  # cv2 also fills the outline's pixels: everything fully inside is in the host mask, and the
+  # two differ only on a band about one pixel wide along the outline.
+  assert np.all(host[mask == 1.0] == 1.0)
+  assert np.abs((mask > 0.5) - host).sum() < 0.1 * host.sum()
+  assert np.abs(mask.sum() - host.sum()) < 0.1 * host.sum()

@@ -136,10 +136,16 @@ def test_identical_landmarks_give_zero_prior(setup):
 def test_an_untrained_generator_shows_the_geometric_prior(setup):
   # The renderer's and inpainter's heads start at zero: before any training the output is the
   # source's own pixels moved by the prior (models.prior_render), up to the renderer's initial
-  # trust in them (sigmoid(4)) and its alpha's softness.
+  # trust in them (sigmoid(4)) and its alpha's softness; except where the driver's mouth opens
+  # wider than the source's (models.unseen_mouth), which the renderer paints.
   _, generator, _, inputs, _, outputs = setup
   prior = jax.jit(lambda x: models.prior_render(generator, x))(inputs)
-  difference = np.abs(np.asarray(outputs['output']) - np.asarray(prior['output']))
+  unseen = models.unseen_mouth(
+    inputs['source_landmarks'], inputs['driving_landmarks'], outputs['flow_2d']
+  )
+  kept = np.asarray(unseen) == 0.0
+  assert kept.mean() > 0.5
+  difference = np.abs(np.asarray(outputs['output']) - np.asarray(prior['output'])) * kept
   assert difference.mean() < 0.01 and difference.max() < 0.1, (difference.mean(), difference.max())
   # The inpainter starts as the classical fill (its output differs only through the tiny initial
   # flow correction, which moves where the head uncovers the background).
@@ -288,3 +294,40 @@ def test_bad_inputs_fail_with_clear_message(setup):
     generator.apply({'params': params}, **{**inputs, 'source_landmarks': inputs['source'][..., 0]})
   with pytest.raises(ValueError, match='renderer_token_patch'):
     models.make_generator(_config(renderer_token_patch=3).model, config.image_size)
+
+
+def test_unseen_mouth_is_the_opening_the_moved_source_does_not_show():
+  from reenact_jax import face_topology
+
+  canonical = 0.8 * face_topology.canonical_landmarks()[None].astype(np.float32)
+  opened = canonical.copy()
+  # The driver opens the mouth: the inner lower-lip points drop by a tenth of the image.
+  lower = [14, 87, 178, 88, 95, 317, 402, 318, 324]
+  opened[:, lower, 1] += 0.1
+  size = 64
+  still = jnp.zeros((1, size, size, 2))
+  unseen = np.asarray(models.unseen_mouth(canonical, opened, still))[0, ..., 0]
+  inner = face_topology.LIPS_INNER
+  from reenact_jax import geometry
+
+  driving_mouth = np.asarray(geometry.polygon_mask(opened[:, inner, :2], size, size))[0]
+  source_mouth = np.asarray(geometry.polygon_mask(canonical[:, inner, :2], size, size))[0]
+  assert unseen.sum() > 20  # The gap between the lips, in pixels.
+  assert np.all(unseen <= driving_mouth + 1e-6)  # Only inside the driver's mouth...
+  assert unseen.sum() < driving_mouth.sum() - 0.5 * source_mouth.sum()  # ...less the source's.
+  # A mask: the flow gets no gradient for widening it.
+  gradient = jax.grad(lambda flow: models.unseen_mouth(canonical, opened, flow).sum())(
+    jnp.full((1, size, size, 2), 0.01)
+  )
+  assert np.all(np.asarray(gradient) == 0.0)
+  # A source whose mouth is already as open, moved onto the driver by the flow, shows it all.
+  shift = np.float32([0.1, 0.0])
+  moved = opened.copy()
+  moved[..., :2] += shift
+  # Backward flow: the driving pixel q shows the source at q + flow.
+  flow = jnp.broadcast_to(jnp.asarray(-shift), (1, size, size, 2))
+  shown = np.asarray(models.unseen_mouth(opened, moved, flow))[0, ..., 0]
+  assert shown.sum() < 0.15 * unseen.sum(), (shown.sum(), unseen.sum())
+  # Swapped roles: the driver closes the mouth, nothing but edge pixels is unseen.
+  closed = np.asarray(models.unseen_mouth(opened, canonical, still))[0, ..., 0]
+  assert closed.sum() < 0.1 * unseen.sum(), (closed.sum(), unseen.sum())  # Edge pixels only.

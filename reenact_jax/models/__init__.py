@@ -13,6 +13,7 @@ from reenact_jax.models.generator import (
   make_generator,
   prior_render,
   render,
+  unseen_mouth,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
   'make_generator',
   'prior_render',
   'render',
+  'unseen_mouth',
 ]

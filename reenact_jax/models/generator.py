@@ -136,6 +136,28 @@ def warp_person(
   return Warped(flow_2d, image, validity, person, head_motion, background)
 
 
+def unseen_mouth(
+  source_landmarks: jax.Array, driving_landmarks: jax.Array, flow_2d: jax.Array
+) -> jax.Array:
+  """(B, H, W, 1) the driving mouth's opening that the moved source does not show.
+
+  The inner-lip polygon of the driving landmarks, less the source's own mouth opening moved by
+  the image flow: where the driver opens the mouth wider than the source, the warp can only
+  stretch the source's lips across the gap, so that is where the renderer must paint (teeth,
+  tongue, the dark of the mouth) instead of keeping the warped pixels.
+
+  A mask, without gradient: the flow is not trained to move the source's mouth so as to widen
+  what the renderer may paint.
+  """
+  flow_2d = jax.lax.stop_gradient(flow_2d)
+  height, width = flow_2d.shape[1:3]
+  inner = face_topology.LIPS_INNER
+  driving = geometry.polygon_mask(driving_landmarks[:, inner, :2], height, width)[..., None]
+  source = geometry.polygon_mask(source_landmarks[:, inner, :2], height, width)[..., None]
+  moved = jnp.clip(warp.warp_2d(source, flow_2d), 0.0, 1.0)
+  return driving * (1.0 - moved)
+
+
 def composite_background(
   source: jax.Array, filled: jax.Array, hole: jax.Array, source_rest: jax.Array, head_motion
 ) -> jax.Array:
@@ -277,7 +299,8 @@ class Generator(nn.Module):
       dict with 'projected' (B, H/4, W/4, 3), 'flow' and 'flow_prior' (B, D, H/4, W/4, 3),
       'confidence' (B, D, H/4, W/4, 1), 'occlusion' (B, H/4, W/4, 1); with_cycle adds
       'projected_cycle' (B, H/4, W/4, 3); 'flow_2d' (B, H, W, 2) the head's image flow; unless
-      warp_only: 'warped_source' (B, H, W, 3) and 'validity' (B, H, W, 1), 'foreground',
+      warp_only: 'warped_source' (B, H, W, 3) and 'validity' (B, H, W, 1) (where the warped
+      pixels are kept: off the source and unseen_mouth are not), 'foreground',
       'background', 'inpainted' (the filled hole), 'output' (B, H, W, 3) and 'alpha'
       (B, H, W, 1). Images in [0, 1].
     """
@@ -329,15 +352,20 @@ class Generator(nn.Module):
     warped = warp_person(
       source, source_head, source_rest, prior.head_flow + learned, visibility, hole, fill
     )
+    # The renderer keeps the warped pixels where they are valid: not off the source, and not
+    # stretched lips across a mouth opened wider than the source's.
+    validity = warped.validity * (
+      1.0 - unseen_mouth(source_landmarks, driving_landmarks, warped.flow_2d)
+    )
     foreground, alpha = self.renderer(
-      projected_features, occlusion, warped.image, warped.validity, warped.person
+      projected_features, occlusion, warped.image, validity, warped.person
     )
     filled = self.inpainter(source, hole, fill)
     background = composite_background(source, filled, hole, source_rest, warped.head_motion)
     outputs.update(
       flow_2d=warped.flow_2d,
       warped_source=warped.image,
-      validity=warped.validity,
+      validity=validity,
       foreground=foreground,
       alpha=alpha,
       background=background,
