@@ -384,7 +384,6 @@ print(json.dumps(trainer.train_and_evaluate(config, sys.argv[2])))
 """
 
 
-@pytest.mark.slow
 def _face_error(batch, flow):
   """Mean |source moved by flow - driving| on the driving faces."""
   moved = np.asarray(warp.warp_2d(jnp.asarray(batch['source']), jnp.asarray(flow)))
@@ -434,6 +433,7 @@ def test_the_known_flow_moves_the_source_onto_the_driving_frame():
   assert example['flow_known'] == 0.0 and not example['driving_flow'].any()
 
 
+@pytest.mark.slow
 def test_demo_config_trains_two_steps_with_finite_losses(carphone_cache_64, tmp_path):
   """configs/demo.py (carphone + portrait pseudo-pairs) at 64x64, batch 2, on one CPU device.
 
