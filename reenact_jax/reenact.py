@@ -11,6 +11,13 @@ how well the output follows the driving clip. --prior_only renders with the geom
 alone (the baseline). Dashed spellings (--find-best-frame, --paste-back, ...) are accepted, and
 --relative means --motion=relative. A bad input (no face, unreadable video, missing checkpoint,
 unwritable output, image too large) ends with one message on stderr and exit status 1.
+
+  python -m reenact_jax.reenact --workdir=DIR --jobs=jobs.csv [options]
+
+runs every row of a CSV file (columns source, driving, output, and optionally any of
+reenact_jax.jobs.JOB_OPTIONS, which override the command line's options for that row) with one
+loaded model, reusing a driving clip's tracked face across rows, and prints a summary table; a
+failing row is listed with its reason and does not stop the others (exit status 1 if any failed).
 """
 
 import logging
@@ -20,9 +27,10 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from reenact_jax import cli, reenactment
+from reenact_jax import cli, jobs, reenactment
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
+_JOBS = flags.DEFINE_string('jobs', None, 'CSV file of jobs (source, driving, output, options).')
 _SOURCE = flags.DEFINE_string('source', None, 'Source portrait (JPEG/PNG) or video.')
 _DRIVING = flags.DEFINE_string('driving', None, 'Driving video.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output video (.mp4, .mov or .mkv).')
@@ -67,7 +75,14 @@ for _name in (
   'identity_weights',
 ):
   flags.DEFINE_alias(_name.replace('_', '-'), _name)
-flags.mark_flags_as_required(['workdir', 'source', 'driving', 'output'])
+flags.mark_flag_as_required('workdir')
+flags.register_multi_flags_validator(
+  ['jobs', 'source', 'driving', 'output'],
+  lambda values: (
+    bool(values['jobs']) or all(values[name] for name in ('source', 'driving', 'output'))
+  ),
+  message='give --source, --driving and --output, or --jobs=FILE.csv',
+)
 
 
 def main(argv) -> None:
@@ -92,6 +107,9 @@ def main(argv) -> None:
     batch_size=_BATCH_SIZE.value,
     step=_STEP.value,
   )
+  if _JOBS.value:
+    _run_jobs(options)
+    return
   try:
     summary = reenactment.reenact(
       _WORKDIR.value, _SOURCE.value, _DRIVING.value, _OUTPUT.value, options
@@ -135,6 +153,18 @@ def main(argv) -> None:
       f'Report ({summary["report_path"]}): face found in {report["face_found_fraction"]:.0%} of '
       f'the output frames; correlation with the driving clip: {correlations}.'
     )
+
+
+def _run_jobs(options: reenactment.Options) -> None:
+  try:
+    rows = jobs.read_jobs(_JOBS.value)
+    results = jobs.run_jobs(_WORKDIR.value, rows, options)
+  except (jobs.JobsFileError, reenactment.ReenactError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
+  print(jobs.format_summary(results))
+  if not all(result.done for result in results):
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -534,12 +534,15 @@ def reenact(
   *,
   progress: bool = True,
   renderer: Renderer | None = None,
+  tracks: dict | None = None,
 ) -> dict:
   """Renders the source portrait performing the driving clip into `output_path`.
 
   Args:
     renderer: a Renderer to reuse (e.g. across calls in the demo); by default `load(workdir,
       options.step, prior_only=options.prior_only)`.
+    tracks: a dict to keep tracked driving clips in across calls (jobs.py), keyed by the
+      clip's resolved path and options.driving_face; a clip found there is not tracked again.
 
   Returns:
     dict(frames, fps (end to end), seconds, render_fps (after the first batch, which
@@ -580,7 +583,12 @@ def reenact(
       upscaled,
       size,
     )
-  track = track_driving(driving_path, landmarker, renderer.num_landmarks, progress=progress)
+  key = (str(pathlib.Path(driving_path).resolve()), options.driving_face, renderer.num_landmarks)
+  track = tracks.get(key) if tracks is not None else None
+  if track is None:
+    track = track_driving(driving_path, landmarker, renderer.num_landmarks, progress=progress)
+    if tracks is not None:
+      tracks[key] = track
   same_clip = pathlib.Path(source_path).resolve() == pathlib.Path(driving_path).resolve()
   relative = options.motion == 'relative' or (options.motion == 'auto' and not same_clip)
   driving_landmarks, references = driving_motion(

@@ -57,6 +57,7 @@ LAYERS = {
     'evaluation',
     'trainer',
     'reenactment',
+    'jobs',
     'exporter',
     'benchmarks',
     'demo_pipeline',

@@ -227,6 +227,61 @@ def test_cli_bad_inputs_fail_with_one_message(case, tiny_workdir, inputs, tmp_pa
   assert not (tmp_path / 'out.mp4').exists()
 
 
+def test_a_jobs_file_runs_every_row_with_one_model_and_reports_the_bad_ones(
+  tiny_workdir, inputs, tmp_path, monkeypatch
+):
+  from reenact_jax import jobs
+
+  tracked = []
+  track = reenactment.track_driving
+  monkeypatch.setattr(
+    reenactment, 'track_driving', lambda *a, **k: tracked.append(a[0]) or track(*a, **k)
+  )
+  jobs_file = tmp_path / 'jobs.csv'
+  source, driving, grey = inputs['source'], inputs['driving'], inputs['grey']
+  jobs_file.write_text(
+    'source,driving,output,motion,side_by_side,smoothing\n'
+    f'{source},{driving},out1.mp4,absolute,,\n'
+    f'{grey},{driving},out2.mp4,,,\n'  # No face in the source.
+    '\n'  # A blank line is skipped.
+    f'{source},{driving},out3.mp4,relative,yes,\n'
+    f'{source},{driving},out4.mp4,,,strong\n'  # Not a number.
+  )
+  rows = jobs.read_jobs(jobs_file)
+  assert [row.row for row in rows] == [2, 3, 5, 6]
+  assert rows[0].output == tmp_path / 'out1.mp4'  # Relative to the jobs file's folder.
+  results = jobs.run_jobs(
+    tiny_workdir, rows, reenactment.Options(batch_size=BATCH_SIZE), progress=False
+  )
+  errors = [result.error for result in results]
+  assert [error is None for error in errors] == [True, False, True, False], errors
+  assert 'no face found' in results[1].error and str(grey) in results[1].error
+  assert "smoothing='strong'" in results[3].error
+  assert results[0].summary['motion'] == 'absolute' and results[2].summary['motion'] == 'relative'
+  for name in ('out1.mp4', 'out3.mp4', 'out3_side_by_side.mp4'):
+    frames, _ = _read_video(tmp_path / name)
+    assert len(frames) == NUM_FRAMES
+  assert not (tmp_path / 'out2.mp4').exists() and not (tmp_path / 'out1_side_by_side.mp4').exists()
+  assert tracked == [driving]  # The shared driving clip was tracked once.
+  table = jobs.format_summary(results)
+  assert table.splitlines()[0] == '2 of 4 jobs done, 2 failed.'
+  assert 'no face found' in table and str(tmp_path / 'out3.mp4') in table
+
+  # A file the command cannot use is one error naming the problem.
+  bad = tmp_path / 'bad.csv'
+  bad.write_text('source,driving,output,colour\na,b,c,red\n')
+  with pytest.raises(jobs.JobsFileError, match='unknown column.*colour'):
+    jobs.read_jobs(bad)
+  bad.write_text('source,driving\na,b\n')
+  with pytest.raises(jobs.JobsFileError, match='missing: output'):
+    jobs.read_jobs(bad)
+  with pytest.raises(jobs.JobsFileError, match='cannot be read'):
+    jobs.read_jobs(tmp_path / 'missing.csv')
+  # The command asks for either one job or a jobs file.
+  result = _run_cli(f'--workdir={tiny_workdir}', f'--output={tmp_path / "x.mp4"}')
+  assert result.returncode != 0 and 'or --jobs' in result.stderr
+
+
 # ------------------------------------------------------------- real inputs, prior alone
 
 
