@@ -227,6 +227,7 @@ def test_cli_bad_inputs_fail_with_one_message(case, tiny_workdir, inputs, tmp_pa
   assert not (tmp_path / 'out.mp4').exists()
 
 
+@pytest.mark.slow  # Two more reenactments and a command start (make test stays within 10 min).
 def test_a_jobs_file_runs_every_row_with_one_model_and_reports_the_bad_ones(
   tiny_workdir, inputs, tmp_path, monkeypatch
 ):
