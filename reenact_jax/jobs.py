@@ -7,6 +7,7 @@ face. A row that fails (a bad input, an unreadable file, a bad option value) is 
 reason and never stops the others.
 """
 
+import collections
 import csv
 import dataclasses
 import os
@@ -137,12 +138,26 @@ def run_jobs(
     reenactment.ReenactError when the model itself cannot be loaded (nothing could run).
   """
   renderer = renderer or reenactment.load(workdir, base.step, prior_only=base.prior_only)
+  planned = []  # (options, or the reason the row cannot run)
+  for job in jobs:
+    try:
+      planned.append(job_options(job, base))
+    except reenactment.ReenactError as error:
+      planned.append(str(error))
+  # A tracked clip is kept while a later row still uses it (keys as reenactment.reenact's).
+  uses = collections.Counter(
+    reenactment.track_key(job.driving, options.driving_face)
+    for job, options in zip(jobs, planned, strict=True)
+    if not isinstance(options, str)
+  )
   tracks: dict = {}
   results = []
   bar = tqdm(jobs, desc='Jobs', unit='job', file=sys.stderr, disable=not progress)
-  for index, job in enumerate(bar):
+  for job, options in zip(bar, planned, strict=True):
+    if isinstance(options, str):
+      results.append(JobResult(job, None, options))
+      continue
     try:
-      options = job_options(job, base)
       summary = reenactment.reenact(
         workdir,
         job.source,
@@ -159,21 +174,11 @@ def run_jobs(
     except Exception as error:  # noqa: BLE001 - a failing row never stops the others.
       detail = traceback.format_exception_only(type(error), error)[-1].strip()
       results.append(JobResult(job, None, f'unexpected error: {detail}'))
-    # Keep a tracked clip only while a later row still uses it.
-    later = {_track_key(other) for other in jobs[index + 1 :]}
-    for key in [key for key in tracks if key[:2] not in later]:
-      del tracks[key]
+    key = reenactment.track_key(job.driving, options.driving_face)
+    uses[key] -= 1
+    if uses[key] == 0:
+      tracks.pop(key, None)
   return results
-
-
-def _track_key(job: Job) -> tuple[str, int] | None:
-  if job.driving is None:
-    return None
-  try:
-    face = int(job.options.get('driving_face', '0') or 0)
-  except ValueError:
-    face = 0
-  return (str(pathlib.Path(job.driving).resolve()), face)
 
 
 def format_summary(results: list[JobResult]) -> str:

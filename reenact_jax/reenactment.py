@@ -333,6 +333,11 @@ def track_driving(
   return DrivingTrack(path, landmarks, has_face, shots, boxes, cached)
 
 
+def track_key(driving_path: str | os.PathLike, driving_face: int) -> tuple[str, int]:
+  """What identifies a tracked driving clip: its resolved path and the face followed."""
+  return (str(pathlib.Path(driving_path).resolve()), int(driving_face))
+
+
 def _driving_frames(track: DrivingTrack) -> Iterator[np.ndarray]:
   if track.frames is not None:
     yield from track.frames
@@ -541,8 +546,8 @@ def reenact(
   Args:
     renderer: a Renderer to reuse (e.g. across calls in the demo); by default `load(workdir,
       options.step, prior_only=options.prior_only)`.
-    tracks: a dict to keep tracked driving clips in across calls (jobs.py), keyed by the
-      clip's resolved path and options.driving_face; a clip found there is not tracked again.
+    tracks: a dict to keep tracked driving clips in across calls with one renderer (jobs.py),
+      keyed by track_key; a clip found there is not tracked again.
 
   Returns:
     dict(frames, fps (end to end), seconds, render_fps (after the first batch, which
@@ -583,7 +588,7 @@ def reenact(
       upscaled,
       size,
     )
-  key = (str(pathlib.Path(driving_path).resolve()), options.driving_face, renderer.num_landmarks)
+  key = track_key(driving_path, options.driving_face)
   track = tracks.get(key) if tracks is not None else None
   if track is None:
     track = track_driving(driving_path, landmarker, renderer.num_landmarks, progress=progress)
