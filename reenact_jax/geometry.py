@@ -157,7 +157,7 @@ def polygon_mask(polygon: jax.Array, height: int, width: int) -> jax.Array:
 
   Each pixel is sampled at POLYGON_SUPERSAMPLING² points; a point is inside where a ray from it
   towards +x crosses the polygon's edges an odd number of times. Agrees with
-  records.mask_from_polygon (the host rasteriser) up to the edge pixels.
+  crops.mask_from_polygon (the host rasteriser) up to the edge pixels.
 
   Args:
     polygon: (B, K, 2) vertices (x, y), normalised units, in order (the last joins the first).
@@ -179,6 +179,26 @@ def polygon_mask(polygon: jax.Array, height: int, width: int) -> jax.Array:
   crossings = jnp.sum(spans & (x < crossing_x), axis=-1)  # (B, P)
   inside = (crossings % 2).astype(jnp.float32).reshape(-1, height, n, width, n)
   return jnp.mean(inside, axis=(2, 4))
+
+
+# The inpainter's hole is the source person grown by this fraction of the image side (the matte's
+# soft edge and the hair's wisps are refilled too, not left as a halo).
+HOLE_DILATION = 0.02
+
+
+def hole_radius(height: int) -> int:
+  """HOLE_DILATION of an image `height` pixels high, in whole pixels (at least 1)."""
+  return max(1, round(HOLE_DILATION * height))
+
+
+def hole_of(source_matte: jax.Array) -> jax.Array:
+  """(B, H, W, 1) float32: the source person matte grown by HOLE_DILATION of the side (a max over
+  a square), the region whose background the inpainter fills."""
+  radius = hole_radius(source_matte.shape[1])
+  window = (1, 2 * radius + 1, 2 * radius + 1, 1)
+  return jax.lax.reduce_window(
+    source_matte.astype(jnp.float32), -jnp.inf, jax.lax.max, window, (1, 1, 1, 1), 'SAME'
+  )
 
 
 def _gaussian_1d(centres: jax.Array, positions: jax.Array, sigma: float) -> jax.Array:

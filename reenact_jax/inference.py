@@ -8,7 +8,6 @@ discriminator.
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -46,6 +45,30 @@ class LoadedGenerator:
     return render_fn(self.generator)(self.params, inputs)
 
 
+@dataclasses.dataclass
+class CheckpointRenderer:
+  """What reenact renders with from a checkpoint: its EMA generator, or its geometric prior alone
+  (prior_only: the run's sizes, none of its weights)."""
+
+  config: ml_collections.ConfigDict  # The run's config.
+  generator: models.Generator
+  params: Any  # The EMA parameters (unused by the prior alone).
+  step: int  # The checkpoint's step.
+  prior_only: bool
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.image_size)
+
+  @property
+  def num_landmarks(self) -> int:
+    return int(self.config.model.num_landmarks)
+
+  def render(self, inputs: dict[str, Any]) -> dict[str, jax.Array]:
+    """models.INPUT_NAMES -> outputs ('output', 'alpha', ...), compiled once per shape."""
+    return render_fn(self.generator, prior_only=self.prior_only)(self.params, inputs)
+
+
 def load_generator(workdir: str, step: int | None = None) -> LoadedGenerator:
   """The EMA generator of the newest (or the given) checkpoint in WORKDIR/checkpoints.
 
@@ -79,15 +102,3 @@ def load_generator(workdir: str, step: int | None = None) -> LoadedGenerator:
   # On the first local device once, not re-uploaded with every call.
   params = jax.device_put(params, jax.local_devices()[0])
   return LoadedGenerator(config=config, generator=generator, params=params, step=int(step))
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-  """Consecutive lists of `size` items (the last one shorter)."""
-  batch = []
-  for item in items:
-    batch.append(item)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch

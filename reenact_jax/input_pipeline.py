@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from reenact_jax import augmentation, bundled, records, synthetic
+from reenact_jax import augmentation, bundled, crops, records, synthetic
 from reenact_jax.records import Clip
 
 # Virtual length of the infinite pair stream; the trainer stops long before it ends.
@@ -150,7 +150,7 @@ class PseudoPairs:
     source = {
       'image': self.images[portrait],
       'landmarks': self.landmarks[portrait],
-      'mask': records.face_oval_mask(self.landmarks[portrait], *self.images.shape[1:3]),
+      'mask': crops.face_oval_mask(self.landmarks[portrait], *self.images.shape[1:3]),
       'matte': self.mattes[portrait],
     }
     image, landmarks, mask, matte, flow = augmentation.repose(

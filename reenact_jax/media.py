@@ -10,7 +10,7 @@ import fractions
 import os
 import pathlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import av
 import cv2
@@ -285,3 +285,15 @@ class VideoWriter:
     except Exception:  # Already broken: the partial file is removed either way.
       pass
     self._partial.unlink(missing_ok=True)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+  """Consecutive lists of `size` items (the last one shorter)."""
+  batch = []
+  for item in items:
+    batch.append(item)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch

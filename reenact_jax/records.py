@@ -34,7 +34,7 @@ import grain
 import msgpack
 import numpy as np
 
-from reenact_jax import face_topology
+from reenact_jax import crops
 
 FORMAT_VERSION = 2
 SPLITS = ('train', 'test')
@@ -186,41 +186,6 @@ def decode_record(raw: bytes, *, shard_name_for_errors: str = '<unknown shard>')
     ) from error
 
 
-def mask_from_polygon(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Filled face mask (H, W, 1) float32 {0, 1} from a (K, 2) polygon in normalised units.
-
-  cv2.fillPoly rasterisation: every pixel whose centre is inside is filled, and so are pixels
-  whose centre lies within about half a pixel outside an edge (cv2 includes the outline).
-  """
-  polygon = np.asarray(polygon, np.float64)
-  # Normalised -> continuous pixels -> pixel-index units (centres at integers); fillPoly takes
-  # fixed-point integer vertices, so keep 4 fractional bits.
-  shift = 4
-  x = ((polygon[:, 0] + 1) * (width / 2) - 0.5) * (1 << shift)
-  y = ((polygon[:, 1] + 1) * (height / 2) - 0.5) * (1 << shift)
-  vertices = np.round(np.stack([x, y], axis=-1)).astype(np.int32)
-  mask = np.zeros((height, width), np.uint8)
-  cv2.fillPoly(mask, [vertices], 1, lineType=cv2.LINE_8, shift=shift)
-  return mask.astype(np.float32)[..., None]
-
-
-def face_oval_mask(landmarks: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Filled face-oval polygon of `landmarks`.
-
-  Args:
-    landmarks: (N, 3) or (N, 2) normalised landmarks (MediaPipe topology).
-    height, width: mask size, pixels.
-
-  Returns:
-    (height, width, 1) float32 mask in {0, 1}: pixels whose centres are inside the
-    face_topology.FACE_OVAL polygon (records.mask_from_polygon, as for prepared data).
-  """
-  landmarks = np.asarray(landmarks)
-  if landmarks.ndim != 2 or landmarks.shape[-1] not in (2, 3):
-    raise ValueError(f'landmarks must have shape (N, 3) or (N, 2), got {landmarks.shape}.')
-  return mask_from_polygon(landmarks[face_topology.FACE_OVAL, :2], height, width)
-
-
 def read_json(data_dir: str | pathlib.Path, name: str) -> dict[str, Any]:
   path = pathlib.Path(data_dir) / name
   if not path.is_file():
@@ -345,7 +310,7 @@ class RecordFrames:
     return {
       'image': image.astype(np.float32) * np.float32(1 / 255),
       'landmarks': record['landmarks'],
-      'mask': mask_from_polygon(record['mask_polygon'], size, size),
+      'mask': crops.mask_from_polygon(record['mask_polygon'], size, size),
       'matte': matte[..., None].astype(np.float32) * np.float32(1 / 255),
     }
 

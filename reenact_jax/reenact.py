@@ -12,6 +12,11 @@ alone (the baseline). Dashed spellings (--find-best-frame, --paste-back, ...) ar
 --relative means --motion=relative. A bad input (no face, unreadable video, missing checkpoint,
 unwritable output, image too large) ends with one message on stderr and exit status 1.
 
+  python -m reenact_jax.reenact --export=DIR --source=... --driving=... --output=... [options]
+
+renders with an exported artifact (python -m reenact_jax.export) instead of a checkpoint: jax,
+numpy and the face models, never flax or the training code (not with --prior_only or --step).
+
   python -m reenact_jax.reenact --workdir=DIR --jobs=jobs.csv [options]
 
 runs every row of a CSV file (columns source, driving, output, and optionally any of
@@ -30,6 +35,9 @@ from absl import logging as absl_logging
 from reenact_jax import cli, jobs, reenactment
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
+_EXPORT = flags.DEFINE_string(
+  'export', None, 'Exported artifact folder (python -m reenact_jax.export) instead of --workdir.'
+)
 _JOBS = flags.DEFINE_string('jobs', None, 'CSV file of jobs (source, driving, output, options).')
 _SOURCE = flags.DEFINE_string('source', None, 'Source portrait (JPEG/PNG) or video.')
 _DRIVING = flags.DEFINE_string('driving', None, 'Driving video.')
@@ -75,7 +83,11 @@ for _name in (
   'identity_weights',
 ):
   flags.DEFINE_alias(_name.replace('_', '-'), _name)
-flags.mark_flag_as_required('workdir')
+flags.register_multi_flags_validator(
+  ['workdir', 'export'],
+  lambda values: bool(values['workdir']) != bool(values['export']),
+  message='give --workdir=RUN_DIR (a checkpoint) or --export=DIR (an exported artifact), not both',
+)
 flags.register_multi_flags_validator(
   ['jobs', 'source', 'driving', 'output'],
   lambda values: (
@@ -107,12 +119,17 @@ def main(argv) -> None:
     batch_size=_BATCH_SIZE.value,
     step=_STEP.value,
   )
+  try:
+    renderer = reenactment.open_renderer(_WORKDIR.value, _EXPORT.value, options)
+  except reenactment.ReenactError as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
   if _JOBS.value:
-    _run_jobs(options)
+    _run_jobs(options, renderer)
     return
   try:
     summary = reenactment.reenact(
-      _WORKDIR.value, _SOURCE.value, _DRIVING.value, _OUTPUT.value, options
+      _WORKDIR.value, _SOURCE.value, _DRIVING.value, _OUTPUT.value, options, renderer=renderer
     )
   except reenactment.ReenactError as error:
     print(f'error: {error}', file=sys.stderr)
@@ -155,10 +172,10 @@ def main(argv) -> None:
     )
 
 
-def _run_jobs(options: reenactment.Options) -> None:
+def _run_jobs(options: reenactment.Options, renderer: reenactment.Renderer) -> None:
   try:
     rows = jobs.read_jobs(_JOBS.value)
-    results = jobs.run_jobs(_WORKDIR.value, rows, options)
+    results = jobs.run_jobs(_WORKDIR.value, rows, options, renderer=renderer)
   except (jobs.JobsFileError, reenactment.ReenactError) as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)

@@ -48,6 +48,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -55,15 +56,13 @@ from tqdm import tqdm
 
 from reenact_jax import (
   crops,
-  evaluation,
+  exported,
   face,
   face_topology,
-  inference,
+  geometry,
   media,
   metrics,
-  models,
   motion,
-  records,
 )
 
 DEFAULT_BATCH_SIZE = 8
@@ -107,31 +106,32 @@ class Options:
 # ------------------------------------------------------------------------------- models
 
 
-@dataclasses.dataclass
-class Renderer:
-  """What turns generator inputs into frames: a trained generator or its prior alone."""
+class Renderer(Protocol):
+  """What turns generator inputs into frames: inference.CheckpointRenderer (a run's generator or
+  its prior alone) or ExportRenderer (an exported artifact)."""
 
-  config: object  # The run's config.
-  generator: models.Generator
-  params: object  # The EMA parameters (unused by the prior alone).
-  step: int  # The checkpoint's step.
   prior_only: bool
 
   @property
-  def image_size(self) -> int:
-    return int(self.config.image_size)
+  def image_size(self) -> int: ...
 
   @property
-  def num_landmarks(self) -> int:
-    return int(self.config.model.num_landmarks)
+  def num_landmarks(self) -> int: ...
+
+  @property
+  def step(self) -> int: ...
 
   def render(self, inputs: dict) -> dict:
-    """models.INPUT_NAMES -> outputs ('output', 'alpha', ...), compiled once per shape."""
-    return inference.render_fn(self.generator, prior_only=self.prior_only)(self.params, inputs)
+    """models.INPUT_NAMES (numpy arrays) -> outputs ('output', 'alpha', ...)."""
+    ...
 
 
 def load(workdir: str | os.PathLike, step: int | None = None, *, prior_only: bool = False):
   """The run's EMA generator (or, prior_only, its geometric prior), errors as ReenactError."""
+  # Imported here: flax and the models are needed for a checkpoint only; reenacting from an
+  # export (load_export) runs on jax, numpy and the face models alone.
+  from reenact_jax import inference
+
   try:
     loaded = inference.load_generator(str(workdir), step)
   except inference.CheckpointNotFoundError as error:
@@ -142,13 +142,84 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, prior_only: boo
       f'{str(error)[:500]}). It was probably written by an incompatible version of '
       'reenact_jax; retrain or use the matching code version.'
     ) from error
-  num_landmarks = int(loaded.config.model.num_landmarks)
-  if num_landmarks not in (468, 478):
+  _check_landmark_count(loaded.config.model.num_landmarks, f'--workdir {workdir}: the checkpoint')
+  return inference.CheckpointRenderer(
+    loaded.config, loaded.generator, loaded.params, loaded.step, prior_only
+  )
+
+
+def _check_landmark_count(num_landmarks: int, what: str) -> None:
+  if int(num_landmarks) not in (468, 478):
     raise ReenactError(
-      f'--workdir {workdir}: the checkpoint expects {num_landmarks} landmarks per face; the face '
-      'mesh gives 478 (or 468 without irises). It is not a face-mesh model.'
+      f'{what} expects {num_landmarks} landmarks per face; the face mesh gives 478 (or 468 '
+      'without irises). It is not a face-mesh model.'
     )
-  return Renderer(loaded.config, loaded.generator, loaded.params, loaded.step, prior_only)
+
+
+def open_renderer(
+  workdir: str | os.PathLike | None, export: str | os.PathLike | None, options: Options
+) -> Renderer:
+  """The renderer the command line asks for: `export`'s artifact, or `workdir`'s checkpoint
+  (options.step, options.prior_only)."""
+  if export:
+    if options.prior_only:
+      raise ReenactError(
+        "--prior_only renders with no weights from a run's sizes: use it with --workdir."
+      )
+    if options.step is not None:
+      raise ReenactError('--step chooses a checkpoint of --workdir; an --export holds one step.')
+    return load_export(export)
+  return load(workdir, options.step, prior_only=options.prior_only)
+
+
+@dataclasses.dataclass
+class ExportRenderer:
+  """An exported generator (reenact_jax/exported.py) as a Renderer."""
+
+  generator: exported.ExportedGenerator
+  prior_only = False
+
+  @property
+  def image_size(self) -> int:
+    return self.generator.image_size
+
+  @property
+  def num_landmarks(self) -> int:
+    return self.generator.num_landmarks
+
+  @property
+  def step(self) -> int:
+    return self.generator.step
+
+  def render(self, inputs: dict) -> dict:
+    return self.generator(*(inputs[name] for name in exported.INPUT_NAMES))
+
+
+def load_export(path: str | os.PathLike) -> ExportRenderer:
+  """The artifact written by `python -m reenact_jax.export`, errors as ReenactError.
+
+  The artifact's preprocessing (spec.json 'preprocessing': crop framing, face-mask polygon,
+  landmarks of the rigid fit, hole size) must be the one this code applies to the frames
+  (crops.preprocessing_spec); an artifact made for another one is refused, not run on
+  inputs it was not trained on.
+  """
+  try:
+    generator = exported.load(path)
+  except exported.ArtifactError as error:
+    raise ReenactError(f'--export: {error}') from error
+  expected = crops.preprocessing_spec()
+  found = generator.spec.get('preprocessing')
+  if found != expected:
+    differing = sorted(
+      key for key in expected if not isinstance(found, dict) or found.get(key) != expected[key]
+    )
+    raise ReenactError(
+      f'--export {path}: the artifact was made for other face preprocessing than this version '
+      f'of reenact_jax applies (differs in: {", ".join(differing)}). Re-export it with this '
+      f'version: python -m reenact_jax.export --workdir=RUN_DIR --output={path}'
+    )
+  _check_landmark_count(generator.num_landmarks, f'--export {path}: the artifact')
+  return ExportRenderer(generator)
 
 
 def _quiet(factory):
@@ -207,7 +278,7 @@ def prepare_source(
     box=box,
     crop=crop.astype(np.float32) / 255.0,
     landmarks=landmarks,
-    mask=records.face_oval_mask(landmarks, image_size, image_size),
+    mask=crops.face_oval_mask(landmarks, image_size, image_size),
     matte=segmenter(crop)[..., None],
     face_pixels=crops.face_width(pixel_landmarks),
   )
@@ -622,8 +693,8 @@ def reenact(
     embed = None
     if options.identity_weights:
       try:
-        embed = evaluation.dlib_identity_embedder(options.identity_weights)
-      except evaluation.EvaluationError as error:
+        embed = face.dlib_identity_embedder(options.identity_weights)
+      except face.IdentityModelError as error:
         raise ReenactError(f'--identity_weights: {error}') from error
     report = MotionReport(_quiet(face.FaceLandmarker), embed, source.crop)
   batch_size = options.batch_size
@@ -634,7 +705,7 @@ def reenact(
     'source_matte': np.repeat(source.matte[None], batch_size, axis=0),
   }
   source_panel = media.to_uint8(source.crop)
-  source_hole = np.asarray(models.hole_of(source.matte[None]))[0]
+  source_hole = np.asarray(geometry.hole_of(source.matte[None]))[0]
   frames = 0
   render_start = None  # (time, frames written) once the first batch (which compiles) is out.
 
@@ -663,7 +734,7 @@ def reenact(
     )
     driving_crops = _progress(driving_crops, progress, 'Reenacting', total=track.num_frames)
     pending = None
-    for batch in inference.batched(driving_crops, batch_size):
+    for batch in media.batched(driving_crops, batch_size):
       landmarks = driving_landmarks[frames : frames + len(batch)]
       # Dispatch is asynchronous: this batch renders while the previous one is encoded.
       outputs = renderer.render({**source_inputs, 'driving_landmarks': _pad(landmarks, batch_size)})

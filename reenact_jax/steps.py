@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from reenact_jax import losses, models
+from reenact_jax import geometry, losses, models
 from reenact_jax import train_state as train_state_lib
 
 PyTree = Any
@@ -135,9 +135,9 @@ def _generator_losses(
     terms['inpaint'] = losses.inpaint(
       background=outputs['inpainted'],
       driving=batch['driving'],
-      hole=models.hole_of(batch['source_matte']),
+      hole=geometry.hole_of(batch['source_matte']),
       # Grown like the hole: a fringe of hair the driving matte misses is not background.
-      driving_matte=models.hole_of(batch['driving_matte']),
+      driving_matte=geometry.hole_of(batch['driving_matte']),
     )
     if weights.adversarial:
       fake = discriminator.apply(discriminator_variables, output, update_stats=False)

@@ -399,7 +399,7 @@ def render_frame(
   landmarks, affine = _landmarks_and_texture_affine(
     clip, topology, frame_index, num_frames, num_landmarks
   )
-  # Draw from the float32 landmarks we return: the mask is exactly records.face_oval_mask of them.
+  # Draw from the float32 landmarks we return: the mask is exactly crops.face_oval_mask of them.
   xy = landmarks[:, :2].astype(np.float64)
 
   # Skin texture follows the least-squares affine motion of the rigid landmarks. Normalised

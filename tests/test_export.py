@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from reenact_jax import exported, exporter, inference, synthetic
+from reenact_jax import crops, exported, exporter, face_topology, inference, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH_SIZES = (2, 3)
@@ -112,6 +112,11 @@ def test_spec_lists_inputs_outputs_and_weights(artifact):
   assert spec['step'] == loaded.step and spec['image_size'] == size
   assert spec['platforms'] == ['cpu', 'cuda', 'tpu']
   assert '478' in spec['landmarks'] and '[-1, 1]' in spec['landmarks']
+  # What an application needs around the generator: the crop framing, the face mask's polygon,
+  # the landmarks of the rigid fit and the hole size.
+  assert spec['preprocessing'] == crops.preprocessing_spec()
+  assert spec['preprocessing']['face_mask_polygon'] == list(face_topology.FACE_OVAL)
+  assert spec['preprocessing']['stable_landmarks'] == list(face_topology.STABLE)
   assert spec['config']['model']['volume_depth'] == loaded.config.model.volume_depth
   # The weights list matches the npz and the EMA parameters exactly.
   with np.load(folder / exported.WEIGHTS_FILE) as weights:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reenact_jax import face_topology, geometry, warp
+from reenact_jax import crops, face_topology, geometry, warp
 
 NUM_LANDMARKS = 24
 STABLE = np.arange(0, NUM_LANDMARKS, 2)
@@ -215,12 +215,11 @@ def test_polygon_mask_fills_the_inside_of_a_concave_polygon():
 
 
 def test_polygon_mask_agrees_with_the_host_rasteriser():
-  from reenact_jax import records
 
   landmarks = 0.8 * face_topology.canonical_landmarks()
   polygon = landmarks[face_topology.FACE_OVAL, :2]
   mask = np.asarray(geometry.polygon_mask(jnp.asarray(polygon)[None], 64, 64)[0])
-  host = records.mask_from_polygon(polygon, 64, 64)[..., 0]
+  host = crops.mask_from_polygon(polygon, 64, 64)[..., 0]
   # cv2 also fills the outline's pixels: everything fully inside is in the host mask, and the
   # two differ only on a band about one pixel wide along the outline.
   assert np.all(host[mask == 1.0] == 1.0)

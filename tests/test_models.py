@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from reenact_jax import models
+from reenact_jax import geometry, models
 
 BATCH = 2
 
@@ -160,7 +160,7 @@ def test_background_equals_source_outside_the_hole_exactly(setup):
   rng = np.random.default_rng(3)
   matte = jnp.asarray((rng.uniform(size=inputs['source_matte'].shape) < 0.2).astype(np.float32))
   outputs = apply({'params': params}, **{**inputs, 'source_matte': matte}, with_cycle=True)
-  hole = np.asarray(models.hole_of(matte))
+  hole = np.asarray(geometry.hole_of(matte))
   assert 0.3 < hole.mean() < 0.99  # The dilated matte.
   outside = np.broadcast_to(hole == 0, outputs['background'].shape)
   assert np.array_equal(

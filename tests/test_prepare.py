@@ -90,7 +90,7 @@ def test_carphone_landmarks_masks_poses_and_counts(carphone_dir):
     # Mask: the face-oval polygon, a plausible share of the crop, filled where the polygon is.
     polygon = frame['mask_polygon']
     np.testing.assert_allclose(polygon, landmarks[face_topology.FACE_OVAL, :2], atol=1e-3)
-    mask = records.mask_from_polygon(polygon, RESOLUTION, RESOLUTION)
+    mask = crops.mask_from_polygon(polygon, RESOLUTION, RESOLUTION)
     area = float(mask.mean())
     assert 0.08 < area < 0.6
     assert abs(area - _polygon_area(polygon) / 4) < 0.03
@@ -246,12 +246,12 @@ def test_decode_errors_name_the_shard():
 def test_mask_from_polygon_fills_pixel_centres():
   # The square [-0.45, 0.45]^2 of an 8x8 image spans continuous pixels 2.2..5.8: centres 2..5.
   square = np.array([[-0.45, -0.45], [0.45, -0.45], [0.45, 0.45], [-0.45, 0.45]], np.float32)
-  mask = records.mask_from_polygon(square, 8, 8)
+  mask = crops.mask_from_polygon(square, 8, 8)
   assert mask.shape == (8, 8, 1) and mask.dtype == np.float32
   assert mask.sum() == 16 and mask[2:6, 2:6].all()
   # A triangle: the filled share matches its area up to the outline.
   triangle = np.array([[-0.8, 0.8], [0.8, 0.8], [0.0, -0.8]], np.float32)
-  area = records.mask_from_polygon(triangle, 64, 64).mean()
+  area = crops.mask_from_polygon(triangle, 64, 64).mean()
   assert abs(area - _polygon_area(triangle) / 4) < 0.03
 
 

@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from reenact_jax import bundled, face_topology, media, motion, reenactment
+from reenact_jax import bundled, exported, exporter, face_topology, media, motion, reenactment
 
 NUM_FRAMES = 10
 BATCH_SIZE = 4  # 10 frames -> batches of 4, 4 and a padded 2.
@@ -225,6 +226,102 @@ def test_cli_bad_inputs_fail_with_one_message(case, tiny_workdir, inputs, tmp_pa
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and message in errors[0] and value in errors[0], result.stderr
   assert not (tmp_path / 'out.mp4').exists()
+
+
+# What an application built on the exported artifact must never load.
+TRAINING_MODULES = (
+  'flax',
+  'optax',
+  'orbax',
+  'grain',
+  'reenact_jax.models',
+  'reenact_jax.inference',
+  'reenact_jax.trainer',
+  'reenact_jax.steps',
+  'reenact_jax.train_state',
+  'reenact_jax.checkpointing',
+  'reenact_jax.evaluation',
+)
+
+
+@pytest.fixture(scope='module')
+def artifact(tiny_workdir, tmp_path_factory):
+  folder = tmp_path_factory.mktemp('export') / 'artifact'
+  exporter.export_generator(str(tiny_workdir), str(folder), verify=False)
+  return folder
+
+
+def test_reenact_from_an_export_loads_no_model_or_training_code(
+  tiny_workdir, artifact, inputs, tmp_path
+):
+  output = tmp_path / 'out.mp4'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
+  # -X importtime lists every module the command imports (on stderr).
+  result = subprocess.run(
+    [sys.executable, '-X', 'importtime', '-m', 'reenact_jax.reenact', f'--export={artifact}']
+    + [f'--source={inputs["source"]}', f'--driving={inputs["driving"]}', f'--output={output}']
+    + ['--motion=absolute', f'--batch_size={BATCH_SIZE}', '--noaudio'],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  imported = {
+    line.split('|')[-1].strip() for line in result.stderr.splitlines() if 'import time:' in line
+  }
+  assert 'reenact_jax.exported' in imported and 'reenact_jax.face' in imported
+  loaded = sorted(
+    name
+    for name in imported
+    if any(name == m or name.startswith(m + '.') for m in TRAINING_MODULES)
+  )
+  assert loaded == []
+  assert 'from step 3' in result.stdout
+
+  # The same frames as from the checkpoint (one XLA program, up to float and codec rounding).
+  reference = tmp_path / 'reference.mp4'
+  options = reenactment.Options(motion='absolute', batch_size=BATCH_SIZE, audio=False)
+  reenactment.reenact(tiny_workdir, inputs['source'], inputs['driving'], reference, options)
+  got, _ = _read_video(output)
+  want, _ = _read_video(reference)
+  assert got.shape == want.shape == (NUM_FRAMES, 32, 32, 3)
+  assert np.abs(got.astype(int) - want).mean() < 0.5
+  assert got.std() > 2.0
+
+
+def test_an_export_for_other_preprocessing_or_with_checkpoint_options_is_refused(
+  artifact, tmp_path
+):
+  with pytest.raises(reenactment.ReenactError, match='--prior_only'):
+    reenactment.open_renderer(None, artifact, reenactment.Options(prior_only=True))
+  with pytest.raises(reenactment.ReenactError, match='--step'):
+    reenactment.open_renderer(None, artifact, reenactment.Options(step=3))
+  renderer = reenactment.open_renderer(None, artifact, reenactment.Options())
+  assert (renderer.image_size, renderer.num_landmarks, renderer.step) == (32, 478, 3)
+
+  changed = tmp_path / 'changed'
+  shutil.copytree(artifact, changed)
+  spec = json.loads((changed / exported.SPEC_FILE).read_text())
+  spec['preprocessing']['crop_face_fraction'] = 0.5
+  (changed / exported.SPEC_FILE).write_text(json.dumps(spec))
+  with pytest.raises(reenactment.ReenactError, match=r'crop_face_fraction.*Re-export'):
+    reenactment.load_export(changed)
+  with pytest.raises(reenactment.ReenactError, match='--export: Export folder'):
+    reenactment.load_export(tmp_path / 'missing')
+
+
+def test_the_command_takes_a_checkpoint_or_an_export_not_both(tiny_workdir, artifact, tmp_path):
+  result = _run_cli(
+    f'--workdir={tiny_workdir}',
+    f'--export={artifact}',
+    '--source=a.png',
+    '--driving=b.mp4',
+    f'--output={tmp_path / "out.mp4"}',
+  )
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert '--workdir=RUN_DIR' in result.stderr and '--export=DIR' in result.stderr
 
 
 @pytest.mark.slow  # Two more reenactments and a command start (make test stays within 10 min).

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from reenact_jax import augmentation, face_topology, records, synthetic
+from reenact_jax import augmentation, crops, face_topology, synthetic
 
 NUM_FRAMES = 16
 
@@ -84,7 +84,7 @@ def test_mask_is_face_oval_fill_of_plausible_area():
     out = _frame(clip, 7, size=64)
     area = out['mask'].mean()
     assert 0.1 < area < 0.7, area
-    expected = records.face_oval_mask(out['landmarks'], 64, 64)
+    expected = crops.face_oval_mask(out['landmarks'], 64, 64)
     np.testing.assert_array_equal(out['mask'], expected)
     # Independent check: pixel centres inside the oval polygon (matplotlib-free ray test).
     polygon = out['landmarks'][face_topology.FACE_OVAL, :2]
@@ -109,7 +109,7 @@ def test_mouth_cavity_drawn_dark_when_open():
   gaps = [_mouth_gap(_frame(clip, f)['landmarks']) for f in range(NUM_FRAMES)]
   out = _frame(clip, int(np.argmax(gaps)), size=128)
   landmarks, image = out['landmarks'], out['image']
-  cavity = records.mask_from_polygon(landmarks[face_topology.LIPS_INNER, :2], 128, 128)
+  cavity = crops.mask_from_polygon(landmarks[face_topology.LIPS_INNER, :2], 128, 128)
   cavity = cavity[..., 0].astype(bool)
   assert cavity.sum() > 10
   assert image[cavity].mean() < 0.2
@@ -178,7 +178,7 @@ def test_repose_moves_image_and_landmarks_together(motion):
     expected = (moved_landmarks[index, :2] + 1) * size / 2 - 0.5
     assert np.linalg.norm(centroid - expected) < 0.3, (trial, centroid, expected)
     largest_move = max(largest_move, np.linalg.norm(expected - [x_px, y_px]))
-    np.testing.assert_array_equal(mask, records.face_oval_mask(moved_landmarks, size, size))
+    np.testing.assert_array_equal(mask, crops.face_oval_mask(moved_landmarks, size, size))
     assert abs(moved_landmarks[:, 2].mean()) < 1e-5
   assert largest_move > 1.5  # It really moved.
 
@@ -240,7 +240,7 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match='frame_index'):
     _frame(0, NUM_FRAMES)
   with pytest.raises(ValueError, match='landmarks'):
-    records.face_oval_mask(np.zeros((478,)), 8, 8)
+    crops.face_oval_mask(np.zeros((478,)), 8, 8)
   with pytest.raises(ValueError, match='max_deformation'):
     augmentation.repose(
       np.zeros((8, 8, 3)),
@@ -269,9 +269,7 @@ def test_true_flow_moves_the_source_skin_onto_the_driving_skin():
   warped = cv2.remap(source['image'], pixels[..., 0], pixels[..., 1], cv2.INTER_LINEAR)
   skin = cv2.erode(driving['mask'][..., 0], np.ones((5, 5), np.uint8)) > 0
   skin &= (
-    records.mask_from_polygon(driving['landmarks'][face_topology.LIPS_OUTER, :2], size, size)[
-      ..., 0
-    ]
+    crops.mask_from_polygon(driving['landmarks'][face_topology.LIPS_OUTER, :2], size, size)[..., 0]
     == 0
   )
   warped_error = np.abs(warped - driving['image'])[skin].mean()

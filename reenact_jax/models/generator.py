@@ -29,9 +29,6 @@ INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask',
 # group has its own optimiser state (train_state.py).
 WARP_PARTS = ('encoder', 'flow_net', 'projection')
 RENDER_PARTS = ('renderer', 'inpainter')
-# The hole left by the source person is its matte grown by this fraction of the image side, so
-# that no fringe of hair stays in the background the inpainter sees.
-HOLE_DILATION = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +124,7 @@ def warp_person(
   # Grown as the hole is: the old head's soft edge (hair blended into the background, where the
   # head flow fades to zero) is uncovered with the head, not left as an outline.
   head_motion = layers.dilate(
-    jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0), _hole_radius(size[0])
+    jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0), geometry.hole_radius(size[0])
   )
   background = composite_background(source, fill, hole, source_rest, head_motion)
   image = moved_head * head_image + (1.0 - moved_head) * background
@@ -167,19 +164,10 @@ def composite_background(
   return source.astype(jnp.float32) * (1.0 - uncovered) + filled * uncovered
 
 
-def hole_of(source_matte: jax.Array) -> jax.Array:
-  """Where the source person is, grown by HOLE_DILATION of the side: what the inpainter fills."""
-  return layers.dilate(source_matte.astype(jnp.float32), _hole_radius(source_matte.shape[1]))
-
-
 def background_fill(source: jax.Array, hole: jax.Array) -> jax.Array:
   """The source with its `hole` filled from the known background around it (layers.fill_holes;
   a pixel partly in the hole keeps its colour, weighted by how known it is)."""
   return layers.fill_holes(source, 1.0 - hole)
-
-
-def _hole_radius(height: int) -> int:
-  return max(1, round(HOLE_DILATION * height))
 
 
 class Generator(nn.Module):
@@ -347,7 +335,7 @@ class Generator(nn.Module):
         prior.head_flow + learned, visibility, self.image_size, self.image_size
       )
       return outputs
-    hole = hole_of(source_matte)
+    hole = geometry.hole_of(source_matte)
     fill = background_fill(source, hole)
     warped = warp_person(
       source, source_head, source_rest, prior.head_flow + learned, visibility, hole, fill
@@ -530,7 +518,7 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
     stable_indices=generator.stable_indices,
   )
   visibility = generator.visibility_sharpness * prior.confidence
-  hole = hole_of(matte)
+  hole = geometry.hole_of(matte)
   fill = background_fill(source, hole)
   warped = warp_person(source, source_head, source_rest, prior.head_flow, visibility, hole, fill)
   alpha = warped.person * warped.validity
