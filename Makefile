@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ACCELERATOR ?= cpu
 JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 
-.PHONY: setup test test-slow test-all demo lint clean-demo
+.PHONY: setup setup-browser test test-slow test-all demo app lint clean-demo
 
 setup: $(STAMP) $(MODELS_DIR)/.done
 
@@ -46,3 +46,19 @@ lint: setup
 
 demo: setup
 	$(PY) -m reenact_jax.demo --output=demo_out
+
+# The web page on http://127.0.0.1:7860 with the demo's model (trained by `make demo` first when
+# demo_out/ holds none).
+app: setup
+	test -d demo_out/run/checkpoints || $(PY) -m reenact_jax.demo --output=demo_out
+	$(PY) -m reenact_jax.app --workdir=demo_out/run
+
+# Headless Chromium and its driver (Debian packages) for the web page's browser test; without
+# them that test is skipped. Needs root (or sudo).
+setup-browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "Chromium and chromedriver are installed."; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi

@@ -58,3 +58,42 @@ def carphone_cache_64(tmp_path_factory):
   cache = tmp_path_factory.mktemp('demo_cache')
   bundled.prepared_demo_dir(cache, resolution=64)
   return cache
+
+
+# The first frames of the bundled driving clip, as a short test clip.
+NUM_FRAMES = 10
+
+
+@pytest.fixture(scope='session')
+def reenact_inputs(tmp_path_factory) -> dict:
+  """The astronaut as a PNG, the first NUM_FRAMES carphone frames as an mp4 (same fps) and a
+  faceless grey image: {'source', 'driving', 'rate', 'grey', 'folder'}."""
+  import av
+  import numpy as np
+  import skimage.data
+  from PIL import Image
+
+  from reenact_jax import bundled
+
+  folder = tmp_path_factory.mktemp('reenact_inputs')
+  source = folder / 'astronaut.png'
+  Image.fromarray(skimage.data.astronaut()).save(source)
+  driving = folder / 'carphone10.mp4'
+  with av.open(str(bundled.carphone_path())) as reader, av.open(str(driving), 'w') as writer:
+    in_stream = reader.streams.video[0]
+    out_stream = writer.add_stream('libx264', rate=in_stream.average_rate)
+    out_stream.width, out_stream.height = (
+      in_stream.codec_context.width,
+      in_stream.codec_context.height,
+    )
+    out_stream.pix_fmt = 'yuv420p'
+    for index, frame in enumerate(reader.decode(in_stream)):
+      if index == NUM_FRAMES:
+        break
+      image = frame.to_ndarray(format='rgb24')
+      writer.mux(out_stream.encode(av.VideoFrame.from_ndarray(image, format='rgb24')))
+    writer.mux(out_stream.encode(None))
+    rate = in_stream.average_rate
+  grey = folder / 'grey.png'
+  Image.fromarray(np.full((160, 120, 3), 128, np.uint8)).save(grey)
+  return {'source': source, 'driving': driving, 'rate': rate, 'grey': grey, 'folder': folder}

@@ -1,5 +1,10 @@
 """Small helpers shared by the tests."""
 
+import fractions
+
+import av
+import numpy as np
+
 from configs import tiny
 
 
@@ -33,3 +38,11 @@ def run_command(module: str, *args: str, timeout: float = 600, env=None):
     timeout=timeout,
     env={**os.environ, **(env or {})},
   )
+
+
+def read_video(path) -> tuple[np.ndarray, fractions.Fraction]:
+  """(frames (F, H, W, 3) uint8, frame rate) of a video file."""
+  with av.open(str(path)) as container:
+    stream = container.streams.video[0]
+    frames = np.stack([f.to_ndarray(format='rgb24') for f in container.decode(stream)])
+    return frames, stream.average_rate

@@ -61,8 +61,18 @@ LAYERS = {
     'exporter',
     'benchmarks',
     'demo_pipeline',
+    'web_app',
   ),
-  'commands': ('train', 'evaluate', 'reenact', 'export', 'benchmark', 'demo', 'convert_vgg'),
+  'commands': (
+    'train',
+    'evaluate',
+    'reenact',
+    'export',
+    'benchmark',
+    'demo',
+    'convert_vgg',
+    'app',
+  ),
 }
 LAYER_OF = {module: index for index, names in enumerate(LAYERS.values()) for module in names}
 COMMANDS = set(LAYERS['commands'])

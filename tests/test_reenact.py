@@ -1,6 +1,5 @@
 """reenact: the astronaut driven by a short cut of the carphone clip, motion maths, bad inputs."""
 
-import fractions
 import functools
 import json
 import os
@@ -16,47 +15,16 @@ import orbax.checkpoint as ocp
 import pytest
 
 from reenact_jax import bundled, exported, exporter, face_topology, media, motion, reenactment
+from tests.conftest import NUM_FRAMES
+from tests.helpers import read_video
 
-NUM_FRAMES = 10
 BATCH_SIZE = 4  # 10 frames -> batches of 4, 4 and a padded 2.
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _read_video(path) -> tuple[np.ndarray, fractions.Fraction]:
-  with av.open(str(path)) as container:
-    stream = container.streams.video[0]
-    frames = np.stack([f.to_ndarray(format='rgb24') for f in container.decode(stream)])
-    return frames, stream.average_rate
-
-
-@pytest.fixture(scope='module')
-def inputs(tmp_path_factory) -> dict:
-  """The astronaut as a PNG and the first NUM_FRAMES carphone frames as an mp4 (same fps)."""
-  import skimage.data
-  from PIL import Image
-
-  folder = tmp_path_factory.mktemp('reenact_inputs')
-  source = folder / 'astronaut.png'
-  Image.fromarray(skimage.data.astronaut()).save(source)
-  driving = folder / 'carphone10.mp4'
-  with av.open(str(bundled.carphone_path())) as reader, av.open(str(driving), 'w') as writer:
-    in_stream = reader.streams.video[0]
-    out_stream = writer.add_stream('libx264', rate=in_stream.average_rate)
-    out_stream.width, out_stream.height = (
-      in_stream.codec_context.width,
-      in_stream.codec_context.height,
-    )
-    out_stream.pix_fmt = 'yuv420p'
-    for index, frame in enumerate(reader.decode(in_stream)):
-      if index == NUM_FRAMES:
-        break
-      image = frame.to_ndarray(format='rgb24')
-      writer.mux(out_stream.encode(av.VideoFrame.from_ndarray(image, format='rgb24')))
-    writer.mux(out_stream.encode(None))
-    rate = in_stream.average_rate
-  grey = folder / 'grey.png'
-  Image.fromarray(np.full((160, 120, 3), 128, np.uint8)).save(grey)
-  return {'source': source, 'driving': driving, 'rate': rate, 'grey': grey, 'folder': folder}
+@pytest.fixture
+def inputs(reenact_inputs):
+  return reenact_inputs
 
 
 def test_absolute_with_side_by_side(tiny_workdir, inputs, tmp_path):
@@ -71,13 +39,13 @@ def test_absolute_with_side_by_side(tiny_workdir, inputs, tmp_path):
   )
   assert summary['frames'] == NUM_FRAMES and summary['fps'] > 0 and summary['step'] == 3
   assert summary['motion'] == 'absolute' and summary['shots'] == 1
-  frames, rate = _read_video(output)
+  frames, rate = read_video(output)
   assert frames.shape == (NUM_FRAMES, 32, 32, 3)  # configs/tiny.py image_size
   assert rate == inputs['rate']
   assert frames.std() > 2.0 and frames.max() > frames.min()
   assert not list(tmp_path.glob('.out.*'))  # No partial file left behind.
 
-  side, side_rate = _read_video(tmp_path / 'out_side_by_side.mp4')
+  side, side_rate = read_video(tmp_path / 'out_side_by_side.mp4')
   assert side.shape == (NUM_FRAMES, 32, 96, 3) and side_rate == inputs['rate']
   # Panels: the still source crop | the moving driving crop | the result (the output video).
   source_panel, driving_panel, result_panel = (
@@ -104,7 +72,7 @@ def test_relative_best_frame_paste_back(tiny_workdir, inputs, tmp_path):
   )
   assert summary['frames'] == NUM_FRAMES and summary['motion'] == 'relative'
   assert len(summary['reference_frames']) == 1 and 0 <= summary['reference_frames'][0] < NUM_FRAMES
-  frames, _ = _read_video(output)
+  frames, _ = read_video(output)
   import skimage.data
 
   portrait = skimage.data.astronaut().astype(int)
@@ -284,8 +252,8 @@ def test_reenact_from_an_export_loads_no_model_or_training_code(
   reference = tmp_path / 'reference.mp4'
   options = reenactment.Options(motion='absolute', batch_size=BATCH_SIZE, audio=False)
   reenactment.reenact(tiny_workdir, inputs['source'], inputs['driving'], reference, options)
-  got, _ = _read_video(output)
-  want, _ = _read_video(reference)
+  got, _ = read_video(output)
+  want, _ = read_video(reference)
   assert got.shape == want.shape == (NUM_FRAMES, 32, 32, 3)
   assert np.abs(got.astype(int) - want).mean() < 0.5
   assert got.std() > 2.0
@@ -357,7 +325,7 @@ def test_a_jobs_file_runs_every_row_with_one_model_and_reports_the_bad_ones(
   assert "smoothing='strong'" in results[3].error
   assert results[0].summary['motion'] == 'absolute' and results[2].summary['motion'] == 'relative'
   for name in ('out1.mp4', 'out3.mp4', 'out3_side_by_side.mp4'):
-    frames, _ = _read_video(tmp_path / name)
+    frames, _ = read_video(tmp_path / name)
     assert len(frames) == NUM_FRAMES
   assert not (tmp_path / 'out2.mp4').exists() and not (tmp_path / 'out1_side_by_side.mp4').exists()
   assert tracked == [driving]  # The shared driving clip was tracked once.
@@ -468,7 +436,7 @@ def test_prior_alone_follows_a_clip_with_a_cut_and_keeps_its_audio(prior_run, in
   assert report['frames'] == 24 and report['face_found_fraction'] == 1.0
   assert set(report['correlation']) == {'mouth_opening', 'eye_opening', 'yaw', 'pitch', 'roll'}
   assert json.loads(pathlib.Path(summary['report_path']).read_text()) == report
-  rendered, _ = _read_video(output)
+  rendered, _ = read_video(output)
   # The first output frame is the source itself (relative motion from the reference frame).
   source_crop = rendered[0].astype(int)
   assert np.abs(rendered.astype(int) - source_crop).mean(axis=(1, 2, 3)).max() > 2.0
