@@ -248,14 +248,15 @@ def test_reenact_from_an_export_loads_no_model_or_training_code(
   assert loaded == []
   assert 'from step 3' in result.stdout
 
-  # The same frames as from the checkpoint (one XLA program, up to float and codec rounding).
+  # The same frames as from the checkpoint: the renderer outputs agree to 1e-4 (test_export), and
+  # H.264 at 32x32 turns float rounding into a level or two; another model differs by tens.
   reference = tmp_path / 'reference.mp4'
   options = reenactment.Options(motion='absolute', batch_size=BATCH_SIZE, audio=False)
   reenactment.reenact(tiny_workdir, inputs['source'], inputs['driving'], reference, options)
   got, _ = read_video(output)
   want, _ = read_video(reference)
   assert got.shape == want.shape == (NUM_FRAMES, 32, 32, 3)
-  assert np.abs(got.astype(int) - want).mean() < 0.5
+  assert np.abs(got.astype(int) - want).mean() < 3.0
   assert got.std() > 2.0
 
 
