@@ -69,6 +69,11 @@ def summary_markdown(summary: dict) -> str:
   return '\n\n'.join(lines)
 
 
+def _error(message: str) -> gr.Error:
+  """An error shown in the page until the user closes it."""
+  return gr.Error(message, duration=None)
+
+
 def build(renderer: reenactment.Renderer, output_dir: str | os.PathLike) -> gr.Blocks:
   """The page, rendering with `renderer` into files under `output_dir`."""
   output_dir = pathlib.Path(output_dir)
@@ -87,9 +92,12 @@ def build(renderer: reenactment.Renderer, output_dir: str | os.PathLike) -> gr.B
     progress=gr.Progress(track_tqdm=True),  # Shows reenact's tqdm bars in the page.
   ):
     if not source:
-      raise gr.Error('Choose a source portrait (an image with one clearly visible face).')
+      raise _error('Choose a source portrait (an image with one clearly visible face).')
     if not driving:
-      raise gr.Error('Choose a driving video (upload a clip or record one with the webcam).')
+      raise _error(
+        'Choose a driving video: upload a clip or record one with the webcam (a file the '
+        'browser cannot read as a video is not taken).'
+      )
     output = output_dir / f'reenacted_{uuid.uuid4().hex[:12]}.mp4'
     options = reenactment.Options(
       motion=motion,
@@ -104,7 +112,7 @@ def build(renderer: reenactment.Renderer, output_dir: str | os.PathLike) -> gr.B
         None, source, driving, output, options, renderer=renderer, progress=True
       )
     except reenactment.ReenactError as error:
-      raise gr.Error(str(error)) from error
+      raise _error(str(error)) from error
     side = summary['side_by_side']
     return (
       summary['output'],
