@@ -11,36 +11,24 @@ temporary folder). --host=0.0.0.0 serves other machines too (there is no login: 
 network you trust).
 """
 
-import logging
 import sys
 import tempfile
 
 from absl import app, flags
-from absl import logging as absl_logging
 
 from reenact_jax import cli, reenactment, web_app
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
-_EXPORT = flags.DEFINE_string('export', None, 'Exported artifact folder instead of --workdir.')
+_WORKDIR, _EXPORT = cli.define_model_flags()
 _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to serve on.')
 _PORT = flags.DEFINE_integer('port', 7860, 'Port to serve on.')
 _MAX_UPLOAD_MB = flags.DEFINE_integer('max_upload_mb', 200, 'Largest upload accepted, MB.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for the results (default: temp).')
-flags.register_multi_flags_validator(
-  ['workdir', 'export'],
-  lambda values: bool(values['workdir']) != bool(values['export']),
-  message='give --workdir=RUN_DIR (a checkpoint) or --export=DIR (an exported artifact), not both',
-)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Orbax pages while loading a checkpoint and the HTTP client's request lines would bury the
-  # address and the warnings.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('absl').setLevel(logging.ERROR)
-  logging.getLogger('httpx').setLevel(logging.WARNING)
+  cli.quiet_library_logs()
   try:
     renderer = reenactment.open_renderer(_WORKDIR.value, _EXPORT.value, reenactment.Options())
   except reenactment.ReenactError as error:

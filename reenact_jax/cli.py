@@ -8,10 +8,12 @@ that fails to load, and a usage banner for an unknown or missing flag; a user ne
 that names the problem.
 """
 
+import logging
 import sys
 from collections.abc import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 # The exit code of a command line that cannot run as written (as argparse and absl use).
@@ -52,3 +54,27 @@ def parse_flags(argv: list[str]) -> list[str]:
 def run(main: Callable[[list[str]], None]) -> None:
   """app.run(main) with parse_flags."""
   app.run(main, flags_parser=parse_flags)
+
+
+def define_model_flags() -> tuple[flags.FlagHolder, flags.FlagHolder]:
+  """--workdir (a run's checkpoint) and --export (an exported artifact), exactly one of them."""
+  workdir = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
+  export = flags.DEFINE_string(
+    'export', None, 'Exported artifact folder (python -m reenact_jax.export) instead of --workdir.'
+  )
+  flags.register_multi_flags_validator(
+    ['workdir', 'export'],
+    lambda values: bool(values['workdir']) != bool(values['export']),
+    message='give --workdir=RUN_DIR (a checkpoint) or --export=DIR (an exported artifact), '
+    'not both',
+  )
+  return workdir, export
+
+
+def quiet_library_logs() -> None:
+  """Orbax logs pages while loading a checkpoint (at INFO, and read-only notices at WARNING) and
+  the HTTP client a line per request: a command's stderr is kept for its own warnings, errors
+  and progress bar."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger('absl').setLevel(logging.ERROR)
+  logging.getLogger('httpx').setLevel(logging.WARNING)

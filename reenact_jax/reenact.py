@@ -25,19 +25,14 @@ loaded model, reusing a driving clip's tracked face across rows, and prints a su
 failing row is listed with its reason and does not stop the others (exit status 1 if any failed).
 """
 
-import logging
 import math
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 
 from reenact_jax import cli, jobs, reenactment
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding checkpoints/.')
-_EXPORT = flags.DEFINE_string(
-  'export', None, 'Exported artifact folder (python -m reenact_jax.export) instead of --workdir.'
-)
+_WORKDIR, _EXPORT = cli.define_model_flags()
 _JOBS = flags.DEFINE_string('jobs', None, 'CSV file of jobs (source, driving, output, options).')
 _SOURCE = flags.DEFINE_string('source', None, 'Source portrait (JPEG/PNG) or video.')
 _DRIVING = flags.DEFINE_string('driving', None, 'Driving video.')
@@ -84,11 +79,6 @@ for _name in (
 ):
   flags.DEFINE_alias(_name.replace('_', '-'), _name)
 flags.register_multi_flags_validator(
-  ['workdir', 'export'],
-  lambda values: bool(values['workdir']) != bool(values['export']),
-  message='give --workdir=RUN_DIR (a checkpoint) or --export=DIR (an exported artifact), not both',
-)
-flags.register_multi_flags_validator(
   ['jobs', 'source', 'driving', 'output'],
   lambda values: (
     bool(values['jobs']) or all(values[name] for name in ('source', 'driving', 'output'))
@@ -100,10 +90,7 @@ flags.register_multi_flags_validator(
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Orbax logs pages while loading a checkpoint (at INFO, and read-only notices at WARNING):
-  # stderr is kept for this command's warnings, errors and the progress bar.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('absl').setLevel(logging.ERROR)
+  cli.quiet_library_logs()
   options = reenactment.Options(
     motion='relative' if _RELATIVE.value else _MOTION.value,
     find_best_frame=_FIND_BEST_FRAME.value,
@@ -142,24 +129,14 @@ def main(argv) -> None:
     if math.isfinite(summary['render_fps'])
     else ''
   )
-  model = 'the geometric prior alone' if summary['step'] is None else f'step {summary["step"]}'
+  model = reenactment.model_name(summary['step'])
   print(
     f'Wrote {written}: {summary["frames"]} frames at {summary["video_fps"]:.2f} fps from '
     f'{model}, {summary["motion"]} motion, in {summary["seconds"]:.1f} s '
     f'({summary["fps"]:.1f} frames/s end to end{rendering}).'
   )
-  notes = []
-  if summary['shots'] > 1:
-    notes.append(f'{summary["shots"]} shots (motion re-anchored after each cut)')
-  if summary['frames_without_face']:
-    notes.append(f'{summary["frames_without_face"]} driving frames without a face were filled')
-  if summary['upscaled'] > 1.5:
-    notes.append(
-      f'the source face is small ({summary["source_face_pixels"]:.0f} px wide) and was upscaled '
-      f'{summary["upscaled"]:.1f}x'
-    )
-  if notes:
-    print('Note: ' + '; '.join(notes) + '.')
+  for note in reenactment.summary_notes(summary):
+    print(f'Note: {note}')
   if summary['report'] is not None:
     report = summary['report']
     correlations = ', '.join(

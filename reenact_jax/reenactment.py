@@ -558,6 +558,27 @@ class MotionReport:
 # ------------------------------------------------------------------------------ helpers
 
 
+def summary_notes(summary: dict) -> list[str]:
+  """What a user should know about a finished reenactment (reenact's summary), as sentences:
+  shots re-anchored, driving frames filled, a small source face upscaled."""
+  notes = []
+  if summary['shots'] > 1:
+    notes.append(f'{summary["shots"]} shots: the motion was re-anchored after each cut.')
+  if summary['frames_without_face']:
+    notes.append(f'{summary["frames_without_face"]} driving frames without a face were filled.')
+  if summary['upscaled'] > 1.5:
+    notes.append(
+      f'The source face is small ({summary["source_face_pixels"]:.0f} px wide); its crop was '
+      f'upscaled {summary["upscaled"]:.1f}x.'
+    )
+  return notes
+
+
+def model_name(step: int | None) -> str:
+  """'step N', or 'the geometric prior alone' for step None (reenact's summary['step'])."""
+  return 'the geometric prior alone' if step is None else f'step {step}'
+
+
 def side_by_side_path(output_path: str | os.PathLike) -> pathlib.Path:
   path = pathlib.Path(output_path)
   return path.with_name(f'{path.stem}{SIDE_BY_SIDE_SUFFIX}{path.suffix}')

@@ -41,20 +41,12 @@ def example_inputs(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
 
 def summary_markdown(summary: dict) -> str:
   """The reenactment's summary and motion report as a short Markdown text."""
-  model = 'the geometric prior alone' if summary['step'] is None else f'step {summary["step"]}'
   lines = [
-    f'**{summary["frames"]} frames** at {summary["video_fps"]:.2f} fps from {model}, '
-    f'{summary["motion"]} motion, in {summary["seconds"]:.1f} s.'
+    f'**{summary["frames"]} frames** at {summary["video_fps"]:.2f} fps from '
+    f'{reenactment.model_name(summary["step"])}, {summary["motion"]} motion, in '
+    f'{summary["seconds"]:.1f} s.',
+    *reenactment.summary_notes(summary),
   ]
-  if summary['shots'] > 1:
-    lines.append(f'{summary["shots"]} shots: the motion was re-anchored after each cut.')
-  if summary['frames_without_face']:
-    lines.append(f'{summary["frames_without_face"]} driving frames without a face were filled.')
-  if summary['upscaled'] > 1.5:
-    lines.append(
-      f'The source face is small ({summary["source_face_pixels"]:.0f} px wide); its crop was '
-      f'upscaled {summary["upscaled"]:.1f}x.'
-    )
   report = summary['report']
   if report is not None:
     lines.append(
@@ -79,7 +71,7 @@ def build(renderer: reenactment.Renderer, output_dir: str | os.PathLike) -> gr.B
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   example_source, example_driving = example_inputs(output_dir)
-  model = 'the geometric prior alone' if renderer.prior_only else f'step {renderer.step}'
+  model = reenactment.model_name(None if renderer.prior_only else renderer.step)
 
   def run(
     source,
