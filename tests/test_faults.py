@@ -63,6 +63,7 @@ def _logged_steps(workdir):
   return [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()]
 
 
+@pytest.mark.slow  # ~50 s: two short runs and a resume (make test stays within 10 minutes).
 def test_a_truncated_newest_checkpoint_is_set_aside_and_the_one_before_resumes(
   tmp_path, tiny_setup, caplog
 ):
