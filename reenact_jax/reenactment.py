@@ -15,8 +15,8 @@ Driving clip: one person is followed (the `driving_face`-th largest face of the 
 the face nearest to where it was); cuts between shots are detected from colour histograms, the
 face is detected afresh after each and the crop box and relative motion are re-anchored per
 shot. Frames without a face take the nearest frame's landmarks (the summary counts them). The
-landmarks are smoothed in time (One Euro filter forward and backward: no lag; `smoothing`; 0 turns it
-off).
+landmarks are smoothed in time (One Euro filter forward and backward: no lag; `smoothing`; 0
+turns it off).
 
 Motion:
   relative   the source landmarks moved by the driving motion since a reference frame of the
