@@ -56,9 +56,11 @@ app: setup
 # Headless Chromium and its driver (Debian packages) for the web page's browser test; without
 # them that test is skipped. Needs root (or sudo).
 setup-browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	@if command -v chromedriver >/dev/null && \
+	    (command -v chromium >/dev/null || command -v chromium-browser >/dev/null); then \
 	  echo "Chromium and chromedriver are installed."; \
 	else \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo "sudo -n" ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi

@@ -11,6 +11,8 @@ temporary folder). --host=0.0.0.0 serves other machines too (there is no login: 
 network you trust).
 """
 
+import atexit
+import shutil
 import sys
 import tempfile
 
@@ -21,7 +23,9 @@ from reenact_jax import cli, reenactment, web_app
 _WORKDIR, _EXPORT = cli.define_model_flags()
 _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to serve on.')
 _PORT = flags.DEFINE_integer('port', 7860, 'Port to serve on.')
-_MAX_UPLOAD_MB = flags.DEFINE_integer('max_upload_mb', 200, 'Largest upload accepted, MB.')
+_MAX_UPLOAD_MB = flags.DEFINE_integer(
+  'max_upload_mb', 200, 'Largest upload accepted, MB.', lower_bound=1
+)
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for the results (default: temp).')
 
 
@@ -34,13 +38,24 @@ def main(argv) -> None:
   except reenactment.ReenactError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
-  output_dir = _OUTPUT_DIR.value or tempfile.mkdtemp(prefix='reenact_jax_app_')
-  page = web_app.build(renderer, output_dir)
-  print(f'Serving on http://{_HOST.value}:{_PORT.value} (results in {output_dir}); Ctrl-C stops.')
-  sys.stdout.flush()
-  web_app.launch(
-    page, output_dir, host=_HOST.value, port=_PORT.value, max_upload_mb=_MAX_UPLOAD_MB.value
-  )
+  if _OUTPUT_DIR.value:
+    output_dir = _OUTPUT_DIR.value
+  else:  # A folder of this server's own, removed when it stops.
+    output_dir = tempfile.mkdtemp(prefix='reenact_jax_app_')
+    atexit.register(shutil.rmtree, output_dir, ignore_errors=True)
+  try:
+    page = web_app.build(renderer, output_dir)
+    print(f'Serving on http://{_HOST.value}:{_PORT.value} (results in {output_dir}); Ctrl-C stops.')
+    sys.stdout.flush()
+    web_app.launch(
+      page, output_dir, host=_HOST.value, port=_PORT.value, max_upload_mb=_MAX_UPLOAD_MB.value
+    )
+  except OSError as error:  # A busy port, an unwritable --output_dir.
+    print(
+      f'error: cannot serve on {_HOST.value}:{_PORT.value} with results in {output_dir}: {error}',
+      file=sys.stderr,
+    )
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ config), so it can be copied into an application on its own.
 
 import json
 import pathlib
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,11 @@ EXPORTED_FILE = 'generator.jax_exported'
 WEIGHTS_FILE = 'weights.npz'
 FORMAT = 'reenact_jax.exported'
 FORMAT_VERSION = 3  # 2: the source person matte is an input; 3: spec['preprocessing'].
+# Versions this loader runs (version 2 lacks only the preprocessing record, which the generator
+# does not need; reenact --export requires it).
+READABLE_VERSIONS = (2, 3)
+# Keys every readable spec has.
+_SPEC_KEYS = ('inputs', 'weights', 'image_size', 'num_landmarks', 'step')
 
 # The order of the positional inputs of the callable returned by `load`.
 INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask', 'source_matte')
@@ -65,11 +71,20 @@ def _read_spec(path: pathlib.Path) -> dict[str, Any]:
     raise ArtifactError(
       f'{spec_path} is not readable JSON ({error}). {_REEXPORT_HINT.format(path=path)}'
     ) from error
-  if spec.get('format') != FORMAT or spec.get('format_version') != FORMAT_VERSION:
+  if not isinstance(spec, dict):
     raise ArtifactError(
-      f'{spec_path} is not a {FORMAT} version {FORMAT_VERSION} spec (found format='
-      f'{spec.get("format")!r}, version={spec.get("format_version")!r}). '
+      f'{spec_path} is not an artifact spec (a JSON object). {_REEXPORT_HINT.format(path=path)}'
+    )
+  if spec.get('format') != FORMAT or spec.get('format_version') not in READABLE_VERSIONS:
+    raise ArtifactError(
+      f'{spec_path} is not a {FORMAT} spec of version {" or ".join(map(str, READABLE_VERSIONS))}'
+      f' (found format={spec.get("format")!r}, version={spec.get("format_version")!r}). '
       + _REEXPORT_HINT.format(path=path)
+    )
+  missing = [key for key in _SPEC_KEYS if key not in spec]
+  if missing:
+    raise ArtifactError(
+      f'{spec_path} lacks {", ".join(missing)}. {_REEXPORT_HINT.format(path=path)}'
     )
   return spec
 
@@ -80,7 +95,7 @@ def _read_weights(path: pathlib.Path, spec: Mapping[str, Any]) -> dict[str, np.n
   try:
     with np.load(weights_path, allow_pickle=False) as archive:
       weights = {name: archive[name] for name in archive.files}
-  except (OSError, ValueError) as error:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # Truncated, empty, foreign.
     raise ArtifactError(
       f'{weights_path} is not a readable .npz ({error}). {_REEXPORT_HINT.format(path=path)}'
     ) from error

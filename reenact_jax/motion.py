@@ -143,9 +143,10 @@ def smooth_landmarks(
 
   The whole clip is known before rendering, so the filter runs forward and then backward over
   each shot: the two passes' lags cancel (a causal filter trails every head turn and mouth
-  opening by several frames). strength 0 is off; 1 (the default of `reenact`) uses
-  SMOOTHING_MIN_CUTOFF and SMOOTHING_BETA; larger values smooth more (the cutoff is divided by
-  it).
+  opening by several frames). Each shot is first extended by half a second of its own motion
+  mirrored about its end frames (as scipy's filtfilt pads), so its first and last frames do not
+  lag either. strength 0 is off; 1 (the default of `reenact`) uses SMOOTHING_MIN_CUTOFF and
+  SMOOTHING_BETA; larger values smooth more (the cutoff is divided by it).
   """
   if strength <= 0:
     return np.asarray(landmarks, np.float32)
@@ -154,7 +155,13 @@ def smooth_landmarks(
     series, fps, min_cutoff=SMOOTHING_MIN_CUTOFF / strength, beta=SMOOTHING_BETA
   )
   for begin, end in shots:
-    out[begin:end] = smooth(smooth(out[begin:end])[::-1])[::-1]
+    shot = out[begin:end]
+    pad = min(len(shot) - 1, round(fps / 2))
+    if pad > 0:
+      before = 2 * shot[0] - shot[pad:0:-1]
+      after = 2 * shot[-1] - shot[-2 : -pad - 2 : -1]
+      shot = np.concatenate([before, shot, after])
+    out[begin:end] = smooth(smooth(shot)[::-1])[::-1][pad : pad + end - begin]
   return out
 
 

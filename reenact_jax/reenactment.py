@@ -1,8 +1,10 @@
 """Reenactment of a portrait with the head motion and expressions of a driving video.
 
 The command is `python -m reenact_jax.reenact`; this module is its library (also used by the
-demo). The newest checkpoint in a run directory (or a given step) is loaded with its EMA weights
-and its own config (image size, landmark count). The source face and every driving frame are
+demo, the jobs runner and the web page). The newest checkpoint in a run directory (or a given
+step) is loaded with its EMA weights and its own config (image size, landmark count), or an
+exported artifact (load_export: jax, numpy and the face models, no flax or training code). The
+source face and every driving frame are
 cropped and given landmarks, and the source gets its person matte, exactly as data preparation
 does (reenact_jax/preparation.py): the source gets one crop box, each shot of the driving clip
 one stable box.
@@ -211,8 +213,9 @@ def load_export(path: str | os.PathLike) -> ExportRenderer:
   expected = crops.preprocessing_spec()
   found = generator.spec.get('preprocessing')
   if found != expected:
+    found = found if isinstance(found, dict) else {}
     differing = sorted(
-      key for key in expected if not isinstance(found, dict) or found.get(key) != expected[key]
+      key for key in set(expected) | set(found) if found.get(key) != expected.get(key)
     )
     raise ReenactError(
       f'--export {path}: the artifact was made for other face preprocessing than this version '
@@ -624,7 +627,7 @@ def _checked(flag: str, function, path):
 
 
 def reenact(
-  workdir: str | os.PathLike,
+  workdir: str | os.PathLike | None,
   source_path: str | os.PathLike,
   driving_path: str | os.PathLike,
   output_path: str | os.PathLike,
@@ -637,8 +640,9 @@ def reenact(
   """Renders the source portrait performing the driving clip into `output_path`.
 
   Args:
-    renderer: a Renderer to reuse (e.g. across calls in the demo); by default `load(workdir,
-      options.step, prior_only=options.prior_only)`.
+    renderer: a Renderer to reuse (e.g. across calls in the demo, or an ExportRenderer); by
+      default `load(workdir, options.step, prior_only=options.prior_only)` (workdir may be None
+      when a renderer is given).
     tracks: a dict to keep tracked driving clips in across calls with one renderer (jobs.py),
       keyed by track_key; a clip found there is not tracked again.
 

@@ -113,7 +113,8 @@ def build(renderer: reenactment.Renderer, output_dir: str | os.PathLike) -> gr.B
       summary_markdown(summary),
     )
 
-  with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+  # Gradio's copies of uploads and results older than a day are deleted every hour.
+  with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 86400)) as page:
     gr.Markdown(
       f'# {TITLE}\nOne-shot face reenactment through dense 3D facial flow: the portrait takes '
       f'the head motion and expressions of the driving video. Model: {model}, '

@@ -16,7 +16,11 @@ import urllib.request
 
 import numpy as np
 import pytest
-from selenium import webdriver
+
+pytest.importorskip('gradio', reason='the web page needs the app extra (gradio)')
+pytest.importorskip('selenium', reason='the browser test needs selenium (the dev extra)')
+
+from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait

@@ -148,6 +148,16 @@ def test_missing_weights_file_is_named(artifact, tmp_path):
     exported.load(broken)
   with pytest.raises(exported.ArtifactError, match='does not exist'):
     exported.load(tmp_path / 'nowhere')
+  # A truncated weights file, and a spec that is JSON but not a spec: one clear error each.
+  truncated = tmp_path / 'truncated'
+  shutil.copytree(folder, truncated)
+  weights = (folder / exported.WEIGHTS_FILE).read_bytes()
+  (truncated / exported.WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])
+  with pytest.raises(exported.ArtifactError, match=r'not a readable \.npz'):
+    exported.load(truncated)
+  (truncated / exported.SPEC_FILE).write_text('[1, 2]')
+  with pytest.raises(exported.ArtifactError, match='not an artifact spec'):
+    exported.load(truncated)
 
 
 def test_wrong_input_shapes_name_the_input(artifact):

@@ -14,7 +14,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from reenact_jax import bundled, exported, exporter, face_topology, media, motion, reenactment
+from reenact_jax import (
+  bundled,
+  crops,
+  exported,
+  exporter,
+  face_topology,
+  media,
+  motion,
+  reenactment,
+)
 from tests.conftest import NUM_FRAMES
 from tests.helpers import read_video
 
@@ -277,6 +286,10 @@ def test_an_export_for_other_preprocessing_or_with_checkpoint_options_is_refused
   (changed / exported.SPEC_FILE).write_text(json.dumps(spec))
   with pytest.raises(reenactment.ReenactError, match=r'crop_face_fraction.*Re-export'):
     reenactment.load_export(changed)
+  spec['preprocessing'] = {**crops.preprocessing_spec(), 'new_step': True}
+  (changed / exported.SPEC_FILE).write_text(json.dumps(spec))
+  with pytest.raises(reenactment.ReenactError, match=r'differs in: new_step\)'):
+    reenactment.load_export(changed)
   with pytest.raises(reenactment.ReenactError, match='--export: Export folder'):
     reenactment.load_export(tmp_path / 'missing')
 
@@ -517,6 +530,10 @@ def test_driving_smoothing_removes_jitter_without_lagging_the_motion():
   shifts = range(-5, 6)
   errors = [np.abs(np.roll(smoothed, -k) - motion_true)[inner].mean() for k in shifts]
   assert list(shifts)[int(np.argmin(errors))] == 0
+  # A steady turn: no lag at the shot's first and last frames either.
+  ramp = 0.005 * frames.astype(np.float64)
+  turned = motion.smooth_landmarks(ramp[:, None, None], 30.0, 1.0, [(0, 150)])[:, 0, 0]
+  assert np.abs(turned - ramp)[[0, 1, -2, -1]].max() < 1e-3
   # Shots are smoothed apart: a cut's jump is not blurred across it.
   jump = np.where(frames < 75, 0.0, 0.5)
   split = motion.smooth_landmarks(jump[:, None, None], 30.0, 1.0, [(0, 75), (75, 150)])
