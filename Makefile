@@ -31,8 +31,8 @@ $(MODELS_DIR)/.done: $(STAMP) data/mediapipe_models.py data/mediapipe_wheel.py
 	touch $@
 
 # The fast suite (the README's test command), one test file per worker on every core (at most
-# 4: each worker compiles its own models); `make test-slow` runs the multi-process, AOT and scale
-# tests one at a time; `make test-all` both (CI runs both).
+# 4: each worker compiles its own models); `make test-slow` runs the multi-process, AOT, scale,
+# browser and longer end-to-end tests one at a time; `make test-all` both (CI runs both).
 test: setup
 	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses=4 --dist loadfile tests
 

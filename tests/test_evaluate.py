@@ -375,6 +375,7 @@ def _run_cli(*args):
   )
 
 
+@pytest.mark.slow  # ~15 s: a command start and an evaluation (make test stays within 10 minutes).
 def test_cli_prints_one_json_line(tiny_workdir):
   done = _run_cli(f'--workdir={tiny_workdir}', '--max_clips=1', '--cross-identity')
   assert done.returncode == 0, done.stderr[-2000:]

@@ -42,6 +42,7 @@ def _batch(loaded, batch_size: int, seed: int) -> dict[str, np.ndarray]:
   }
 
 
+@pytest.mark.slow  # ~45 s: the end-to-end export test in test_reenact stays fast.
 def test_artifact_runs_without_flax_at_two_batch_sizes(artifact, tmp_path):
   folder, loaded = artifact
   for batch_size in BATCH_SIZES:

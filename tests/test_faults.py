@@ -124,6 +124,7 @@ def test_arrays_of_another_shape_under_the_same_config_are_refused_not_set_aside
   assert not (tmp_path / 'corrupt_checkpoints').exists()
 
 
+@pytest.mark.slow  # ~25 s: a short run and a save into a full disk.
 def test_a_full_disk_while_saving_names_the_last_good_checkpoint(tmp_path, tiny_setup, monkeypatch):
   save = checkpointing.save
 

@@ -105,6 +105,7 @@ def _final_params(workdir, config, setup):
   return step, jax.tree.map(np.asarray, state), data_state
 
 
+@pytest.mark.slow  # ~33 s: two short runs (the kill -9 resume test is slow too).
 def test_resume_is_exact(tmp_path, tiny_setup):
   total = 6
   straight = _tiny_config(**{'train.total_steps': total, 'train.checkpoint_every': 100})
@@ -348,6 +349,7 @@ def test_the_renderer_learns_to_keep_the_source_pixels_the_warp_reaches():
 FLOW_STEPS = 60
 
 
+@pytest.mark.slow  # ~20 s: a short training on pairs of known motion.
 def test_the_flow_learns_the_true_motion_where_it_is_known():
   """Phase-1 steps on one batch of synthetic pairs (their true motion is known): the image flow's
   end-point error on the driving faces, measured from the model's outputs, falls by a third.
