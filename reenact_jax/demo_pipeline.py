@@ -26,14 +26,6 @@ from reenact_jax import bundled, evaluation, metrics, reenactment, trainer
 SHEET_FRAMES = 6
 
 
-def write_inputs(output: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-  """The bundled portrait as a PNG and the path of the bundled driving clip."""
-  source = output / 'astronaut.png'
-  if not source.exists():
-    iio.imwrite(source, bundled.portrait_images()['astronaut'])
-  return source, bundled.carphone_path()
-
-
 def contact_sheet(side_by_side: pathlib.Path, prior: pathlib.Path, output: pathlib.Path) -> None:
   """Evenly spaced frames, one column each: the source on top, then driving, prior, model."""
   panels = iio.imread(side_by_side, plugin='pyav')  # (F, S, 3 S, 3): source | driving | model
@@ -60,7 +52,7 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
   trainer.train_and_evaluate(config, str(workdir))
   train_seconds = time.time() - started
 
-  source, driving = write_inputs(output)
+  source, driving = bundled.example_inputs(output)
   results = {'train_seconds': round(train_seconds, 1)}
   videos = {}
   for name, prior_only in (('model', False), ('prior_only', True)):

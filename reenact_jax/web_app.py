@@ -18,7 +18,6 @@ import uuid
 
 import gradio as gr
 import numpy as np
-from PIL import Image
 
 from reenact_jax import bundled, reenactment
 
@@ -29,14 +28,6 @@ THEME = gr.themes.Default(
   font_mono=['ui-monospace', 'Consolas', 'monospace'],
 )
 REPORT_MEASURES = ('mouth_opening', 'eye_opening', 'yaw', 'pitch', 'roll')
-
-
-def example_inputs(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-  """The bundled astronaut (written as a PNG into `folder`) and the bundled driving clip."""
-  source = folder / 'astronaut.png'
-  if not source.exists():
-    Image.fromarray(bundled.portrait_images()['astronaut']).save(source)
-  return source, bundled.carphone_path()
 
 
 def summary_markdown(summary: dict) -> str:
@@ -70,7 +61,7 @@ def build(renderer: reenactment.Renderer, output_dir: str | os.PathLike) -> gr.B
   """The page, rendering with `renderer` into files under `output_dir`."""
   output_dir = pathlib.Path(output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
-  example_source, example_driving = example_inputs(output_dir)
+  example_source, example_driving = bundled.example_inputs(output_dir)
   model = reenactment.model_name(None if renderer.prior_only else renderer.step)
 
   def run(

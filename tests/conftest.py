@@ -70,14 +70,12 @@ def reenact_inputs(tmp_path_factory) -> dict:
   faceless grey image: {'source', 'driving', 'rate', 'grey', 'folder'}."""
   import av
   import numpy as np
-  import skimage.data
   from PIL import Image
 
   from reenact_jax import bundled
 
   folder = tmp_path_factory.mktemp('reenact_inputs')
-  source = folder / 'astronaut.png'
-  Image.fromarray(skimage.data.astronaut()).save(source)
+  source, _ = bundled.example_inputs(folder)
   driving = folder / 'carphone10.mp4'
   with av.open(str(bundled.carphone_path())) as reader, av.open(str(driving), 'w') as writer:
     in_stream = reader.streams.video[0]
