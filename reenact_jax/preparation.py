@@ -24,8 +24,9 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import pathlib
+import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -34,34 +35,17 @@ import jax
 import numpy as np
 from array_record.python.array_record_data_source import ArrayRecordDataSource
 from array_record.python.array_record_module import ArrayRecordWriter
+from etils import epath
+from tqdm import tqdm
 
-from reenact_jax import crops, face, face_topology, geometry, media, records
+from reenact_jax import crops, dataset_layouts, face, face_topology, geometry, media, records
+from reenact_jax.dataset_layouts import ClipInput, Skipped
 
 DEFAULT_RECORDS_PER_SHARD = 2000
 _PARTIAL_SUFFIX = '.partial'
-_STAGING = 'staging'
 # Frames kept decoded between the tracking pass and the cropping pass; longer clips are decoded
 # twice instead (a 720p clip of a few minutes would not fit in memory).
 FRAME_CACHE_BYTES = 768 * 2**20
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipInput:
-  """One clip to prepare: a video file or a folder of frames."""
-
-  identity: str
-  name: str  # Unique within the dataset: the path below the input folder, without extension.
-  path: str
-  is_frame_folder: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Skipped:
-  """An input that produced no clip, and why ('kind' is a short category for the summary)."""
-
-  path: str
-  kind: str  # 'unsupported', 'unreadable', 'no_face', 'too_short', 'error'
-  reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,47 +67,6 @@ class ClipResult:
   crop_box: tuple[int, int, int]  # x0, y0, side in source pixels
   frame_size: tuple[int, int]  # source height, width
   fps: float
-
-
-def discover(input_path: str | os.PathLike) -> tuple[list[ClipInput], list[Skipped]]:
-  """Clips below `input_path` (a video file or a folder), and the files that are not clips.
-
-  Layout: `<identity>/<clip>.mp4`, `<identity>/<clip>/<frames>.png`, or deeper
-  (`<identity>/<video>/<utterance>.mp4` as in VoxCeleb2): the identity is the first folder
-  below the input, the clip name is the relative path without extension. A video directly in the
-  input folder is its own identity; an input folder of frames is one clip.
-  """
-  root = pathlib.Path(input_path)
-  if not root.exists():
-    raise FileNotFoundError(f'{root} does not exist.')
-  if root.is_file():
-    if not media.is_video(root):
-      skipped = Skipped(str(root), 'unsupported', f'unsupported extension {root.suffix!r}')
-      return [], [skipped]
-    return [ClipInput(root.stem, root.stem, str(root), False)], []
-  clips, skipped = [], []
-  for folder, subfolders, files in os.walk(root):
-    subfolders[:] = sorted(name for name in subfolders if not name.startswith('.'))
-    folder = pathlib.Path(folder)
-    relative = folder.relative_to(root)
-    frames = [f for f in files if pathlib.Path(f).suffix.lower() in media.IMAGE_EXTENSIONS]
-    if frames:
-      # A folder of frames is one clip (the input folder itself: one identity of its name).
-      identity = relative.parts[0] if relative.parts else root.name
-      clip_name = relative.as_posix() if relative.parts else root.name
-      clips.append(ClipInput(identity, clip_name, str(folder), True))
-    for name in sorted(files, key=media.natural_key):
-      path = folder / name
-      suffix = path.suffix.lower()
-      if name.startswith('.') or suffix in media.IMAGE_EXTENSIONS:
-        continue
-      if suffix in media.VIDEO_EXTENSIONS:
-        clip_name = (relative / path.stem).as_posix()
-        identity = relative.parts[0] if relative.parts else path.stem
-        clips.append(ClipInput(identity, clip_name, str(path), False))
-      else:
-        skipped.append(Skipped(str(path), 'unsupported', f'unsupported extension {suffix!r}'))
-  return clips, skipped
 
 
 @functools.cache
@@ -243,11 +186,11 @@ def process_clip(clip: ClipInput, options: Options, landmarker, segmenter) -> Cl
   )
 
 
-_FACE_MODELS = None  # One per process (the TFLite interpreters are not picklable).
-
-
 class OutputNotEmpty(Exception):
-  pass
+  """The output folder holds a finished preparation, or an unfinished one with other settings."""
+
+
+_FACE_MODELS = None  # One per process (the TFLite interpreters are not picklable).
 
 
 def _face_models() -> tuple[face.FaceLandmarker, face.PersonSegmenter]:
@@ -255,15 +198,6 @@ def _face_models() -> tuple[face.FaceLandmarker, face.PersonSegmenter]:
   if _FACE_MODELS is None:
     _FACE_MODELS = face.FaceLandmarker(), face.PersonSegmenter()
   return _FACE_MODELS
-
-
-def _process(job: tuple[ClipInput, Options]):
-  clip, options = job
-  try:
-    return process_clip(clip, options, *_face_models())
-  except Exception as error:  # A bug or an odd input must not end a long run silently.
-    logging.exception('Preparing %s failed', clip.path)
-    return Skipped(clip.path, 'error', f'{type(error).__name__}: {error}')
 
 
 def test_identities(identities: list[str], test_fraction: float) -> set[str]:
@@ -282,63 +216,397 @@ def tail_test_frames(num_frames: int, test_fraction: float) -> int:
   return min(num_frames - 2, max(2, math.ceil(test_fraction * num_frames)))
 
 
-class ShardWriter:
-  """Writes one split's records, rolling over to a new shard every `records_per_shard`."""
+# --- The output folder and its progress ------------------------------------------------------
+#
+# A preparation runs in three stages, the same on one machine (`prepare`) and on Apache Beam
+# (reenact_jax/preparation_beam.py):
+#   1. per clip, `prepare_clip` commits the clip's records (progress/<key>.array_record) and then
+#      its done-record (progress/<key>.json, the clip's metadata or why it was skipped); a clip
+#      with a done-record is never prepared again, so a killed run resumes where it stopped;
+#   2. `plan` assigns the splits once every clip is done (a skipped clip must never leave a split
+#      empty) and cuts each split into shards of `records_per_shard` records;
+#   3. `write_shard` writes each shard from the clips' progress files, and `finish` writes the
+#      clip index, the tfds metadata and, last, the manifest, whose presence marks a finished
+#      preparation, then removes progress/.
+# Paths go through etils.epath, so --output may be a gs:// bucket (with the 'gcs' extra);
+# ArrayRecord files are written and read through a local copy there.
 
-  def __init__(self, output: pathlib.Path, split: str, records_per_shard: int):
-    self.output = output
-    self.split = split
-    self.records_per_shard = records_per_shard
-    self.shard_records: list[int] = []
-    self._writer = None
-
-  @property
-  def num_records(self) -> int:
-    return sum(self.shard_records)
-
-  def _partial(self, number: int) -> pathlib.Path:
-    return self.output / f'{self.split}.array_record-{number:05d}{_PARTIAL_SUFFIX}'
-
-  def write(self, record: bytes) -> None:
-    if self._writer is None or self.shard_records[-1] >= self.records_per_shard:
-      self._close_current()
-      # group_size:1 keeps every record individually addressable for fast random access.
-      path = self._partial(len(self.shard_records))
-      self._writer = ArrayRecordWriter(str(path), 'group_size:1')
-      self.shard_records.append(0)
-    self._writer.write(record)
-    self.shard_records[-1] += 1
-
-  def _close_current(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-
-  def finish(self) -> list[str]:
-    """Closes the last shard and gives every shard its final `-of-N` name."""
-    self._close_current()
-    names = []
-    for number in range(len(self.shard_records)):
-      name = records.shard_name(self.split, number, len(self.shard_records))
-      self._partial(number).replace(self.output / name)
-      names.append(name)
-    return names
+PROGRESS = 'progress'
+_SETTINGS = 'settings.json'
+TFDS_FILES = ('dataset_info.json', 'features.json')
+TFDS_NAME = 'reenact_frames'
 
 
-def _prepare_output(output: pathlib.Path, overwrite: bool) -> None:
-  output.mkdir(parents=True, exist_ok=True)
-  existing = [
+def settings(
+  input_path,
+  options: Options,
+  *,
+  layout: str,
+  split: str,
+  test_fraction: float,
+  records_per_shard: int,
+) -> dict:
+  """Everything that decides the output: a rerun resumes only with the same settings."""
+  return {
+    'format_version': records.FORMAT_VERSION,
+    'input': str(input_path),
+    'options': dataclasses.asdict(options),
+    'layout': layout,
+    'split': split,
+    'test_fraction': test_fraction,
+    'records_per_shard': records_per_shard,
+  }
+
+
+def _is_local(path: epath.Path) -> bool:
+  return '://' not in str(path)
+
+
+@contextlib.contextmanager
+def _written_locally(target: epath.Path):
+  """A local path to write `target` at; published atomically when the block ends."""
+  partial = target.parent / (target.name + _PARTIAL_SUFFIX)
+  if _is_local(target):
+    yield pathlib.Path(partial)
+    partial.replace(target)
+    return
+  with tempfile.TemporaryDirectory() as scratch:
+    local = pathlib.Path(scratch) / target.name
+    yield local
+    epath.Path(local).copy(target, overwrite=True)  # One object upload: whole or nothing.
+
+
+@contextlib.contextmanager
+def _read_locally(path: epath.Path):
+  if _is_local(path):
+    yield pathlib.Path(path)
+    return
+  with tempfile.TemporaryDirectory() as scratch:
+    local = pathlib.Path(scratch) / path.name
+    path.copy(local)
+    yield local
+
+
+def _write_json(path, value) -> None:
+  path = epath.Path(path)
+  with _written_locally(path) as local:
+    local.write_text(json.dumps(value, indent=1) + '\n')
+
+
+def _prepared_files(output: epath.Path) -> list[epath.Path]:
+  return [
     path
     for path in output.iterdir()
-    if '.array_record-' in path.name or path.name in (records.MANIFEST, records.CLIP_INDEX)
+    if '.array_record-' in path.name
+    or path.name in (records.MANIFEST, records.CLIP_INDEX, *TFDS_FILES)
   ]
-  if existing and not overwrite:
+
+
+def start_output(output, run_settings: dict, overwrite: bool) -> epath.Path:
+  """Makes `output` ready for (or resumes) a preparation with `run_settings`; its progress folder.
+
+  Raises:
+    OutputNotEmpty: `output` holds a finished preparation, or an unfinished one with other
+      settings, and overwrite is False.
+  """
+  output = epath.Path(output)
+  progress = output / PROGRESS
+  output.mkdir(parents=True, exist_ok=True)
+  if overwrite:
+    for path in _prepared_files(output):
+      path.unlink()
+    if progress.exists():
+      progress.rmtree()
+  elif (output / records.MANIFEST).exists():
     raise OutputNotEmpty(
-      f'{output} already holds prepared data ({existing[0].name}, ...). Choose another --output, '
-      'or pass --overwrite to replace it.'
+      f'{output} already holds a finished preparation ({records.MANIFEST}). Choose another '
+      '--output, or pass --overwrite to replace it.'
     )
-  for path in existing:
-    path.unlink()
+  saved = progress / _SETTINGS
+  if saved.exists():
+    previous = json.loads(saved.read_text())
+    if previous != run_settings:
+      changed = sorted(
+        key for key in {**previous, **run_settings} if previous.get(key) != run_settings.get(key)
+      )
+      raise OutputNotEmpty(
+        f'{output} holds an unfinished preparation with other settings ({", ".join(changed)}). '
+        'Rerun it with the same settings to resume it, or pass --overwrite to start again.'
+      )
+  elif _prepared_files(output):
+    raise OutputNotEmpty(
+      f'{output} already holds prepared data ({_prepared_files(output)[0].name}, ...). Choose '
+      'another --output, or pass --overwrite to replace it.'
+    )
+  else:
+    progress.mkdir(exist_ok=True)
+    _write_json(saved, run_settings)
+  return progress
+
+
+def clip_key(clip: ClipInput) -> str:
+  """The clip's file name in the progress folder (its name may hold '/' and '#')."""
+  return hashlib.sha1(clip.name.encode()).hexdigest()[:24]
+
+
+def prepare_clip(clip: ClipInput, options: Options, progress) -> dict:
+  """Prepares one clip into `progress` once; returns its done-record.
+
+  The done-record is a dict: 'clip' (the ClipInput as a dict) and either 'skipped' (a Skipped as
+  a dict) or the clip's 'num_frames', 'frame_indices', 'num_input_frames', 'crop_box',
+  'frame_size' and 'fps'. A bad input or a bug becomes a skipped clip, never an exception.
+  """
+  progress = epath.Path(progress)
+  done = progress / f'{clip_key(clip)}.json'
+  if done.exists():
+    return json.loads(done.read_text())
+  try:
+    result = process_clip(clip, options, *_face_models())
+  except Exception as error:  # A bug or an odd input must not end a long run silently.
+    logging.exception('Preparing %s failed', clip.path)
+    result = Skipped(clip.path, 'error', f'{type(error).__name__}: {error}')
+  outcome = {'clip': dataclasses.asdict(clip)}
+  if isinstance(result, Skipped):
+    outcome['skipped'] = dataclasses.asdict(result)
+  else:
+    with _written_locally(progress / f'{clip_key(clip)}.array_record') as local:
+      # group_size:1 keeps every record individually addressable for fast random access.
+      writer = ArrayRecordWriter(str(local), 'group_size:1')
+      for record in result.records:
+        writer.write(record)
+      writer.close()
+    outcome.update(
+      num_frames=len(result.records),
+      frame_indices=result.frame_indices,
+      num_input_frames=result.num_input_frames,
+      crop_box=list(result.crop_box),
+      frame_size=list(result.frame_size),
+      fps=result.fps,
+    )
+  _write_json(done, outcome)
+  return outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+  """One output shard: records [begin, end) of each listed clip's progress file, in order."""
+
+  name: str
+  pieces: tuple[tuple[str, int, int], ...]  # (clip key, begin, end)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  shards: tuple[ShardJob, ...]
+  clip_index: dict
+  manifest: dict  # Without the timing, which `finish` adds.
+
+
+def _split_source(kept: list[dict], split: str, num_identities: int) -> str:
+  if split == 'keep' and kept and all(o['clip']['split'] for o in kept):
+    return 'input'
+  return 'identity' if num_identities > 1 else 'clip_tail'
+
+
+def plan(outcomes: list[dict], skipped: list[Skipped], run_settings: dict) -> Plan:
+  """The splits, the shards and the index of a preparation whose clips are all done.
+
+  `outcomes` are the clips' done-records in discovery order; `skipped` the inputs that were not
+  clips at all.
+  """
+  test_fraction = run_settings['test_fraction']
+  records_per_shard = run_settings['records_per_shard']
+  skipped = [*skipped, *(Skipped(**o['skipped']) for o in outcomes if 'skipped' in o)]
+  kept = [o for o in outcomes if 'skipped' not in o]
+  identities = sorted({o['clip']['identity'] for o in kept})
+  split_source = _split_source(kept, run_settings['split'], len(identities))
+  held_out = test_identities(identities, test_fraction) if split_source == 'identity' else set()
+
+  pieces = {split: [] for split in records.SPLITS}  # (key, begin, end) in record order
+  index = {split: [] for split in records.SPLITS}
+  num_records = dict.fromkeys(records.SPLITS, 0)
+  kept_clips = []
+  for outcome in kept:
+    clip = ClipInput(**outcome['clip'])
+    count = outcome['num_frames']
+    if split_source == 'input':
+      parts = {clip.split: (0, count)}
+    elif clip.identity in held_out:
+      parts = {'test': (0, count)}
+    else:
+      tail = tail_test_frames(count, test_fraction) if split_source == 'clip_tail' else 0
+      parts = {'train': (0, count - tail)}
+      if tail:
+        parts['test'] = (count - tail, count)
+    for split, (begin, end) in parts.items():
+      index[split].append(
+        {
+          'identity': clip.identity,
+          'clip': clip.name,
+          'first': num_records[split],
+          'num_frames': end - begin,
+          'first_frame_index': outcome['frame_indices'][begin],
+        }
+      )
+      pieces[split].append((clip_key(clip), begin, end))
+      num_records[split] += end - begin
+    x0, y0, side = outcome['crop_box']
+    kept_clips.append(
+      {
+        'identity': clip.identity,
+        'clip': clip.name,
+        'path': clip.path,
+        'splits': {split: end - begin for split, (begin, end) in parts.items()},
+        'num_input_frames': outcome['num_input_frames'],
+        'num_frames': count,
+        'frames_without_face': outcome['num_input_frames'] - count,
+        'crop_box': {'x0': x0, 'y0': y0, 'side': side},
+        'frame_size': outcome['frame_size'],
+        'fps': outcome['fps'],
+      }
+    )
+
+  shards, shard_names, shard_records = [], {}, {}
+  for split in records.SPLITS:
+    cuts = _cut(pieces[split], records_per_shard)
+    shard_names[split] = [records.shard_name(split, n, len(cuts)) for n in range(len(cuts))]
+    shard_records[split] = [sum(end - begin for _, begin, end in cut) for cut in cuts]
+    shards += [
+      ShardJob(name, tuple(cut)) for name, cut in zip(shard_names[split], cuts, strict=True)
+    ]
+
+  clip_index = {
+    'format_version': records.FORMAT_VERSION,
+    'splits': {
+      split: {
+        'num_records': num_records[split],
+        'shard_records': shard_records[split],
+        'shards': shard_names[split],
+        'clips': index[split],
+      }
+      for split in records.SPLITS
+    },
+  }
+  split_identities = {split: {e['identity'] for e in index[split]} for split in records.SPLITS}
+  manifest = {
+    'format_version': records.FORMAT_VERSION,
+    'input': run_settings['input'],
+    'layout': run_settings['layout'],
+    'resolution': run_settings['options']['resolution'],
+    'num_landmarks': face.NUM_LANDMARKS,
+    'image_format': run_settings['options']['image_format'],
+    'face_fraction': run_settings['options']['face_fraction'],
+    'test_fraction': test_fraction,
+    'split_source': split_source,
+    'num_clips': len(kept_clips),
+    'num_frames': sum(clip['num_frames'] for clip in kept_clips),
+    'num_input_frames': sum(clip['num_input_frames'] for clip in kept_clips),
+    'num_identities': len(identities),
+    'identities': identities,
+    'identities_in_both_splits': len(split_identities['train'] & split_identities['test']),
+    'splits': {
+      split: {
+        'clips': len(index[split]),
+        'frames': num_records[split],
+        'identities': len(split_identities[split]),
+        'shards': shard_names[split],
+      }
+      for split in records.SPLITS
+    },
+    'clips': kept_clips,
+    'num_skipped': len(skipped),
+    'skipped_counts': dict(Counter(item.kind for item in skipped)),
+    'skipped': [dataclasses.asdict(item) for item in skipped],
+  }
+  return Plan(tuple(shards), clip_index, manifest)
+
+
+def _cut(pieces: list[tuple[str, int, int]], size: int) -> list[list[tuple[str, int, int]]]:
+  """Splits a sequence of record ranges into runs of `size` records (the last may be shorter)."""
+  cuts, current, filled = [], [], 0
+  for key, begin, end in pieces:
+    while begin < end:
+      take = min(end - begin, size - filled)
+      current.append((key, begin, begin + take))
+      begin += take
+      filled += take
+      if filled == size:
+        cuts.append(current)
+        current, filled = [], 0
+  if current:
+    cuts.append(current)
+  return cuts
+
+
+def write_shard(output, job: ShardJob) -> int:
+  """Writes one output shard from the clips' progress files; returns its size in bytes."""
+  output = epath.Path(output)
+  progress = output / PROGRESS
+  with _written_locally(output / job.name) as local:
+    writer = ArrayRecordWriter(str(local), 'group_size:1')
+    for key, begin, end in job.pieces:
+      with _read_locally(progress / f'{key}.array_record') as clip_file:
+        with ArrayRecordDataSource([str(clip_file)]) as source:
+          for number in range(begin, end):
+            writer.write(source[number])
+    writer.close()
+    size = local.stat().st_size
+  return size
+
+
+def finish(output, prepared_plan: Plan, shard_bytes: dict[str, int], seconds: float) -> dict:
+  """Writes the clip index, the tfds metadata and the manifest; removes the progress folder.
+
+  Returns the manifest. Shards of an earlier, different plan (an input that changed between a
+  kill and the rerun) are removed.
+  """
+  output = epath.Path(output)
+  wanted = {job.name for job in prepared_plan.shards}
+  for path in output.iterdir():
+    if '.array_record-' in path.name and path.name not in wanted:
+      path.unlink()
+  _write_json(output / records.CLIP_INDEX, prepared_plan.clip_index)
+  for name, value in tfds_metadata(prepared_plan.clip_index, shard_bytes).items():
+    _write_json(output / name, value)
+  manifest = dict(prepared_plan.manifest)
+  manifest['num_bytes'] = sum(shard_bytes.values())
+  manifest['seconds'] = round(seconds, 3)
+  manifest['frames_per_sec'] = round(manifest['num_frames'] / seconds, 2) if seconds > 0 else None
+  # The manifest is written last: its presence marks a finished preparation.
+  _write_json(output / records.MANIFEST, manifest)
+  if (output / PROGRESS).exists():
+    (output / PROGRESS).rmtree()
+  return manifest
+
+
+def tfds_metadata(clip_index: dict, shard_bytes: dict[str, int]) -> dict[str, dict]:
+  """dataset_info.json and features.json, so that tensorflow-datasets reads the folder in place.
+
+  `tfds.builder_from_directory(output).as_data_source(split)` then gives decoded frames
+  (reenact_jax/tfds_frames.py decodes the records; tfds imports it by the name in features.json).
+  """
+  splits = []
+  for split, info in clip_index['splits'].items():
+    if info['num_records']:
+      splits.append(
+        {
+          'name': split,
+          'filepathTemplate': '{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
+          'numBytes': str(sum(shard_bytes[name] for name in info['shards'])),
+          'shardLengths': [str(count) for count in info['shard_records']],
+        }
+      )
+  info = {
+    'name': TFDS_NAME,
+    'description': 'Face-reenactment frames prepared by data.prepare (reenact_jax/records.py).',
+    'version': f'{records.FORMAT_VERSION}.0.0',
+    'fileFormat': 'array_record',
+    'moduleName': 'reenact_jax.tfds_frames',
+    'disableShuffling': True,
+    'splits': splits,
+  }
+  features = {'type': 'reenact_jax.tfds_frames.FrameRecord', 'content': {}, 'proto_cls': ''}
+  return {'dataset_info.json': info, 'features.json': features}
 
 
 def prepare(
@@ -351,158 +619,67 @@ def prepare(
   overwrite: bool = False,
   records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
   options: Options | None = None,
+  layout: str = 'auto',
+  split: str = 'keep',
+  progress_bar: bool = False,
 ) -> dict:
   """Prepares `input_path` into `output`; returns the manifest (also written as manifest.json).
 
+  Rerunning an interrupted preparation with the same settings resumes it; the result is the
+  same as an uninterrupted run's. `split`: 'keep' uses the dataset's own train/test split where
+  the layout has one, 'by_identity' always holds out identities.
+
   Raises:
     FileNotFoundError: the input does not exist.
-    OutputNotEmpty: `output` holds shards or a manifest and overwrite is False.
+    ValueError: an unknown layout or split.
+    OutputNotEmpty: see start_output.
   """
+  if split not in SPLIT_CHOICES:
+    raise ValueError(f'Unknown split {split!r}: use one of {", ".join(SPLIT_CHOICES)}.')
   start = time.perf_counter()
-  output = pathlib.Path(output)
-  options = options or Options(resolution=resolution)
-  options = dataclasses.replace(options, resolution=resolution)
-  inputs, skipped = discover(input_path)
-  _prepare_output(output, overwrite)
-
-  # Records go to staging shards first: which identities are held out is decided only once
-  # every clip is done, so that a skipped clip never leaves a split empty.
-  staging = ShardWriter(output, _STAGING, records_per_shard)
-  staged = []  # (ClipResult without records, first staging index)
-
-  def add(result: ClipResult) -> None:
-    first = staging.num_records
-    for record in result.records:
-      staging.write(record)
-    staged.append((dataclasses.replace(result, records=[]), first, len(result.records)))
-
-  jobs = [(clip, options) for clip in inputs]
+  options = dataclasses.replace(options or Options(resolution=resolution), resolution=resolution)
+  clips, skipped, layout = dataset_layouts.discover(input_path, layout)
+  run_settings = settings(
+    input_path,
+    options,
+    layout=layout,
+    split=split,
+    test_fraction=test_fraction,
+    records_per_shard=records_per_shard,
+  )
+  progress = start_output(output, run_settings, overwrite)
+  todo = [clip for clip in clips if not (progress / f'{clip_key(clip)}.json').exists()]
+  if len(todo) < len(clips):
+    done = len(clips) - len(todo)
+    logging.info('Resuming: %d of %d clips were prepared before.', done, len(clips))
+  bar = tqdm(total=len(todo), desc='Clips', unit='clip', file=sys.stderr, disable=not progress_bar)
+  jobs = [(clip, options, str(progress)) for clip in todo]
   if workers > 1 and len(jobs) > 1:
-    context = multiprocessing.get_context('spawn')
-    with context.Pool(min(workers, len(jobs))) as pool:
-      # Ordered results keep the output identical whatever the number of workers.
-      for result in pool.imap(_process, jobs):
-        _collect(result, add, skipped)
+    with multiprocessing.get_context('spawn').Pool(min(workers, len(jobs))) as pool:
+      for outcome in pool.imap_unordered(_prepare_job, jobs):
+        _log_skipped(outcome)
+        bar.update()
   else:
     for job in jobs:
-      _collect(_process(job), add, skipped)
-  staging.finish()
-
-  identities = sorted({result.clip.identity for result, _, _ in staged})
-  single_identity = len(identities) == 1
-  held_out = test_identities(identities, test_fraction)
-  writers = {split: ShardWriter(output, split, records_per_shard) for split in records.SPLITS}
-  index = {split: [] for split in records.SPLITS}
-  kept_clips = []
-  staging_paths = records.split_shards(output, _STAGING)
-  sources = [str(path) for path in staging_paths]
-  with ArrayRecordDataSource(sources) if staged else contextlib.nullcontext() as staged_source:
-    for result, first, count in staged:
-      clip = result.clip
-      tail = tail_test_frames(count, test_fraction) if single_identity else 0
-      if clip.identity in held_out:
-        parts = {'test': (0, count)}
-      else:
-        parts = {'train': (0, count - tail)}
-        if tail:
-          parts['test'] = (count - tail, count)
-      for split, (begin, end) in parts.items():
-        writer = writers[split]
-        index[split].append(
-          {
-            'identity': clip.identity,
-            'clip': clip.name,
-            'first': writer.num_records,
-            'num_frames': end - begin,
-            'first_frame_index': result.frame_indices[begin],
-          }
-        )
-        for number in range(first + begin, first + end):
-          writer.write(staged_source[number])
-      kept_clips.append(
-        {
-          'identity': clip.identity,
-          'clip': clip.name,
-          'path': clip.path,
-          'splits': {split: end - begin for split, (begin, end) in parts.items()},
-          'num_input_frames': result.num_input_frames,
-          'num_frames': count,
-          'frames_without_face': result.num_input_frames - count,
-          'crop_box': {
-            'x0': result.crop_box[0],
-            'y0': result.crop_box[1],
-            'side': result.crop_box[2],
-          },
-          'frame_size': list(result.frame_size),
-          'fps': result.fps,
-        }
-      )
-  for path in staging_paths:
-    path.unlink()
-
-  shard_names = {split: writer.finish() for split, writer in writers.items()}
-  clip_index = {
-    'format_version': records.FORMAT_VERSION,
-    'splits': {
-      split: {
-        'num_records': writers[split].num_records,
-        'shard_records': writers[split].shard_records,
-        'shards': shard_names[split],
-        'clips': index[split],
-      }
-      for split in records.SPLITS
-    },
-  }
-  _write_json(output / records.CLIP_INDEX, clip_index)
-  seconds = time.perf_counter() - start
-  num_frames = sum(clip['num_frames'] for clip in kept_clips)
-  manifest = {
-    'format_version': records.FORMAT_VERSION,
-    'input': str(input_path),
-    'resolution': resolution,
-    'num_landmarks': face.NUM_LANDMARKS,
-    'image_format': options.image_format,
-    'face_fraction': options.face_fraction,
-    'test_fraction': test_fraction,
-    'split_mode': 'clip_tail' if single_identity else 'identity',
-    'num_clips': len(kept_clips),
-    'num_frames': num_frames,
-    'num_input_frames': sum(clip['num_input_frames'] for clip in kept_clips),
-    'num_identities': len({clip['identity'] for clip in kept_clips}),
-    'identities': sorted({clip['identity'] for clip in kept_clips}),
-    'splits': {
-      split: {
-        'clips': len(index[split]),
-        'frames': writers[split].num_records,
-        'identities': len({entry['identity'] for entry in index[split]}),
-        'shards': shard_names[split],
-      }
-      for split in records.SPLITS
-    },
-    'clips': kept_clips,
-    'num_skipped': len(skipped),
-    'skipped_counts': dict(Counter(item.kind for item in skipped)),
-    'skipped': [dataclasses.asdict(item) for item in skipped],
-    'seconds': round(seconds, 3),
-    'frames_per_sec': round(num_frames / seconds, 2) if seconds > 0 else None,
-  }
-  # The manifest is written last: its presence marks a finished preparation.
-  _write_json(output / records.MANIFEST, manifest)
-  return manifest
+      _log_skipped(_prepare_job(job))
+      bar.update()
+  bar.close()
+  outcomes = [json.loads((progress / f'{clip_key(clip)}.json').read_text()) for clip in clips]
+  prepared_plan = plan(outcomes, skipped, run_settings)
+  shard_bytes = {job.name: write_shard(output, job) for job in prepared_plan.shards}
+  return finish(output, prepared_plan, shard_bytes, time.perf_counter() - start)
 
 
-def _collect(result, add, skipped) -> None:
-  if isinstance(result, Skipped):
-    logging.warning('Skipped %s: %s', result.path, result.reason)
-    skipped.append(result)
-  else:
-    add(result)
+SPLIT_CHOICES = ('keep', 'by_identity')
 
 
-def _write_json(path: pathlib.Path, value) -> None:
-  partial = path.with_name(path.name + _PARTIAL_SUFFIX)
-  partial.write_text(json.dumps(value, indent=1) + '\n')
-  partial.replace(path)
+def _prepare_job(job: tuple[ClipInput, Options, str]) -> dict:
+  return prepare_clip(*job)
+
+
+def _log_skipped(outcome: dict) -> None:
+  if 'skipped' in outcome:
+    logging.warning('Skipped %s: %s', outcome['skipped']['path'], outcome['skipped']['reason'])
 
 
 def summary(manifest: dict) -> str:
@@ -511,14 +688,24 @@ def summary(manifest: dict) -> str:
     f'Prepared {manifest["num_clips"]} clips, {manifest["num_frames"]} frames '
     f'({manifest["num_input_frames"]} read), {manifest["num_identities"]} identities at '
     f'{manifest["resolution"]}x{manifest["resolution"]} in {manifest["seconds"]:.1f} s '
-    f'({manifest["frames_per_sec"]} frames/s).'
+    f'({manifest["frames_per_sec"]} frames/s); layout {manifest["layout"]}, split from '
+    f'{_SPLIT_SOURCES[manifest["split_source"]]}.'
   ]
   for split, counts in manifest['splits'].items():
     lines.append(
       f'  {split}: {counts["clips"]} clips, {counts["frames"]} frames, '
       f'{counts["identities"]} identities, {len(counts["shards"])} shards'
     )
+  if manifest['split_source'] == 'input' and manifest['identities_in_both_splits']:
+    lines.append(f'  {manifest["identities_in_both_splits"]} identities are in both splits.')
   kinds = ', '.join(f'{n} {kind}' for kind, n in sorted(manifest['skipped_counts'].items()))
   lines.append(f'Skipped {manifest["num_skipped"]} inputs' + (f' ({kinds}):' if kinds else '.'))
   lines += [f'  {item["path"]}: {item["reason"]}' for item in manifest['skipped']]
   return '\n'.join(lines)
+
+
+_SPLIT_SOURCES = {
+  'input': "the dataset's own train/test folders",
+  'identity': 'held-out identities',
+  'clip_tail': "each clip's last frames (one identity)",
+}

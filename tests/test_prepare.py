@@ -224,7 +224,7 @@ def test_splits_are_identity_disjoint(tmp_path):
   for number, frame in enumerate(_gradient_frames(3)):
     cv2.imwrite(str(faceless / f'{number}.png'), frame)
   manifest = preparation.prepare(videos, tmp_path / 'out', resolution=16, test_fraction=0.3)
-  assert manifest['num_clips'] == 3 and manifest['split_mode'] == 'identity'
+  assert manifest['num_clips'] == 3 and manifest['split_source'] == 'identity'
   assert manifest['skipped_counts'] == {'no_face': 1}
   identities = {}
   for split in records.SPLITS:
@@ -268,17 +268,31 @@ def test_crop_and_normalisation_round_trip():
   assert crops.crop_frame(frame, (-10, -10, 40), 20).shape == (20, 20, 3)
 
 
-def test_tfds_builder_reads_the_prepared_frames(carphone_dir, tmp_path):
-  from data import tfds_builder
+def test_the_prepared_folder_reads_with_tfds_and_grain(carphone_dir):
+  import grain
+  import tensorflow_datasets as tfds
 
-  source = tfds_builder.data_source(carphone_dir, tmp_path / 'tfds', split='test')
-  expected, _ = records.open_split(carphone_dir, 'test')
-  assert len(source) == len(expected)
-  example = source[0]
-  first = records.decode_record(expected[0])
-  np.testing.assert_array_equal(example['image'], first['image'])
-  np.testing.assert_allclose(example['landmarks'], first['landmarks'])
-  assert int(example['frame_index']) == first['frame_index']
+  for split in records.SPLITS:
+    expected, _ = records.open_split(carphone_dir, split)
+    # tensorflow-datasets, in place: the folder's dataset_info.json and features.json.
+    frames = tfds.builder_from_directory(str(carphone_dir)).as_data_source(split)
+    assert len(frames) == len(expected) > 0
+    # grain directly on the shards.
+    dataset = grain.MapDataset.source(
+      grain.sources.ArrayRecordDataSource(
+        [str(p) for p in records.split_shards(carphone_dir, split)]
+      )
+    ).map(records.decode_record)
+    assert len(dataset) == len(expected)
+    for number in (0, len(expected) - 1):
+      want = records.decode_record(expected[number])
+      for frame in (frames[number], dataset[number]):
+        np.testing.assert_array_equal(frame['image'], want['image'])
+        np.testing.assert_array_equal(frame['matte'], want['matte'])
+        np.testing.assert_array_equal(frame['landmarks'], want['landmarks'])
+        assert frame['frame_index'] == want['frame_index'] and frame['clip'] == want['clip']
+  first, last = frames[0], frames[len(frames) - 1]
+  assert first['frame_index'] < last['frame_index']  # records in clip order, not the same one
 
 
 def test_corrupt_record_raises_with_its_shard_or_is_skipped_when_asked(carphone_dir, tmp_path):
