@@ -326,9 +326,8 @@ def start_output(output, run_settings: dict, overwrite: bool) -> epath.Path:
   if saved.exists():
     previous = json.loads(saved.read_text())
     if previous != run_settings:
-      changed = sorted(
-        key for key in {**previous, **run_settings} if previous.get(key) != run_settings.get(key)
-      )
+      before, after = _flat_settings(previous), _flat_settings(run_settings)
+      changed = sorted(key for key in {**before, **after} if before.get(key) != after.get(key))
       raise OutputNotEmpty(
         f'{output} holds an unfinished preparation with other settings ({", ".join(changed)}). '
         'Rerun it with the same settings to resume it, or pass --overwrite to start again.'
@@ -342,6 +341,14 @@ def start_output(output, run_settings: dict, overwrite: bool) -> epath.Path:
     progress.mkdir(exist_ok=True)
     _write_json(saved, run_settings)
   return progress
+
+
+def _flat_settings(values: dict) -> dict:
+  """{'options': {'resolution': 16}} -> {'resolution': 16}: the names the command's flags use."""
+  flat = {}
+  for key, value in values.items():
+    flat.update(value if isinstance(value, dict) else {key: value})
+  return flat
 
 
 def clip_key(clip: ClipInput) -> str:
