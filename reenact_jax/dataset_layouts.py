@@ -23,6 +23,8 @@ import os
 import pathlib
 import re
 
+from etils import epath
+
 from reenact_jax import media
 
 LAYOUTS = ('auto', 'fomm', 'voxceleb', 'flat', 'folders')
@@ -59,7 +61,7 @@ class Skipped:
 
 @dataclasses.dataclass(frozen=True)
 class _Item:
-  path: pathlib.Path
+  path: str
   parts: tuple[str, ...]  # Below the input folder; the last without its video extension.
   is_frame_folder: bool
   root_name: str
@@ -103,27 +105,27 @@ def _folders(item: _Item) -> tuple[str, str | None]:
 _ASSIGN = {'fomm': _fomm, 'voxceleb': _voxceleb, 'flat': _flat, 'folders': _folders}
 
 
-def _items(root: pathlib.Path) -> tuple[list[_Item], list[Skipped]]:
+def _items(root: epath.Path) -> tuple[list[_Item], list[Skipped]]:
   if root.is_file():
     if not media.is_video(root):
       return [], [Skipped(str(root), 'unsupported', f'unsupported extension {root.suffix!r}')]
-    return [_Item(root, (root.stem,), False, root.parent.name)], []
+    return [_Item(str(root), (root.stem,), False, root.parent.name)], []
   items, skipped = [], []
-  for folder, subfolders, files in os.walk(root):
-    subfolders[:] = sorted(name for name in subfolders if not name.startswith('.'))
-    folder = pathlib.Path(folder)
+  for folder, _, files in sorted(root.walk(), key=lambda entry: entry[0].parts):
     relative = folder.relative_to(root).parts
-    if any(pathlib.Path(f).suffix.lower() in media.IMAGE_EXTENSIONS for f in files):
+    if any(part.startswith('.') for part in relative):
+      continue
+    if any(pathlib.PurePath(f).suffix.lower() in media.IMAGE_EXTENSIONS for f in files):
       # A folder of frames is one clip (the input folder itself: a clip of the folder's name).
       parts = (*relative[:-1], _stem(relative[-1])) if relative else (root.name,)
-      items.append(_Item(folder, parts, True, root.name if relative else root.parent.name))
+      items.append(_Item(str(folder), parts, True, root.name if relative else root.parent.name))
     for name in sorted(files, key=media.natural_key):
-      path = folder / name
-      suffix = path.suffix.lower()
+      suffix = pathlib.PurePath(name).suffix.lower()
       if name.startswith('.') or suffix in media.IMAGE_EXTENSIONS:
         continue
+      path = folder / name
       if suffix in media.VIDEO_EXTENSIONS:
-        items.append(_Item(path, (*relative, path.stem), False, root.name))
+        items.append(_Item(str(path), (*relative, pathlib.PurePath(name).stem), False, root.name))
       else:
         skipped.append(Skipped(str(path), 'unsupported', f'unsupported extension {suffix!r}'))
   return items, skipped
@@ -134,7 +136,8 @@ def discover(
 ) -> tuple[list[ClipInput], list[Skipped], str]:
   """(clips in a stable order, inputs that are not clips, the layout used) below `input_path`.
 
-  `input_path` is a video file or a folder; `layout` one of LAYOUTS.
+  `input_path` is a video file or a folder (local, or gs:// with the 'gcs' extra); `layout` one
+  of LAYOUTS.
 
   Raises:
     FileNotFoundError: the input does not exist.
@@ -142,7 +145,7 @@ def discover(
   """
   if layout not in LAYOUTS:
     raise ValueError(f'Unknown layout {layout!r}: use one of {", ".join(LAYOUTS)}.')
-  root = pathlib.Path(input_path)
+  root = epath.Path(input_path)
   if not root.exists():
     raise FileNotFoundError(f'{root} does not exist.')
   items, skipped = _items(root)
@@ -161,5 +164,5 @@ def discover(
       continue
     identity, split = assigned
     name = '/'.join(item.parts)
-    clips.append(ClipInput(identity, name, str(item.path), item.is_frame_folder, split))
+    clips.append(ClipInput(identity, name, item.path, item.is_frame_folder, split))
   return clips, skipped, layout

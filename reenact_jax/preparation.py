@@ -368,7 +368,10 @@ def prepare_clip(clip: ClipInput, options: Options, progress) -> dict:
   if done.exists():
     return json.loads(done.read_text())
   try:
-    result = process_clip(clip, options, *_face_models())
+    with _read_locally(epath.Path(clip.path)) as local:  # A gs:// clip: a local copy.
+      result = process_clip(dataclasses.replace(clip, path=str(local)), options, *_face_models())
+    if isinstance(result, Skipped):
+      result = dataclasses.replace(result, path=clip.path)
   except Exception as error:  # A bug or an odd input must not end a long run silently.
     logging.exception('Preparing %s failed', clip.path)
     result = Skipped(clip.path, 'error', f'{type(error).__name__}: {error}')
