@@ -413,7 +413,9 @@ class Plan:
 
 
 def _split_source(kept: list[dict], split: str, num_identities: int) -> str:
-  if split == 'keep' and kept and all(o['clip']['split'] for o in kept):
+  # The dataset's own split, when every clip has one and both splits have clips (an input of
+  # one split's folder alone would leave nothing to evaluate on).
+  if split == 'keep' and {o['clip']['split'] for o in kept} == set(records.SPLITS):
     return 'input'
   return 'identity' if num_identities > 1 else 'clip_tail'
 

@@ -136,6 +136,11 @@ def test_fomm_tree_is_prepared_with_its_identities_and_split(tmp_path, carphone_
   # --split=by_identity ignores the folders and holds out identities by their hash.
   again = preparation.prepare(root, tmp_path / 'out2', resolution=16, split='by_identity')
   assert again['split_source'] == 'identity' and again['splits']['test']['identities'] == 1
+  # One split's folder alone: identities are held out, so that there is a test split.
+  train_only = preparation.prepare(root / 'train', tmp_path / 'out3', resolution=16)
+  assert train_only['layout'] == 'fomm' and train_only['split_source'] == 'identity'
+  assert train_only['splits']['test']['identities'] == 1
+  assert train_only['splits']['train']['identities'] == 1
 
 
 def _write_video(path: pathlib.Path, frames) -> None:
