@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Each pixel shows the depth slices of the 3D flow weighted by softmax over depth of
   # (learned logits + this * prior confidence): the slice of the face surface, at first.
   model.visibility_sharpness = 8.0
+  # The eyes move by their own landmark meshes (models.generator.eye_flow): lids close over the
+  # eye and irises turn, finer than the feature volume's grid can (False: as runs saved before).
+  model.eye_mesh = True
   # Projection 3D -> 2D and the projected-RGB head.
   model.projection_channels = 256
   # Foreground renderer (TransUNet-style).

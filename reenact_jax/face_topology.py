@@ -12,6 +12,7 @@ import functools
 import pathlib
 
 import numpy as np
+import scipy.spatial
 
 NUM_LANDMARKS = 478
 NUM_MESH_LANDMARKS = 468
@@ -111,3 +112,56 @@ def __getattr__(name: str):
   if name == 'FLIP_PERMUTATION':
     return flip_permutation()
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+# The eye meshes reach this far from each eye's centre, in eye widths (brows, upper cheek).
+EYE_MESH_RADIUS = 1.2
+
+
+@functools.cache
+def eye_triangles() -> tuple[np.ndarray, np.ndarray]:
+  """Landmark triangles around both eyes, for geometry.mesh_flow: (skin (K, 3), opening (L, 3))
+  int32, counter-clockwise in the canonical face (x right, y down).
+
+  Per eye, the Delaunay triangulation (of the canonical face, in the image plane) of every
+  landmark within EYE_MESH_RADIUS eye widths of the eye's centre, split by the eye's opening:
+  the skin (lids, brow, upper cheek) and the opening (the eyeball, with the iris). The skin
+  never uses an iris point, so a closing lid covers the opening whatever the iris does; the
+  opening's triangles move the iris with its own landmarks (gaze).
+  """
+  canonical = canonical_landmarks()[:, :2].astype(np.float64)
+  skin, opening = [], []
+  for eye, iris, corners in ((RIGHT_EYE, RIGHT_IRIS, (33, 133)), (LEFT_EYE, LEFT_IRIS, (263, 362))):
+    centre = canonical[eye].mean(0)
+    width = np.linalg.norm(canonical[corners[0]] - canonical[corners[1]])
+    near = np.flatnonzero(np.linalg.norm(canonical - centre, axis=1) < EYE_MESH_RADIUS * width)
+    outline = _inside_polygon(canonical[eye])
+    for points, keep_inside, out in (
+      (np.setdiff1d(near, iris), False, skin),
+      (np.union1d(eye, iris), True, opening),
+    ):
+      for triangle in points[scipy.spatial.Delaunay(canonical[points]).simplices]:
+        a, b, c = canonical[triangle]
+        if outline(((a + b + c) / 3)[None])[0] != keep_inside:
+          continue
+        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        out.append(triangle if area > 0 else triangle[[0, 2, 1]])
+  return np.asarray(skin, np.int32), np.asarray(opening, np.int32)
+
+
+def _inside_polygon(polygon: np.ndarray):
+  """A point-in-polygon test (even-odd rule) for `polygon` (P, 2): (M, 2) points -> (M,) bool."""
+
+  def inside(points: np.ndarray) -> np.ndarray:
+    x, y = points[:, 0:1], points[:, 1:2]
+    x0, y0 = polygon[:, 0], polygon[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    crosses = (y0 > y) != (y1 > y)
+    at = x0 + (y - y0) * (x1 - x0) / np.where(y1 == y0, 1.0, y1 - y0)
+    return np.sum(crosses & (x < at), axis=1) % 2 == 1
+
+  return inside
+
+
+# The eye landmarks whose neighbourhood the eye meshes take over from the volume's flow.
+EYE_POINTS = np.concatenate([RIGHT_EYE, LEFT_EYE, RIGHT_IRIS, LEFT_IRIS])

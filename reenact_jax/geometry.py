@@ -305,6 +305,72 @@ def initial_flow(
   return flow, confidence, head_flow
 
 
+def mesh_flow(
+  source_landmarks: jax.Array,
+  driving_landmarks: jax.Array,
+  triangles: np.ndarray,
+  *,
+  height: int,
+  width: int,
+) -> tuple[jax.Array, jax.Array]:
+  """The piecewise-affine backward flow of a landmark mesh, at the image's pixels.
+
+  Each pixel inside a driving-space triangle shows the source point with the same barycentric
+  coordinates in the source's triangle. Where a triangle collapses or folds over (a closed eye's
+  opening), it shows nothing, and the triangles around it cover the pixels: a lid closes over
+  the eye, which a smooth interpolation of the landmarks' motions cannot do (it averages the
+  lid's motion with the motionless lower lid across the gap).
+
+  Args:
+    source_landmarks, driving_landmarks: (B, N, 2+) normalised landmarks (x, y used).
+    triangles: (K, 3) landmark indices, counter-clockwise in the canonical face (as
+      face_topology.eye_triangles gives them).
+    height, width: the image size.
+
+  Returns:
+    flow (B, height, width, 2) normalised backward flow (0 outside the mesh) and coverage
+    (B, height, width, 1) in {0, 1}. Data only: no gradient flows through it.
+  """
+  source = jax.lax.stop_gradient(source_landmarks[..., :2].astype(jnp.float32))
+  driving = jax.lax.stop_gradient(driving_landmarks[..., :2].astype(jnp.float32))
+  triangles = jnp.asarray(triangles, jnp.int32)
+  grid = warp.identity_grid_2d(height, width)  # (H, W, 2)
+  batch = source.shape[0]
+  to = driving[:, triangles]  # (B, K, 3, 2)
+  come_from = source[:, triangles]
+  edge1 = to[:, :, 1] - to[:, :, 0]
+  edge2 = to[:, :, 2] - to[:, :, 0]
+  area = edge1[..., 0] * edge2[..., 1] - edge1[..., 1] * edge2[..., 0]  # (B, K), > 0 if unfolded
+  # A triangle thinner than this (normalised area) has collapsed: it covers no pixel.
+  usable = area > 1e-7
+  inverse_area = jnp.where(usable, 1.0 / jnp.where(usable, area, 1.0), 0.0)
+
+  def claim(k, best):
+    score, position = best
+    offset = grid[None] - to[:, k, None, None, 0]  # (B, H, W, 2)
+    e1, e2 = edge1[:, k, None, None], edge2[:, k, None, None]
+    inv = inverse_area[:, k, None, None]
+    l1 = (offset[..., 0] * e2[..., 1] - offset[..., 1] * e2[..., 0]) * inv
+    l2 = (e1[..., 0] * offset[..., 1] - e1[..., 1] * offset[..., 0]) * inv
+    l0 = 1.0 - l1 - l2
+    inside = jnp.minimum(jnp.minimum(l0, l1), l2)
+    inside = jnp.where(usable[:, k, None, None], inside, -jnp.inf)
+    corners = come_from[:, k, None, None]  # (B, 1, 1, 3, 2)
+    here = l0[..., None] * corners[..., 0, :] + l1[..., None] * corners[..., 1, :]
+    here = here + l2[..., None] * corners[..., 2, :]
+    better = inside > score
+    return jnp.where(better, inside, score), jnp.where(better[..., None], here, position)
+
+  start = (
+    jnp.full((batch, height, width), -jnp.inf, jnp.float32),
+    jnp.zeros((batch, height, width, 2), jnp.float32),
+  )
+  score, position = jax.lax.fori_loop(0, triangles.shape[0], claim, start)
+  # Half a pixel of tolerance closes the cracks between neighbouring triangles.
+  coverage = (score >= -0.5 * 2.0 / max(height, width)).astype(jnp.float32)[..., None]
+  return (position - grid) * coverage, coverage
+
+
 def project_flow(
   flow: jax.Array, visibility_logits: jax.Array, height: int, width: int
 ) -> jax.Array:

@@ -162,6 +162,36 @@ def smooth_landmarks(
       after = 2 * shot[-1] - shot[-2 : -pad - 2 : -1]
       shot = np.concatenate([before, shot, after])
     out[begin:end] = smooth(smooth(shot)[::-1])[::-1][pad : pad + end - begin]
+  return _with_eye_shapes(out, np.asarray(landmarks, np.float32), shots, fps, strength)
+
+
+# An eye's shape (its lids and iris about its centre) is smoothed far less than the face: a blink
+# lasts a few frames, which the face's filter would flatten (on the bundled clip the prior's
+# eye-opening correlation with the driver fell from 0.52 unsmoothed to 0.37).
+EYE_SHAPE_MIN_CUTOFF = 8.0
+EYE_SHAPE_BETA = 30.0
+
+
+def _with_eye_shapes(smoothed, raw, shots, fps, strength) -> np.ndarray:
+  """Each eye as its smoothed centre plus its own, lightly smoothed shape about the centre."""
+  if raw.shape[1] < face_topology.NUM_LANDMARKS:
+    return smoothed
+  out = smoothed.copy()
+  for eye in (
+    np.concatenate([face_topology.RIGHT_EYE, face_topology.RIGHT_IRIS]),
+    np.concatenate([face_topology.LEFT_EYE, face_topology.LEFT_IRIS]),
+  ):
+    shape = raw[:, eye] - raw[:, eye].mean(axis=1, keepdims=True)
+    for begin, end in shots:
+      part = shape[begin:end]
+      filtered = one_euro(
+        one_euro(part, fps, min_cutoff=EYE_SHAPE_MIN_CUTOFF / strength, beta=EYE_SHAPE_BETA)[::-1],
+        fps,
+        min_cutoff=EYE_SHAPE_MIN_CUTOFF / strength,
+        beta=EYE_SHAPE_BETA,
+      )[::-1]
+      shape[begin:end] = filtered
+    out[:, eye] = smoothed[:, eye].mean(axis=1, keepdims=True) + shape
   return out
 
 

@@ -98,6 +98,7 @@ def warp_person(
   visibility: jax.Array,
   hole: jax.Array,
   fill: jax.Array,
+  eyes: tuple[jax.Array, jax.Array] | None = None,
 ) -> Warped:
   """Moves the source's pixels as the person moves: the head by the 3D head flow projected to
   the image (geometry.project_flow), over the unmoved rest of the source.
@@ -107,11 +108,12 @@ def warp_person(
   same flow), over the background layer elsewhere: the source itself, except where the head
   moved away from (inside the person's `hole`), which shows `fill` (the hole filled from the known
   background: never the head where it was). The moved person is the moved head united with the
-  unmoved rest.
+  unmoved rest. `eyes` = (flow (B, H, W, 2), weight (B, H, W, 1)), from eye_flow, takes over
+  the projected flow around the eyes.
   """
   size = source.shape[1:3]
   source = source.astype(jnp.float32)
-  flow_2d = geometry.project_flow(head_flow, visibility, *size)
+  flow_2d = with_eyes(geometry.project_flow(head_flow, visibility, *size), eyes)
   stacked = jnp.concatenate(
     [source, source_head.astype(jnp.float32), jnp.ones_like(source_head)], axis=-1
   )
@@ -198,6 +200,7 @@ class Generator(nn.Module):
   renderer_token_patch: int
   inpainter_channels: Sequence[int]
   visibility_sharpness: float = 8.0
+  eye_mesh: bool = False  # Move the eyes by their landmark mesh (eye_flow).
   volume_convs: str = '3d'  # '3d' or '2+1d' (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
@@ -329,16 +332,20 @@ class Generator(nn.Module):
       reverse_flow, _, _ = self.flow_net(warped_volume, reverse.flow, reverse.confidence)
       cycled_volume = warp.warp_3d(warped_volume, reverse_flow).astype(self.dtype)
       _, outputs['projected_cycle'] = self.projection(cycled_volume)
+    eyes = eye_flow(self, source_landmarks, driving_landmarks)
     if warp_only:
       # The image flow alone (no pixels moved), for the loss on pairs whose true motion is known.
-      outputs['flow_2d'] = geometry.project_flow(
-        prior.head_flow + learned, visibility, self.image_size, self.image_size
+      outputs['flow_2d'] = with_eyes(
+        geometry.project_flow(
+          prior.head_flow + learned, visibility, self.image_size, self.image_size
+        ),
+        eyes,
       )
       return outputs
     hole = geometry.hole_of(source_matte)
     fill = background_fill(source, hole)
     warped = warp_person(
-      source, source_head, source_rest, prior.head_flow + learned, visibility, hole, fill
+      source, source_head, source_rest, prior.head_flow + learned, visibility, hole, fill, eyes
     )
     # The renderer keeps the warped pixels where they are valid: not off the source, and not
     # stretched lips across a mouth opened wider than the source's.
@@ -361,6 +368,55 @@ class Generator(nn.Module):
       output=alpha * foreground + (1.0 - alpha) * background,
     )
     return outputs
+
+
+# Around the eyes the mesh flow takes over within this many eye widths of the eye landmarks
+# (a Gaussian's radius; face_topology.EYE_MESH_RADIUS keeps the mesh wider than its reach).
+EYE_REACH = 0.2
+
+
+def eye_flow(
+  generator: 'Generator', source_landmarks: jax.Array, driving_landmarks: jax.Array
+) -> tuple[jax.Array, jax.Array] | None:
+  """(flow (B, H, W, 2), weight (B, H, W, 1)) moving the eyes by their own landmarks, or None
+  when generator.eye_mesh is off.
+
+  The feature volume's grid (a quarter of the image) is coarser than an eyelid's gap, so the
+  projected flow cannot close an eye or turn an iris. Near the eye landmarks (weight 1 on the
+  eyes, fading over EYE_REACH eye widths) the piecewise-affine flow of the eye meshes
+  (geometry.mesh_flow over face_topology.eye_triangles: the skin's where it covers a pixel, the
+  opening's elsewhere) replaces it. Data only.
+  """
+  if not generator.eye_mesh:
+    return None
+  size = generator.image_size
+  skin, opening = (
+    geometry.mesh_flow(source_landmarks, driving_landmarks, triangles, height=size, width=size)
+    for triangles in face_topology.eye_triangles()
+  )
+  # The skin wins where both cover a pixel: a closed lid hides the eyeball and iris.
+  flow = jnp.where(skin[1] > 0, skin[0], opening[0])
+  coverage = jnp.maximum(skin[1], opening[1])
+  driving = jax.lax.stop_gradient(driving_landmarks[..., :2].astype(jnp.float32))
+  eye_width = 0.5 * (
+    jnp.linalg.norm(driving[:, 33] - driving[:, 133], axis=-1)
+    + jnp.linalg.norm(driving[:, 263] - driving[:, 362], axis=-1)
+  )  # (B,)
+  points = driving[:, face_topology.EYE_POINTS]  # (B, P, 2)
+  grid = warp.identity_grid_2d(size, size)
+  radius = (EYE_REACH * eye_width)[:, None, None]
+  gx = jnp.exp(-0.5 * jnp.square((grid[0, :, 0][None, :, None] - points[:, None, :, 0]) / radius))
+  gy = jnp.exp(-0.5 * jnp.square((grid[:, 0, 1][None, :, None] - points[:, None, :, 1]) / radius))
+  near = jnp.clip(jnp.einsum('bhp,bwp->bhw', gy, gx), 0.0, 1.0)[..., None]
+  return flow, near * coverage
+
+
+def with_eyes(flow_2d: jax.Array, eyes: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+  """The projected flow (B, H, W, 2) with eye_flow's flow where its weight is."""
+  if eyes is None:
+    return flow_2d
+  flow, weight = eyes
+  return (1.0 - weight) * flow_2d + weight * flow
 
 
 def _stable_indices(num_landmarks: int) -> tuple[int, ...]:
@@ -452,6 +508,8 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     renderer_token_patch=int(m.renderer_token_patch),
     inpainter_channels=inpainter_channels,
     visibility_sharpness=float(m.visibility_sharpness),
+    # A run saved before the eye mesh existed renders as it was trained: without it.
+    eye_mesh=bool(m.get('eye_mesh', False)),
     volume_convs=str(m.volume_convs),
     remat=bool(m.remat),
     dtype=layers.compute_dtype(m.compute_dtype),
@@ -520,7 +578,10 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   visibility = generator.visibility_sharpness * prior.confidence
   hole = geometry.hole_of(matte)
   fill = background_fill(source, hole)
-  warped = warp_person(source, source_head, source_rest, prior.head_flow, visibility, hole, fill)
+  eyes = eye_flow(generator, inputs['source_landmarks'], inputs['driving_landmarks'])
+  warped = warp_person(
+    source, source_head, source_rest, prior.head_flow, visibility, hole, fill, eyes
+  )
   alpha = warped.person * warped.validity
   return {
     'output': alpha * warped.image + (1.0 - alpha) * warped.background,
