@@ -135,9 +135,10 @@ def _print_summary(results: dict) -> None:
     correlation = report['correlation']
     lines.append(
       f'  {name:10s} face found {report["face_found_fraction"]:.0%}, correlation mouth '
-      f'{_number(correlation["mouth_opening"])} yaw {_number(correlation["yaw"])} pitch '
-      f'{_number(correlation["pitch"])} roll {_number(correlation["roll"])}; held-out L1 '
-      f'{_number(held_out.get("l1"), 4)}'
+      f'{_number(correlation["mouth_opening"])} eyes {_number(correlation["eye_opening"])} '
+      f'gaze {_number(correlation["gaze_x"])}/{_number(correlation["gaze_y"])} yaw '
+      f'{_number(correlation["yaw"])} pitch {_number(correlation["pitch"])} roll '
+      f'{_number(correlation["roll"])}; held-out L1 {_number(held_out.get("l1"), 4)}'
     )
   comparison = results['model_minus_prior']
   if 'skipped' not in comparison:

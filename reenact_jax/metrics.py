@@ -108,8 +108,9 @@ _UPPER_LIP, _LOWER_LIP = 13, 14
 _RIGHT_EYE_LIDS, _LEFT_EYE_LIDS = (159, 145), (386, 374)
 _RIGHT_EYE_CORNERS, _LEFT_EYE_CORNERS = (33, 133), (362, 263)
 _OUTER_EYE_CORNERS = (33, 263)
+_RIGHT_IRIS_CENTRE, _LEFT_IRIS_CENTRE = 468, 473
 # What the motion report compares between the driving clip and the output.
-MOTION_MEASURES = ('mouth_opening', 'eye_opening', 'yaw', 'pitch', 'roll')
+MOTION_MEASURES = ('mouth_opening', 'eye_opening', 'gaze_x', 'gaze_y', 'yaw', 'pitch', 'roll')
 
 
 def face_measures(
@@ -118,8 +119,11 @@ def face_measures(
   """Per-frame expression and pose measures of (F, N, 3) normalised landmarks, each (F,).
 
   mouth_opening: inner-lip gap / outer eye-corner distance; eye_opening: mean over both eyes of
-  the eyelid gap / the eye's width; yaw, pitch, roll: degrees (head_pose_angles). Ratios to the
-  face's own size, so they do not change with the face's scale in the frame.
+  the eyelid gap / the eye's width; gaze_x, gaze_y: mean over both eyes of the iris centre's
+  offset from the midpoint of the eye's corners, along the corners' line (towards the image's
+  right) and across it (down), over the eye's width; yaw, pitch, roll: degrees
+  (head_pose_angles). Ratios to the face's own size, so they do not change with the face's scale
+  in the frame. Needs the 478-point topology (irises).
   """
   points = np.asarray(landmarks, np.float64)[..., :2]
   distance = lambda a, b: np.linalg.norm(points[:, a] - points[:, b], axis=-1)
@@ -131,10 +135,24 @@ def face_measures(
       (_LEFT_EYE_LIDS, _LEFT_EYE_CORNERS),
     )
   ]
+  gaze = []
+  for iris, (first, second) in (
+    (_RIGHT_IRIS_CENTRE, _RIGHT_EYE_CORNERS),
+    (_LEFT_IRIS_CENTRE, _LEFT_EYE_CORNERS),
+  ):
+    axis = points[:, second] - points[:, first]
+    width = np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), 1e-6)
+    along = axis / width
+    across = np.stack([-along[:, 1], along[:, 0]], -1)  # along turned by +90 degrees (y down)
+    offset = (points[:, iris] - 0.5 * (points[:, first] + points[:, second])) / width
+    gaze.append(np.stack([(offset * along).sum(-1), (offset * across).sum(-1)], -1))
+  gaze = (gaze[0] + gaze[1]) / 2
   angles = head_pose_angles(landmarks, canonical, stable_indices)
   return {
     'mouth_opening': distance(_UPPER_LIP, _LOWER_LIP) / face_width,
     'eye_opening': (eyes[0] + eyes[1]) / 2,
+    'gaze_x': gaze[:, 0],
+    'gaze_y': gaze[:, 1],
     'yaw': angles[:, 0],
     'pitch': angles[:, 1],
     'roll': angles[:, 2],

@@ -1,13 +1,13 @@
 """Procedural talking-head clips with known 3D landmarks and masks, and still-portrait re-posing.
 
-`render_frame` draws frame `frame_index` of synthetic clip `clip_index` as a pure function of
-its arguments: every clip has its own identity (head shape, skin colour and texture, hair,
-clothes, background), and over the clip the head turns (yaw/pitch/roll within ±25°/±15°/±10°),
-translates, scales slightly and opens/closes its mouth. The landmarks are the face_topology
-canonical face moved in 3D and projected orthographically, and the image is drawn *at* those
-landmarks (face-oval skin, eyes, irises, lips, mouth cavity, nose, brows), with the skin texture
-carried along by the head's affine motion, so warping by the true landmark motion explains the
-change between two frames of a clip. Used by tests and smoke training
+`render_frame` draws frame `frame_index` of synthetic clip `clip_index` as a pure function of its
+arguments: every clip has its own identity (head shape, skin colour and texture, hair, clothes,
+background), and over the clip the head turns (yaw/pitch/roll within ±25°/±15°/±10°), translates,
+scales slightly, opens/closes its mouth, looks around and may blink. The landmarks are the
+face_topology canonical face moved in 3D and projected orthographically, and the image is drawn
+*at* those landmarks (face-oval skin, eyes, irises, lips, mouth cavity, nose, brows), with the
+skin texture carried along by the head's affine motion, so warping by the true landmark motion
+explains the change between two frames of a clip. Used by tests and smoke training
 (`config.data.source = 'synthetic'`).
 
 Conventions (reenact_jax/geometry.py): images float32 (H, W, 3) in [0, 1]; masks float32
@@ -33,6 +33,11 @@ MAX_TRANSLATION = 0.06
 MAX_SCALE_CHANGE = 0.05
 # Widest mouth opening, as a fraction of the canonical face height (chin to forehead).
 MAX_MOUTH_OPENING = 0.12
+# Gaze: the irises' largest offset from their rest, in eye widths (across, along the eye).
+MAX_GAZE_X, MAX_GAZE_Y = 0.18, 0.06
+# A blink closes the upper lids onto the lower ones over this share of the clip, each way.
+BLINK_HALF_DURATION = 0.06
+BLINK_PROBABILITY = 0.6
 
 # MediaPipe brow outlines as closed polygons (lower row outer -> inner, upper row back).
 _LEFT_EYEBROW = np.array([276, 283, 282, 295, 285, 336, 296, 334, 293, 300])
@@ -52,6 +57,7 @@ _ROW_PER_PIXEL[[_BACKGROUND, _CLOTHES, _HAIR]] = 1
 # cv2 drawing takes fixed-point vertices with this many fractional bits: sub-pixel accuracy.
 _SHIFT_BITS = 4
 _SHIFT_SCALE = float(1 << _SHIFT_BITS)
+NUM_MESH_POINTS = face_topology.NUM_MESH_LANDMARKS
 
 
 def _to_cv_points(xy_norm: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -125,7 +131,17 @@ def _topology(num_landmarks: int):
   not_moving |= set(np.flatnonzero(canonical[:, 1] < mouth_centre[1] - 0.02 * face_height))
   not_moving -= set(lower.tolist())
   weights[sorted(not_moving)] = 0.0
-  rigid = np.flatnonzero(weights == 0.0)
+  # Upper lids (their lower-lid counterparts in the same order) and irises move on their own.
+  upper_lids = np.concatenate([face_topology.RIGHT_EYE[1:8], face_topology.LEFT_EYE[1:8]])
+  lower_lids = np.concatenate(
+    [face_topology.RIGHT_EYE[9:16][::-1], face_topology.LEFT_EYE[9:16][::-1]]
+  )
+  irises = np.arange(NUM_MESH_POINTS, num_landmarks)
+  eye_moving = np.zeros(num_landmarks, bool)
+  eye_moving[upper_lids] = True
+  eye_moving[irises] = True
+  rigid = np.flatnonzero((weights == 0.0) & ~eye_moving)
+  eye_width = np.linalg.norm(canonical[33, :2] - canonical[133, :2])
   # The canonical face may have its mouth open (it is a real portrait): gap between the middles
   # of the inner lips, which the jaw closes at zero opening.
   middle = lambda arc: arc[np.argmin(np.abs(canonical[arc, 0] - mouth_centre[0]))]
@@ -137,6 +153,10 @@ def _topology(num_landmarks: int):
     jaw_weights=weights,
     rest_gap=rest_gap,
     rigid=rigid,
+    upper_lids=upper_lids,
+    lid_closing=canonical[lower_lids, 1] - canonical[upper_lids, 1],
+    iris_points=irises,
+    eye_width=eye_width,
     upper_inner=upper_inner,
     lower_inner=lower_inner,
     oval=np.asarray(face_topology.FACE_OVAL),
@@ -215,6 +235,15 @@ def _clip(clip_index: int, image_size: int, seed: int, num_landmarks: int):
   amplitudes /= amplitudes.sum(axis=1, keepdims=True)
   phases = rng.uniform(0.0, 2.0 * math.pi, size=(7, num_waves))
 
+  # Eyes, from their own stream (the draws above keep their values): gaze waves (rows x, y)
+  # and at most one blink.
+  eye_rng = np.random.default_rng([abs(int(seed)), int(int(seed) < 0), int(clip_index), 1])
+  gaze_frequencies = eye_rng.uniform(0.5, 2.0, size=(2, num_waves))
+  gaze_amplitudes = eye_rng.uniform(0.2, 1.0, size=(2, num_waves))
+  gaze_amplitudes /= gaze_amplitudes.sum(axis=1, keepdims=True)
+  gaze_phases = eye_rng.uniform(0.0, 2.0 * math.pi, size=(2, num_waves))
+  blink_time = eye_rng.uniform(0.1, 0.9) if eye_rng.uniform() < BLINK_PROBABILITY else None
+
   # Canonical-space geometry of this head: its shape about the centre, and how far each
   # landmark moves down at full mouth opening. Opening 0 leaves 10% of the canonical rest gap
   # (lips just parted), opening 1 adds MAX_MOUTH_OPENING of the face height.
@@ -233,9 +262,7 @@ def _clip(clip_index: int, image_size: int, seed: int, num_landmarks: int):
   palette[_BROWS:] = [brows, lips, (0.12, 0.03, 0.04), (0.92, 0.92, 0.9), iris, (0.04, 0.04, 0.05)]
   return dict(
     shape=shape,
-    shape_mean=shape.mean(axis=0),
     jaw_opening=jaw_opening,
-    jaw_opening_mean=jaw_opening.mean(axis=0),
     colour_table=np.concatenate(
       [as_f32(palette)] + [as_f32(t).reshape(-1, 3) for t in (background, clothes, hair)]
     ),
@@ -246,6 +273,9 @@ def _clip(clip_index: int, image_size: int, seed: int, num_landmarks: int):
     frequencies=frequencies,
     amplitudes=amplitudes,
     phases=phases,
+    gaze_waves=(gaze_frequencies, gaze_amplitudes, gaze_phases),
+    blink_time=blink_time,
+    shape_scale=shape_scale,
   )
 
 
@@ -267,11 +297,12 @@ def _rotation(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
 
 
 def clip_motion(clip_index: int, frame_index: int, *, num_frames: int, seed: int) -> dict:
-  """Head pose and mouth opening of one synthetic frame.
+  """Head pose, mouth, gaze and blink of one synthetic frame.
 
   Returns:
     dict of floats: 'yaw', 'pitch', 'roll' (degrees), 'tx', 'ty' (normalised units),
-    'scale' (relative, 1 = canonical) and 'mouth' (opening in [0, 1]).
+    'scale' (relative, 1 = canonical), 'mouth' (opening in [0, 1]), 'gaze_x', 'gaze_y' (the
+    irises' offset, eye widths) and 'blink' (0 open .. 1 closed).
   """
   if not 0 <= frame_index < num_frames:
     raise ValueError(f'frame_index must be in [0, num_frames={num_frames}), got {frame_index}.')
@@ -288,6 +319,8 @@ def _motion(clip: dict, frame_index: int, num_frames: int) -> dict:
     .sum(axis=1)
     .tolist()
   )
+  frequencies, amplitudes, phases = clip['gaze_waves']
+  gaze = (amplitudes * np.sin(2.0 * math.pi * frequencies * time + phases)).sum(axis=1).tolist()
   return dict(
     yaw=MAX_YAW_DEG * waves[0],
     pitch=MAX_PITCH_DEG * waves[1],
@@ -297,6 +330,11 @@ def _motion(clip: dict, frame_index: int, num_frames: int) -> dict:
     scale=1.0 + MAX_SCALE_CHANGE * waves[5],
     # Rectified so that the mouth rests closed for part of the clip, like speech pauses.
     mouth=min(1.0, max(0.0, 1.4 * waves[6] + 0.2)),
+    gaze_x=MAX_GAZE_X * gaze[0],
+    gaze_y=MAX_GAZE_Y * gaze[1],
+    blink=0.0
+    if clip['blink_time'] is None
+    else max(0.0, 1.0 - abs(time - clip['blink_time']) / BLINK_HALF_DURATION),
   )
 
 
@@ -318,8 +356,13 @@ def _landmarks_and_texture_affine(clip, topology, frame_index, num_frames, num_l
   # about the face centre, orthographic projection (x, y kept), z re-centred.
   linear = motion['scale'] * _rotation(motion['yaw'], motion['pitch'], motion['roll'])
   mouth = motion['mouth']
-  points = (clip['shape'] + mouth * clip['jaw_opening']) @ linear.T
-  mean_z = linear[2] @ (clip['shape_mean'] + mouth * clip['jaw_opening_mean'])
+  shape = clip['shape'] + mouth * clip['jaw_opening']
+  scale_x, scale_y = clip['shape_scale'][:2]
+  shape[topology['upper_lids'], 1] += motion['blink'] * scale_y * topology['lid_closing']
+  gaze = np.array([motion['gaze_x'] * scale_x, motion['gaze_y'] * scale_y])
+  shape[topology['iris_points'], :2] += topology['eye_width'] * gaze
+  points = shape @ linear.T
+  mean_z = linear[2] @ shape.mean(axis=0)
   centre = topology['centre']
   points += np.array([centre[0] + motion['tx'], centre[1] + motion['ty'], -mean_z])
   landmarks = points.astype(np.float32)

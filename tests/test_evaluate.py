@@ -450,3 +450,25 @@ def test_demo_compares_model_and_prior_on_the_frames_where_both_show_a_face():
   for name in metrics.MOTION_MEASURES:
     assert comparison[name]['difference'] > 0, (name, comparison[name])
   assert 'skipped' in demo_pipeline.compare_reports({'correlation': {}}, prior)
+
+
+def test_face_measures_follow_the_eyes_and_the_gaze():
+  canonical = face_topology.canonical_landmarks()
+  frames = np.repeat(canonical[None], 3, 0)
+  # Frame 1: both irises move right by a tenth of an eye's width; frame 2: the lids close.
+  width = np.linalg.norm(canonical[33, :2] - canonical[133, :2])
+  frames[1, 468:478, 0] += 0.1 * width
+  for eye in (face_topology.RIGHT_EYE, face_topology.LEFT_EYE):
+    upper, lower = eye[1:8], eye[9:16][::-1]
+    frames[2, upper, 1] = canonical[lower, 1]
+  measures = metrics.face_measures(frames, canonical, face_topology.STABLE)
+  np.testing.assert_allclose(measures['gaze_x'][1] - measures['gaze_x'][0], 0.1, atol=0.01)
+  assert abs(measures['gaze_y'][1] - measures['gaze_y'][0]) < 0.01
+  assert measures['eye_opening'][2] < 0.35 * measures['eye_opening'][0]
+  np.testing.assert_allclose(measures['yaw'], measures['yaw'][0], atol=0.5)  # Eyes are not pose.
+  # Mirrored faces look the other way.
+  mirrored = frames[1].copy()
+  mirrored[:, 0] *= -1
+  mirrored = mirrored[face_topology.flip_permutation()]
+  flipped = metrics.face_measures(mirrored[None], canonical, face_topology.STABLE)
+  np.testing.assert_allclose(flipped['gaze_x'][0], -measures['gaze_x'][1], atol=0.01)

@@ -225,3 +225,50 @@ def test_polygon_mask_agrees_with_the_host_rasteriser():
   assert np.all(host[mask == 1.0] == 1.0)
   assert np.abs((mask > 0.5) - host).sum() < 0.1 * host.sum()
   assert np.abs(mask.sum() - host.sum()) < 0.1 * host.sum()
+
+
+def _triangulated_square():
+  """Nine landmarks on a 3x3 grid over [-0.6, 0.6]^2 and its 8 counter-clockwise triangles."""
+  xs = np.linspace(-0.6, 0.6, 3)
+  points = np.array([[x, y] for y in xs for x in xs], np.float32)
+  triangles = []
+  for row in range(2):
+    for col in range(2):
+      a, b, c, d = 3 * row + col, 3 * row + col + 1, 3 * row + col + 3, 3 * row + col + 4
+      triangles += [[a, b, c], [b, d, c]]  # counter-clockwise with y pointing down
+  return points, np.array(triangles, np.int32)
+
+
+def test_mesh_flow_reproduces_an_affine_motion_and_covers_the_mesh_only():
+  points, triangles = _triangulated_square()
+  affine = np.array([[1.1, 0.2], [-0.1, 0.9]], np.float32)
+  shift = np.array([0.05, -0.1], np.float32)
+  source = points @ affine.T + shift  # the driving mesh is the grid; the source moved
+  flow, coverage = geometry.mesh_flow(
+    jnp.asarray(source[None]), jnp.asarray(points[None]), triangles, height=32, width=32
+  )
+  grid = np.asarray(warp.identity_grid_2d(32, 32))
+  inside = (np.abs(grid) < 0.6 - 1e-3).all(-1)
+  assert np.asarray(coverage)[0, ..., 0][inside].all()
+  assert not np.asarray(coverage)[0, ..., 0][(np.abs(grid) > 0.6 + 0.07).any(-1)].any()
+  expected = grid @ affine.T + shift - grid
+  np.testing.assert_allclose(np.asarray(flow)[0][inside], expected[inside], atol=1e-5)
+  assert np.asarray(flow)[0][~np.asarray(coverage)[0, ..., 0].astype(bool)].max() == 0.0
+
+
+def test_mesh_flow_a_collapsed_row_is_covered_by_its_neighbours():
+  # The middle row of the driving grid moves onto the bottom row (an upper lid closing onto the
+  # lower lid): the lower triangles collapse, and the upper ones stretch over the whole square,
+  # showing only the source's upper half.
+  points, triangles = _triangulated_square()
+  driving = points.copy()
+  driving[3:6, 1] = driving[6:9, 1] - 1e-4
+  flow, coverage = geometry.mesh_flow(
+    jnp.asarray(points[None]), jnp.asarray(driving[None]), triangles, height=32, width=32
+  )
+  grid = np.asarray(warp.identity_grid_2d(32, 32))
+  inside = (np.abs(grid) < 0.59).all(-1)
+  assert np.asarray(coverage)[0, ..., 0][inside].all()
+  shown_y = (grid + np.asarray(flow)[0])[..., 1][inside]
+  assert shown_y.max() <= 1e-3  # Nothing of the source's lower half (y > 0) is shown.
+  # A smooth interpolation of the same landmark motions would show it (the Gaussian prior).

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from reenact_jax import geometry, models
+from reenact_jax import crops, face_topology, geometry, models
+from tests.helpers import config_with
 
 BATCH = 2
 
@@ -331,3 +332,47 @@ def test_unseen_mouth_is_the_opening_the_moved_source_does_not_show():
   # Swapped roles: the driver closes the mouth, nothing but edge pixels is unseen.
   closed = np.asarray(models.unseen_mouth(opened, canonical, still))[0, ..., 0]
   assert closed.sum() < 0.1 * unseen.sum(), (closed.sum(), unseen.sum())  # Edge pixels only.
+
+
+def test_a_closing_eye_closes_in_the_output_with_the_eye_mesh():
+  """The driving landmarks close both eyes (upper lids onto lower lids): with the eye meshes the
+  prior's output covers the irises with lid skin; the volume's flow alone cannot (its grid is
+  coarser than the lid gap)."""
+  from reenact_jax import bundled, face
+
+  size = 128
+  landmarker, segmenter = face.FaceLandmarker(), face.PersonSegmenter()
+  crop, landmarks, matte, _ = bundled.crop_portrait(
+    bundled.portrait_images()['astronaut'], size, landmarker, segmenter
+  )
+  driving = landmarks.copy()
+  for eye in (face_topology.RIGHT_EYE, face_topology.LEFT_EYE):
+    upper, lower = eye[1:8], eye[9:16][::-1]
+    driving[upper, :2] = driving[lower, :2] - np.array([0.0, 2e-3])
+  inputs = {
+    'source': crop[None] / 255.0,
+    'source_landmarks': landmarks[None],
+    'driving_landmarks': driving[None],
+    'source_mask': np.zeros((1, size, size, 1)),
+    'source_matte': matte[None, ..., None],
+  }
+  inputs = {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+  config = config_with()
+  dark = {}
+  for eye_mesh in (False, True):
+    generator = models.make_generator(config.model, size).clone(eye_mesh=eye_mesh)
+    output = np.asarray(models.prior_render(generator, inputs)['output'][0])
+    dark[eye_mesh] = _dark_iris_pixels(output, landmarks, size)
+  source_dark = _dark_iris_pixels(crop / 255.0, landmarks, size)
+  assert source_dark > 20
+  assert dark[False] > 0.6 * source_dark  # The eyes stay open without the meshes.
+  assert dark[True] < 0.2 * source_dark
+
+
+def _dark_iris_pixels(image: np.ndarray, landmarks: np.ndarray, size: int) -> int:
+  """Pixels as dark as an iris or pupil (darker than the lid's lashes) inside both eyes' source
+  openings."""
+  opening = np.zeros((size, size), bool)
+  for eye in (face_topology.RIGHT_EYE, face_topology.LEFT_EYE):
+    opening |= crops.mask_from_polygon(landmarks[eye, :2], size, size)[..., 0] > 0
+  return int(((image.mean(-1) < 0.25) & opening).sum())

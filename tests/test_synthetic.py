@@ -272,7 +272,42 @@ def test_true_flow_moves_the_source_skin_onto_the_driving_skin():
     crops.mask_from_polygon(driving['landmarks'][face_topology.LIPS_OUTER, :2], size, size)[..., 0]
     == 0
   )
+  for eye in (face_topology.RIGHT_EYE, face_topology.LEFT_EYE):  # Eyes look and blink alone.
+    opening = crops.mask_from_polygon(driving['landmarks'][eye, :2], size, size)[..., 0]
+    skin &= cv2.dilate(opening, np.ones((3, 3), np.uint8)) == 0
   warped_error = np.abs(warped - driving['image'])[skin].mean()
   still_error = np.abs(source['image'] - driving['image'])[skin].mean()
-  # Eyes, brows and nose are drawn at their landmarks (3D motion, not the affine) and stay off.
+  # Brows and nose are drawn at their landmarks (3D motion, not the affine) and stay off.
   assert warped_error < 0.5 * still_error, (warped_error, still_error)
+
+
+def test_clips_look_around_and_blink():
+  num_frames = 100
+  blinks, gaze = [], []
+  for clip in range(8):
+    motions = [
+      synthetic.clip_motion(clip, t, num_frames=num_frames, seed=0) for t in range(num_frames)
+    ]
+    blinks.append(max(m['blink'] for m in motions))
+    gaze.append(np.std([m['gaze_x'] for m in motions]))
+  assert 2 <= sum(b > 0.9 for b in blinks) <= 7  # Some clips blink, not all.
+  assert min(gaze) > 0.02
+  # At the height of a blink the upper lids lie on the lower lids and no iris is drawn.
+  clip = next(c for c, b in enumerate(blinks) if b > 0.9)
+  motions = [synthetic.clip_motion(clip, t, num_frames=num_frames, seed=0) for t in range(100)]
+  closed = int(np.argmax([m['blink'] for m in motions]))
+  opened = min(range(num_frames), key=lambda t: motions[t]['blink'])
+  render = lambda t: synthetic.render_frame(clip, t, image_size=96, num_frames=100, seed=0)
+  for frame, is_closed in ((render(closed), True), (render(opened), False)):
+    landmarks = frame['landmarks']
+    gap = np.abs(landmarks[159, 1] - landmarks[145, 1])
+    assert (gap < 0.01) == is_closed
+    # Pupils: the flat pupil colour, around the eyes.
+    eyes = landmarks[np.concatenate([face_topology.RIGHT_EYE, face_topology.LEFT_EYE]), :2]
+    (x0, y0), (x1, y1) = (
+      ((eyes.min(0) + 1) * 48 - 3).astype(int),
+      ((eyes.max(0) + 1) * 48 + 3).astype(int),
+    )
+    box = frame['image'][y0:y1, x0:x1]
+    pupils = (np.abs(box - np.array([0.04, 0.04, 0.05])) < 0.005).all(-1).sum()
+    assert (pupils == 0) == is_closed
