@@ -122,7 +122,10 @@ def warp_person(
   # Bilinear weights outside the image are 0: renormalise the partly outside border pixels.
   head_image = jnp.clip(moved[..., :3] / jnp.maximum(inside, 1e-3), 0.0, 1.0)
   moved_head = jnp.clip(moved[..., 3:4], 0.0, 1.0)
-  pixels = jnp.linalg.norm(flow_2d, axis=-1, keepdims=True) * (size[1] / 2)
+  # sqrt of a floored square: the norm's gradient at an exactly still pixel (where the eye mesh
+  # holds the flow at 0) would be NaN.
+  squared = jnp.sum(jnp.square(flow_2d), axis=-1, keepdims=True)
+  pixels = jnp.sqrt(jnp.maximum(squared, 1e-12)) * (size[1] / 2)
   # Grown as the hole is: the old head's soft edge (hair blended into the background, where the
   # head flow fades to zero) is uncovered with the head, not left as an outline.
   head_motion = layers.dilate(
