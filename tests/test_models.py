@@ -376,3 +376,28 @@ def _dark_iris_pixels(image: np.ndarray, landmarks: np.ndarray, size: int) -> in
   for eye in (face_topology.RIGHT_EYE, face_topology.LEFT_EYE):
     opening |= crops.mask_from_polygon(landmarks[eye, :2], size, size)[..., 0] > 0
   return int(((image.mean(-1) < 0.25) & opening).sum())
+
+
+def test_the_prior_shows_a_dark_inside_where_the_mouth_opens_wider_than_the_source():
+  canonical = 0.8 * face_topology.canonical_landmarks()[None].astype(np.float32)
+  opened = canonical.copy()
+  opened[:, [14, 87, 178, 88, 95, 317, 402, 318, 324], 1] += 0.1  # inner lower lip drops
+  size = 64
+  source = jnp.full((1, size, size, 3), 0.9)  # a bright face: lips and teeth alike
+  inputs = {
+    'source': source,
+    'source_landmarks': jnp.asarray(canonical),
+    'driving_landmarks': jnp.asarray(opened),
+    'source_mask': jnp.zeros((1, size, size, 1)),
+    'source_matte': jnp.ones((1, size, size, 1)),
+  }
+  generator = models.make_generator(config_with().model, size)
+  outputs = models.prior_render(generator, inputs)
+  unseen = np.asarray(models.unseen_mouth(canonical, opened, outputs['flow_2d']))[0, ..., 0]
+  image = np.asarray(outputs['warped_source'])[0]
+  gap = unseen > 0.99
+  assert gap.sum() > 10
+  np.testing.assert_allclose(
+    image[gap], np.broadcast_to(models.MOUTH_CAVITY, image[gap].shape), atol=1e-3
+  )
+  assert image[unseen == 0].min() > 0.85  # Elsewhere the source's own pixels.

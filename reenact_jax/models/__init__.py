@@ -3,6 +3,7 @@
 from reenact_jax.models.discriminator import MultiScaleDiscriminator, make_discriminator
 from reenact_jax.models.generator import (
   INPUT_NAMES,
+  MOUTH_CAVITY,
   RENDER_PARTS,
   WARP_PARTS,
   Generator,
@@ -17,6 +18,7 @@ from reenact_jax.models.generator import (
 
 __all__ = [
   'INPUT_NAMES',
+  'MOUTH_CAVITY',
   'RENDER_PARTS',
   'WARP_PARTS',
   'Generator',

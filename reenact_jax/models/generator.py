@@ -160,6 +160,17 @@ def unseen_mouth(
   return driving * (1.0 - moved)
 
 
+# The dark red of an open mouth's inside (RGB in [0, 1]), shown where the driver's mouth opens
+# wider than the source's: better than the source's lips or teeth stretched across the gap.
+MOUTH_CAVITY = (0.24, 0.08, 0.08)
+
+
+def fill_mouth(image: jax.Array, unseen: jax.Array) -> jax.Array:
+  """`image` (B, H, W, 3) with MOUTH_CAVITY where `unseen` (B, H, W, 1), unseen_mouth, is."""
+  cavity = jnp.asarray(MOUTH_CAVITY, jnp.float32)
+  return (1.0 - unseen) * image + unseen * cavity
+
+
 def composite_background(
   source: jax.Array, filled: jax.Array, hole: jax.Array, source_rest: jax.Array, head_motion
 ) -> jax.Array:
@@ -352,17 +363,18 @@ class Generator(nn.Module):
     )
     # The renderer keeps the warped pixels where they are valid: not off the source, and not
     # stretched lips across a mouth opened wider than the source's.
-    validity = warped.validity * (
-      1.0 - unseen_mouth(source_landmarks, driving_landmarks, warped.flow_2d)
-    )
+    unseen = unseen_mouth(source_landmarks, driving_landmarks, warped.flow_2d)
+    validity = warped.validity * (1.0 - unseen)
+    # The renderer paints the unseen mouth (validity 0), seeing the cavity's dark as a hint.
+    warped_image = fill_mouth(warped.image, unseen)
     foreground, alpha = self.renderer(
-      projected_features, occlusion, warped.image, validity, warped.person
+      projected_features, occlusion, warped_image, validity, warped.person
     )
     filled = self.inpainter(source, hole, fill)
     background = composite_background(source, filled, hole, source_rest, warped.head_motion)
     outputs.update(
       flow_2d=warped.flow_2d,
-      warped_source=warped.image,
+      warped_source=warped_image,
       validity=validity,
       foreground=foreground,
       alpha=alpha,
@@ -563,7 +575,8 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   beat (`reenact --prior-only`).
 
   The source pixels moved by the prior's 2D flow (each pixel shows the depth slice the prior is
-  most confident in), the moved person (moved head over the unmoved rest) as alpha, over the
+  most confident in; the eyes by their meshes, a mouth opened wider than the source's dark
+  inside), the moved person (moved head over the unmoved rest) as alpha, over the
   push-pull fill of the source's background. Outputs as `render` ('output', 'foreground',
   'alpha', 'background', 'flow_2d', 'warped_source', 'validity').
   """
@@ -585,13 +598,17 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   warped = warp_person(
     source, source_head, source_rest, prior.head_flow, visibility, hole, fill, eyes
   )
+  image = fill_mouth(
+    warped.image,
+    unseen_mouth(inputs['source_landmarks'], inputs['driving_landmarks'], warped.flow_2d),
+  )
   alpha = warped.person * warped.validity
   return {
-    'output': alpha * warped.image + (1.0 - alpha) * warped.background,
-    'foreground': warped.image,
+    'output': alpha * image + (1.0 - alpha) * warped.background,
+    'foreground': image,
     'alpha': alpha,
     'background': warped.background,
     'flow_2d': warped.flow_2d,
-    'warped_source': warped.image,
+    'warped_source': image,
     'validity': warped.validity,
   }
