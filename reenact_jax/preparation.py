@@ -3,17 +3,18 @@
 The command is `python -m data.prepare`; this module is its library (and the demo's, which
 prepares the bundled clip on first use).
 
-Per clip: one stable square crop box (the union of the face over the whole clip, with margin,
-as the community's crop tools do) -> per frame: the crop resized to the target resolution,
-478 landmarks normalised to the crop, the face-oval polygon, the person matte of the crop and
-the head pose. See
-reenact_jax/records.py for the record format and the output folder.
+Per clip: one stable square crop box (the union of the face over the whole clip, with margin, as
+the community's crop tools do) -> per frame: the crop resized to the target resolution, 478
+landmarks normalised to the crop, the face-oval polygon, the person matte of the crop and the
+head pose. See reenact_jax/records.py for the record format and the output folder.
 
-Splits are identity-disjoint (a stable hash order picks ~test_fraction of the identities, at
-least one when there are two or more). With a single identity the test split is instead the last
-test_fraction of each clip's frames. Bad inputs (unreadable or truncated video, no face, fewer
-than two frames, unsupported file) are skipped, listed in the manifest with the reason and
-counted in the summary; the run goes on.
+Which clips the input holds, whose they are and the dataset's own split: dataset_layouts.py.
+Without a split of the dataset's own (or with split='by_identity'), splits are identity-disjoint
+(a stable hash order picks ~test_fraction of the identities, at least one when there are two or
+more); with a single identity the test split is instead the last test_fraction of each clip's
+frames. A killed preparation resumes (see the stages below). Bad inputs (unreadable or truncated
+video, no face, fewer than two frames, unsupported file) are skipped, listed in the manifest
+with the reason and counted in the summary; the run goes on.
 """
 
 import contextlib
