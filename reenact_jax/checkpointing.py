@@ -23,6 +23,10 @@ from reenact_jax import cli, distributed
 # Config sections that decide the shapes of the state: a checkpoint is only compatible with a
 # config that agrees on all of them.
 SHAPE_KEYS = ('image_size', 'model')
+# Keys added after runs were saved without them, and the value such a run behaves as (its code
+# had no such key): resuming it compares against this value, so the run can go on as it was
+# trained (e.g. --config.model.eye_mesh=False).
+ADDED_KEYS = {'model.eye_mesh': False}
 # Sections that decide the data order and the optimisation; a change is allowed but logged.
 ORDER_KEYS = ('seed', 'train', 'data', 'optim', 'loss', 'mesh')
 # The training loop's own settings: how long, how often to log, save and evaluate, where to.
@@ -132,6 +136,9 @@ def check_compatible(saved_config: dict[str, Any], config, checkpoint_dir: str) 
   differences = []
   for section in SHAPE_KEYS:
     saved = _flatten({section: saved_config.get(section)})
+    for key, value in ADDED_KEYS.items():
+      if key.startswith(f'{section}.') and saved:
+        saved.setdefault(key, value)
     now = _flatten({section: current.get(section)})
     for key in sorted(set(saved) | set(now)):
       if key.startswith('model.compute_dtype') or key.startswith('model.remat'):

@@ -151,6 +151,16 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_setup):
     trainer.train_and_evaluate(other, str(tmp_path))
 
 
+def test_a_run_saved_before_a_model_key_existed_resumes_as_it_was_trained():
+  # The saved config of a run from before model.eye_mesh existed: it trained without the meshes.
+  saved = checkpointing.config_to_json(_tiny_config())
+  del saved['model']['eye_mesh']
+  as_trained = _tiny_config(**{'model.eye_mesh': False})
+  checkpointing.check_compatible(saved, as_trained, 'old_run')  # resumes
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match='model.eye_mesh'):
+    checkpointing.check_compatible(saved, _tiny_config(**{'model.eye_mesh': True}), 'old_run')
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_setup, monkeypatch):
   config = _tiny_config(
     **{'train.total_steps': 6, 'train.checkpoint_every': 1, 'train.log_every': 1}
