@@ -246,6 +246,7 @@ def test_beam_direct_runner_writes_the_same_dataset(tmp_path, flat_videos, unint
   assert _contents(output) == _contents(uninterrupted)
 
 
+@pytest.mark.slow  # 16 s; the pipeline itself is checked in process above.
 def test_beam_command_with_pipeline_options(tmp_path, flat_videos, uninterrupted):
   output = tmp_path / 'beam'
   done = run_command(
