@@ -622,6 +622,56 @@ def tfds_metadata(clip_index: dict, shard_bytes: dict[str, int]) -> dict[str, di
   return {'dataset_info.json': info, 'features.json': features}
 
 
+SPLIT_CHOICES = ('keep', 'by_identity')
+
+
+@dataclasses.dataclass(frozen=True)
+class Started:
+  """A preparation whose output is claimed: its clips, what is not a clip, settings, progress."""
+
+  clips: list[ClipInput]
+  skipped: list[Skipped]
+  options: Options
+  settings: dict
+  progress: epath.Path
+
+
+def begin(
+  input_path,
+  output,
+  *,
+  resolution: int,
+  options: Options | None,
+  layout: str,
+  split: str,
+  test_fraction: float,
+  records_per_shard: int,
+  overwrite: bool,
+) -> Started:
+  """What every preparation (one machine or Beam) does first: check the choices, find the
+  clips, and claim (or resume) the output folder.
+
+  Raises:
+    FileNotFoundError: the input does not exist.
+    ValueError: an unknown layout or split.
+    OutputNotEmpty: see start_output.
+  """
+  if split not in SPLIT_CHOICES:
+    raise ValueError(f'Unknown split {split!r}: use one of {", ".join(SPLIT_CHOICES)}.')
+  options = dataclasses.replace(options or Options(resolution=resolution), resolution=resolution)
+  clips, skipped, layout = dataset_layouts.discover(input_path, layout)
+  run_settings = settings(
+    input_path,
+    options,
+    layout=layout,
+    split=split,
+    test_fraction=test_fraction,
+    records_per_shard=records_per_shard,
+  )
+  progress = start_output(output, run_settings, overwrite)
+  return Started(clips, skipped, options, run_settings, progress)
+
+
 def prepare(
   input_path: str | pathlib.Path,
   output: str | pathlib.Path,
@@ -640,50 +690,51 @@ def prepare(
 
   Rerunning an interrupted preparation with the same settings resumes it; the result is the
   same as an uninterrupted run's. `split`: 'keep' uses the dataset's own train/test split where
-  the layout has one, 'by_identity' always holds out identities.
-
-  Raises:
-    FileNotFoundError: the input does not exist.
-    ValueError: an unknown layout or split.
-    OutputNotEmpty: see start_output.
+  the layout has one, 'by_identity' always holds out identities. Raises what `begin` raises.
   """
-  if split not in SPLIT_CHOICES:
-    raise ValueError(f'Unknown split {split!r}: use one of {", ".join(SPLIT_CHOICES)}.')
   start = time.perf_counter()
-  options = dataclasses.replace(options or Options(resolution=resolution), resolution=resolution)
-  clips, skipped, layout = dataset_layouts.discover(input_path, layout)
-  run_settings = settings(
+  started = begin(
     input_path,
-    options,
+    output,
+    resolution=resolution,
+    options=options,
     layout=layout,
     split=split,
     test_fraction=test_fraction,
     records_per_shard=records_per_shard,
+    overwrite=overwrite,
   )
-  progress = start_output(output, run_settings, overwrite)
-  todo = [clip for clip in clips if not (progress / f'{clip_key(clip)}.json').exists()]
-  if len(todo) < len(clips):
-    done = len(clips) - len(todo)
-    logging.info('Resuming: %d of %d clips were prepared before.', done, len(clips))
-  bar = tqdm(total=len(todo), desc='Clips', unit='clip', file=sys.stderr, disable=not progress_bar)
-  jobs = [(clip, options, str(progress)) for clip in todo]
+  done = {}  # clip key -> done-record
+  for clip in started.clips:
+    path = started.progress / f'{clip_key(clip)}.json'
+    if path.exists():
+      done[clip_key(clip)] = json.loads(path.read_text())
+  if done:
+    logging.info('Resuming: %d of %d clips were prepared before.', len(done), len(started.clips))
+  jobs = [
+    (clip, started.options, str(started.progress))
+    for clip in started.clips
+    if clip_key(clip) not in done
+  ]
+  bar = tqdm(total=len(jobs), desc='Clips', unit='clip', file=sys.stderr, disable=not progress_bar)
+
+  def collect(outcome: dict) -> None:
+    _log_skipped(outcome)
+    done[clip_key(ClipInput(**outcome['clip']))] = outcome
+    bar.update()
+
   if workers > 1 and len(jobs) > 1:
     with multiprocessing.get_context('spawn').Pool(min(workers, len(jobs))) as pool:
       for outcome in pool.imap_unordered(_prepare_job, jobs):
-        _log_skipped(outcome)
-        bar.update()
+        collect(outcome)
   else:
     for job in jobs:
-      _log_skipped(_prepare_job(job))
-      bar.update()
+      collect(_prepare_job(job))
   bar.close()
-  outcomes = [json.loads((progress / f'{clip_key(clip)}.json').read_text()) for clip in clips]
-  prepared_plan = plan(outcomes, skipped, run_settings)
+  outcomes = [done[clip_key(clip)] for clip in started.clips]
+  prepared_plan = plan(outcomes, started.skipped, started.settings)
   shard_bytes = {job.name: write_shard(output, job) for job in prepared_plan.shards}
   return finish(output, prepared_plan, shard_bytes, time.perf_counter() - start)
-
-
-SPLIT_CHOICES = ('keep', 'by_identity')
 
 
 def _prepare_job(job: tuple[ClipInput, Options, str]) -> dict:

@@ -14,7 +14,7 @@ import time
 
 import apache_beam as beam
 
-from reenact_jax import dataset_layouts, preparation
+from reenact_jax import preparation
 
 
 def _prepare(numbered, options, progress):
@@ -51,33 +51,34 @@ def build(
 ) -> beam.PCollection:
   """Adds the preparation to `pipeline`; returns the PCollection of its one summary text.
 
-  Discovery and the output check run here, on the launcher. Raises what preparation.prepare
-  raises for a missing input, an unknown layout or split, or an output folder in use.
+  Discovery and the output check (preparation.begin) run here, on the launcher, and raise
+  what it raises.
   """
-  if split not in preparation.SPLIT_CHOICES:
-    raise ValueError(f'Unknown split {split!r}: use one of {", ".join(preparation.SPLIT_CHOICES)}.')
-  started = time.time()
-  options = preparation.Options(resolution=resolution) if options is None else options
-  clips, skipped, layout = dataset_layouts.discover(input_path, layout)
-  run_settings = preparation.settings(
+  started_at = time.time()
+  started = preparation.begin(
     input_path,
-    options,
+    output,
+    resolution=resolution,
+    options=options,
     layout=layout,
     split=split,
     test_fraction=test_fraction,
     records_per_shard=records_per_shard,
+    overwrite=overwrite,
   )
-  progress = str(preparation.start_output(output, run_settings, overwrite))
+  progress = str(started.progress)
   output = str(output)
   outcomes = (
     pipeline
-    | 'Clips' >> beam.Create(list(enumerate(clips)))
+    | 'Clips' >> beam.Create(list(enumerate(started.clips)))
     # One clip per work item, wherever a worker is free (Create would keep them together).
     | 'SpreadClips' >> beam.Reshuffle()
-    | 'PrepareClip' >> beam.Map(_prepare, options=options, progress=progress)
+    | 'PrepareClip' >> beam.Map(_prepare, options=started.options, progress=progress)
     | 'AllClips' >> beam.combiners.ToList()
   )
-  plans = outcomes | 'Plan' >> beam.Map(_plan, skipped=skipped, run_settings=run_settings)
+  plans = outcomes | 'Plan' >> beam.Map(
+    _plan, skipped=started.skipped, run_settings=started.settings
+  )
   shard_bytes = (
     plans
     | 'Shards' >> beam.FlatMap(lambda prepared_plan: prepared_plan.shards)
@@ -86,6 +87,6 @@ def build(
     | 'AllShards' >> beam.combiners.ToDict()
   )
   return plans | 'Finish' >> beam.Map(
-    functools.partial(_finish, output=output, started=started),
+    functools.partial(_finish, output=output, started=started_at),
     shard_bytes=beam.pvalue.AsSingleton(shard_bytes),
   )
