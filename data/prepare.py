@@ -16,73 +16,30 @@ The library is reenact_jax/preparation.py; the same preparation on Apache Beam i
 data/prepare_beam.py. Dashed spellings (--test-fraction, ...) are accepted too.
 """
 
-import dataclasses
 import logging
 import sys
 
 from absl import app, flags
 
-from reenact_jax import cli, dataset_layouts, preparation
+from reenact_jax import cli, preparation, preparation_flags
 
-_INPUT = flags.DEFINE_string('input', None, 'A folder of clips or one video file.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Folder for the shards (created).')
-_RESOLUTION = flags.DEFINE_integer('resolution', 256, 'Side of the square crops, pixels.')
-_LAYOUT = flags.DEFINE_enum(
-  'layout', 'auto', dataset_layouts.LAYOUTS, 'How the input names identities and splits.'
-)
-_SPLIT = flags.DEFINE_enum(
-  'split',
-  'keep',
-  preparation.SPLIT_CHOICES,
-  "keep: the dataset's own train/test split where the layout has one; by_identity: hold out "
-  '--test_fraction of the identities.',
-)
+_PREPARATION = preparation_flags.define()
 _WORKERS = flags.DEFINE_integer('workers', 1, 'Processes preparing clips in parallel.')
-_TEST_FRACTION = flags.DEFINE_float('test_fraction', 0.1, 'Fraction of identities held out.')
-_FACE_FRACTION = flags.DEFINE_float(
-  'face_fraction', preparation.Options.face_fraction, 'Face extent over the crop side.'
-)
-_IMAGE_FORMAT = flags.DEFINE_enum('image_format', 'jpeg', ['jpeg', 'png'], 'Frame encoding.')
-_MAX_FRAMES = flags.DEFINE_integer('max_frames', 0, 'Frames per clip (0: all).')
-_RECORDS_PER_SHARD = flags.DEFINE_integer(
-  'records_per_shard', preparation.DEFAULT_RECORDS_PER_SHARD, 'Records per shard file.'
-)
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace prepared data in --output.')
-flags.mark_flags_as_required(['input', 'output'])
-for _name in ('test_fraction', 'face_fraction', 'image_format', 'max_frames', 'records_per_shard'):
-  flags.DEFINE_alias(_name.replace('_', '-'), _name)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.getLogger().setLevel(logging.INFO)
-  options = dataclasses.replace(
-    preparation.Options(resolution=_RESOLUTION.value),
-    face_fraction=_FACE_FRACTION.value,
-    image_format=_IMAGE_FORMAT.value,
-    max_frames=_MAX_FRAMES.value,
-  )
+  arguments = _PREPARATION()
   try:
-    manifest = preparation.prepare(
-      _INPUT.value,
-      _OUTPUT.value,
-      resolution=_RESOLUTION.value,
-      workers=_WORKERS.value,
-      test_fraction=_TEST_FRACTION.value,
-      overwrite=_OVERWRITE.value,
-      records_per_shard=_RECORDS_PER_SHARD.value,
-      options=options,
-      layout=_LAYOUT.value,
-      split=_SPLIT.value,
-      progress_bar=True,
-    )
+    manifest = preparation.prepare(**arguments, workers=_WORKERS.value, progress_bar=True)
   except (FileNotFoundError, preparation.OutputNotEmpty) as error:
     print(f'error: --input/--output: {error}', file=sys.stderr)
     sys.exit(2)
   print(preparation.summary(manifest))
   if not manifest['num_clips']:
-    print(f'error: no usable clip in {_INPUT.value}', file=sys.stderr)
+    print(f'error: no usable clip in {arguments["input_path"]}', file=sys.stderr)
     sys.exit(1)
 
 

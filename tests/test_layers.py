@@ -46,6 +46,7 @@ LAYERS = {
   ),
   'training_and_inference': (
     'cli',
+    'preparation_flags',
     'workdir',
     'distributed',
     'sharding',
