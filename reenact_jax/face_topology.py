@@ -53,6 +53,11 @@ RIGHT_EYE = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153,
 LEFT_EYE = np.array(
   [263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249]
 )
+# Each eye's (outer, inner) corner, right eye first; the lids as pairs: UPPER_LIDS[i] lies above
+# LOWER_LIDS[i] (both eyes, the corners left out), where a closed eye puts it.
+EYE_CORNERS = ((33, 133), (263, 362))
+UPPER_LIDS = np.concatenate([RIGHT_EYE[1:8], LEFT_EYE[1:8]])
+LOWER_LIDS = np.concatenate([RIGHT_EYE[9:16][::-1], LEFT_EYE[9:16][::-1]])
 RIGHT_EYEBROW = np.array([46, 53, 52, 65, 55, 70, 63, 105, 66, 107])
 LEFT_EYEBROW = np.array([276, 283, 282, 295, 285, 300, 293, 334, 296, 336])
 
@@ -131,7 +136,9 @@ def eye_triangles() -> tuple[np.ndarray, np.ndarray]:
   """
   canonical = canonical_landmarks()[:, :2].astype(np.float64)
   skin, opening = [], []
-  for eye, iris, corners in ((RIGHT_EYE, RIGHT_IRIS, (33, 133)), (LEFT_EYE, LEFT_IRIS, (263, 362))):
+  for eye, iris, corners in zip(
+    (RIGHT_EYE, LEFT_EYE), (RIGHT_IRIS, LEFT_IRIS), EYE_CORNERS, strict=True
+  ):
     centre = canonical[eye].mean(0)
     width = np.linalg.norm(canonical[corners[0]] - canonical[corners[1]])
     near = np.flatnonzero(np.linalg.norm(canonical - centre, axis=1) < EYE_MESH_RADIUS * width)

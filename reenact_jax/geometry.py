@@ -201,8 +201,9 @@ def hole_of(source_matte: jax.Array) -> jax.Array:
   )
 
 
-def _gaussian_1d(centres: jax.Array, positions: jax.Array, sigma: float) -> jax.Array:
-  """exp(-(positions - centres)^2 / (2 sigma^2)): (B, N) centres, (S,) positions -> (B, S, N)."""
+def _gaussian_1d(centres: jax.Array, positions: jax.Array, sigma) -> jax.Array:
+  """exp(-(positions - centres)^2 / (2 sigma^2)): (B, N) centres, (S,) positions -> (B, S, N);
+  sigma a float or (B, 1, 1)."""
   delta = positions[None, :, None] - centres[:, None, :]
   return jnp.exp(-0.5 * jnp.square(delta / sigma))
 
@@ -303,6 +304,16 @@ def initial_flow(
   on_head = warp.sample_2d(head, rigid[..., :2].reshape(batch, -1, width, 2))
   flow = motion * on_head.reshape(batch, depth, height, width, 1) + residual
   return flow, confidence, head_flow
+
+
+def near_landmarks(points: jax.Array, radius: jax.Array, height: int, width: int) -> jax.Array:
+  """(B, height, width, 1): min(1, the sum over `points` (B, P, 2) of Gaussians of radius
+  `radius` (B,)), normalised units: 1 on and between close landmarks, fading away from them."""
+  grid = warp.identity_grid_2d(height, width)
+  sigma = radius[:, None, None]
+  gx = _gaussian_1d(points[..., 0], grid[0, :, 0], sigma)  # (B, W, P)
+  gy = _gaussian_1d(points[..., 1], grid[:, 0, 1], sigma)  # (B, H, P)
+  return jnp.clip(jnp.einsum('bhp,bwp->bhw', gy, gx, precision=_HIGHEST), 0.0, 1.0)[..., None]
 
 
 def mesh_flow(

@@ -131,17 +131,13 @@ def _topology(num_landmarks: int):
   not_moving |= set(np.flatnonzero(canonical[:, 1] < mouth_centre[1] - 0.02 * face_height))
   not_moving -= set(lower.tolist())
   weights[sorted(not_moving)] = 0.0
-  # Upper lids (their lower-lid counterparts in the same order) and irises move on their own.
-  upper_lids = np.concatenate([face_topology.RIGHT_EYE[1:8], face_topology.LEFT_EYE[1:8]])
-  lower_lids = np.concatenate(
-    [face_topology.RIGHT_EYE[9:16][::-1], face_topology.LEFT_EYE[9:16][::-1]]
-  )
+  # The upper lids (blinks) and the irises (gaze) move on their own.
   irises = np.arange(NUM_MESH_POINTS, num_landmarks)
   eye_moving = np.zeros(num_landmarks, bool)
-  eye_moving[upper_lids] = True
+  eye_moving[face_topology.UPPER_LIDS] = True
   eye_moving[irises] = True
   rigid = np.flatnonzero((weights == 0.0) & ~eye_moving)
-  eye_width = np.linalg.norm(canonical[33, :2] - canonical[133, :2])
+  eye_width = np.linalg.norm(np.subtract(*canonical[list(face_topology.EYE_CORNERS[0]), :2]))
   # The canonical face may have its mouth open (it is a real portrait): gap between the middles
   # of the inner lips, which the jaw closes at zero opening.
   middle = lambda arc: arc[np.argmin(np.abs(canonical[arc, 0] - mouth_centre[0]))]
@@ -153,8 +149,7 @@ def _topology(num_landmarks: int):
     jaw_weights=weights,
     rest_gap=rest_gap,
     rigid=rigid,
-    upper_lids=upper_lids,
-    lid_closing=canonical[lower_lids, 1] - canonical[upper_lids, 1],
+    lid_closing=canonical[face_topology.LOWER_LIDS, 1] - canonical[face_topology.UPPER_LIDS, 1],
     iris_points=irises,
     eye_width=eye_width,
     upper_inner=upper_inner,
@@ -358,7 +353,7 @@ def _landmarks_and_texture_affine(clip, topology, frame_index, num_frames, num_l
   mouth = motion['mouth']
   shape = clip['shape'] + mouth * clip['jaw_opening']
   scale_x, scale_y = clip['shape_scale'][:2]
-  shape[topology['upper_lids'], 1] += motion['blink'] * scale_y * topology['lid_closing']
+  shape[face_topology.UPPER_LIDS, 1] += motion['blink'] * scale_y * topology['lid_closing']
   gaze = np.array([motion['gaze_x'] * scale_x, motion['gaze_y'] * scale_y])
   shape[topology['iris_points'], :2] += topology['eye_width'] * gaze
   points = shape @ linear.T

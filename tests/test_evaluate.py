@@ -458,9 +458,7 @@ def test_face_measures_follow_the_eyes_and_the_gaze():
   # Frame 1: both irises move right by a tenth of an eye's width; frame 2: the lids close.
   width = np.linalg.norm(canonical[33, :2] - canonical[133, :2])
   frames[1, 468:478, 0] += 0.1 * width
-  for eye in (face_topology.RIGHT_EYE, face_topology.LEFT_EYE):
-    upper, lower = eye[1:8], eye[9:16][::-1]
-    frames[2, upper, 1] = canonical[lower, 1]
+  frames[2, face_topology.UPPER_LIDS, 1] = canonical[face_topology.LOWER_LIDS, 1]
   measures = metrics.face_measures(frames, canonical, face_topology.STABLE)
   np.testing.assert_allclose(measures['gaze_x'][1] - measures['gaze_x'][0], 0.1, atol=0.01)
   assert abs(measures['gaze_y'][1] - measures['gaze_y'][0]) < 0.01

@@ -346,9 +346,7 @@ def test_a_closing_eye_closes_in_the_output_with_the_eye_mesh():
     bundled.portrait_images()['astronaut'], size, landmarker, segmenter
   )
   driving = landmarks.copy()
-  for eye in (face_topology.RIGHT_EYE, face_topology.LEFT_EYE):
-    upper, lower = eye[1:8], eye[9:16][::-1]
-    driving[upper, :2] = driving[lower, :2] - np.array([0.0, 2e-3])
+  driving[face_topology.UPPER_LIDS, :2] = driving[face_topology.LOWER_LIDS, :2] - [0.0, 2e-3]
   inputs = {
     'source': crop[None] / 255.0,
     'source_landmarks': landmarks[None],

@@ -412,17 +412,14 @@ def eye_flow(
   # The skin wins where both cover a pixel: a closed lid hides the eyeball and iris.
   flow = jnp.where(skin[1] > 0, skin[0], opening[0])
   coverage = jnp.maximum(skin[1], opening[1])
-  driving = jax.lax.stop_gradient(driving_landmarks[..., :2].astype(jnp.float32))
-  eye_width = 0.5 * (
-    jnp.linalg.norm(driving[:, 33] - driving[:, 133], axis=-1)
-    + jnp.linalg.norm(driving[:, 263] - driving[:, 362], axis=-1)
+  driving = jax.lax.stop_gradient(jnp.asarray(driving_landmarks, jnp.float32)[..., :2])
+  corners = np.asarray(face_topology.EYE_CORNERS)  # (2 eyes, outer/inner)
+  eye_width = jnp.linalg.norm(driving[:, corners[:, 0]] - driving[:, corners[:, 1]], axis=-1).mean(
+    -1
   )  # (B,)
-  points = driving[:, face_topology.EYE_POINTS]  # (B, P, 2)
-  grid = warp.identity_grid_2d(size, size)
-  radius = (EYE_REACH * eye_width)[:, None, None]
-  gx = jnp.exp(-0.5 * jnp.square((grid[0, :, 0][None, :, None] - points[:, None, :, 0]) / radius))
-  gy = jnp.exp(-0.5 * jnp.square((grid[:, 0, 1][None, :, None] - points[:, None, :, 1]) / radius))
-  near = jnp.clip(jnp.einsum('bhp,bwp->bhw', gy, gx), 0.0, 1.0)[..., None]
+  near = geometry.near_landmarks(
+    driving[:, face_topology.EYE_POINTS], EYE_REACH * eye_width, size, size
+  )
   return flow, near * coverage
 
 
