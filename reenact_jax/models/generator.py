@@ -94,26 +94,22 @@ def warp_person(
   source: jax.Array,
   source_head: jax.Array,
   source_rest: jax.Array,
-  head_flow: jax.Array,
-  visibility: jax.Array,
+  flow_2d: jax.Array,
   hole: jax.Array,
   fill: jax.Array,
-  eyes: tuple[jax.Array, jax.Array] | None = None,
 ) -> Warped:
-  """Moves the source's pixels as the person moves: the head by the 3D head flow projected to
-  the image (geometry.project_flow), over the unmoved rest of the source.
+  """Moves the source's pixels as the person moves: the head by its image flow `flow_2d`
+  (B, H, W, 2) (image_flow), over the unmoved rest of the source.
 
   Two layers, so that nothing is stretched between a moving head and a still torso: the source
   sampled along the head's flow where the moved head is (the source head weight moved by the
   same flow), over the background layer elsewhere: the source itself, except where the head
   moved away from (inside the person's `hole`), which shows `fill` (the hole filled from the known
   background: never the head where it was). The moved person is the moved head united with the
-  unmoved rest. `eyes` = (flow (B, H, W, 2), weight (B, H, W, 1)), from eye_flow, takes over
-  the projected flow around the eyes.
+  unmoved rest.
   """
   size = source.shape[1:3]
   source = source.astype(jnp.float32)
-  flow_2d = with_eyes(geometry.project_flow(head_flow, visibility, *size), eyes)
   stacked = jnp.concatenate(
     [source, source_head.astype(jnp.float32), jnp.ones_like(source_head)], axis=-1
   )
@@ -346,21 +342,16 @@ class Generator(nn.Module):
       reverse_flow, _, _ = self.flow_net(warped_volume, reverse.flow, reverse.confidence)
       cycled_volume = warp.warp_3d(warped_volume, reverse_flow).astype(self.dtype)
       _, outputs['projected_cycle'] = self.projection(cycled_volume)
-    eyes = eye_flow(self, source_landmarks, driving_landmarks)
+    flow_2d = image_flow(
+      self, prior.head_flow + learned, visibility, source_landmarks, driving_landmarks
+    )
     if warp_only:
       # The image flow alone (no pixels moved), for the loss on pairs whose true motion is known.
-      outputs['flow_2d'] = with_eyes(
-        geometry.project_flow(
-          prior.head_flow + learned, visibility, self.image_size, self.image_size
-        ),
-        eyes,
-      )
+      outputs['flow_2d'] = flow_2d
       return outputs
     hole = geometry.hole_of(source_matte)
     fill = background_fill(source, hole)
-    warped = warp_person(
-      source, source_head, source_rest, prior.head_flow + learned, visibility, hole, fill, eyes
-    )
+    warped = warp_person(source, source_head, source_rest, flow_2d, hole, fill)
     # The renderer keeps the warped pixels where they are valid: not off the source, and not
     # stretched lips across a mouth opened wider than the source's.
     unseen = unseen_mouth(source_landmarks, driving_landmarks, warped.flow_2d)
@@ -423,12 +414,23 @@ def eye_flow(
   return flow, near * coverage
 
 
-def with_eyes(flow_2d: jax.Array, eyes: tuple[jax.Array, jax.Array] | None) -> jax.Array:
-  """The projected flow (B, H, W, 2) with eye_flow's flow where its weight is."""
+def image_flow(
+  generator: 'Generator',
+  head_flow: jax.Array,
+  visibility: jax.Array,
+  source_landmarks: jax.Array,
+  driving_landmarks: jax.Array,
+) -> jax.Array:
+  """The head's backward image flow (B, H, W, 2) at the image's size: the 3D head flow
+  (B, D, h, w, 3) projected by `visibility` (geometry.project_flow), with eye_flow's flow
+  where its weight is."""
+  size = generator.image_size
+  projected = geometry.project_flow(head_flow, visibility, size, size)
+  eyes = eye_flow(generator, source_landmarks, driving_landmarks)
   if eyes is None:
-    return flow_2d
+    return projected
   flow, weight = eyes
-  return (1.0 - weight) * flow_2d + weight * flow
+  return (1.0 - weight) * projected + weight * flow
 
 
 def _stable_indices(num_landmarks: int) -> tuple[int, ...]:
@@ -591,10 +593,10 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   visibility = generator.visibility_sharpness * prior.confidence
   hole = geometry.hole_of(matte)
   fill = background_fill(source, hole)
-  eyes = eye_flow(generator, inputs['source_landmarks'], inputs['driving_landmarks'])
-  warped = warp_person(
-    source, source_head, source_rest, prior.head_flow, visibility, hole, fill, eyes
+  flow_2d = image_flow(
+    generator, prior.head_flow, visibility, inputs['source_landmarks'], inputs['driving_landmarks']
   )
+  warped = warp_person(source, source_head, source_rest, flow_2d, hole, fill)
   image = fill_mouth(
     warped.image,
     unseen_mouth(inputs['source_landmarks'], inputs['driving_landmarks'], warped.flow_2d),
