@@ -24,8 +24,8 @@ from reenact_jax import cli, distributed
 # config that agrees on all of them.
 SHAPE_KEYS = ('image_size', 'model')
 # Keys added after runs were saved without them, and the value such a run behaves as (its code
-# had no such key): resuming it compares against this value, so the run can go on as it was
-# trained (e.g. --config.model.eye_mesh=False).
+# had no such key). A saved config is read with them filled in (with_added_keys), so the run
+# renders as it was trained and resumes with that value (e.g. --config.model.eye_mesh=False).
 ADDED_KEYS = {'model.eye_mesh': False}
 # Sections that decide the data order and the optimisation; a change is allowed but logged.
 ORDER_KEYS = ('seed', 'train', 'data', 'optim', 'loss', 'mesh')
@@ -111,9 +111,23 @@ def _tuples(value: Any) -> Any:
   return value
 
 
+def with_added_keys(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config (as JSON) with each of ADDED_KEYS it lacks set to the value its run had."""
+  saved = json.loads(json.dumps(saved))  # A copy: the caller's dict stays as saved.
+  for key, value in ADDED_KEYS.items():
+    *sections, name = key.split('.')
+    node = saved
+    for section in sections:
+      node = node.get(section) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.setdefault(name, value)
+  return saved
+
+
 def config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The run's config as a checkpoint recorded it (every key; sequences as tuples)."""
-  return ml_collections.ConfigDict(_tuples(saved))
+  """The run's config as a checkpoint recorded it (every key, ADDED_KEYS filled in;
+  sequences as tuples)."""
+  return ml_collections.ConfigDict(_tuples(with_added_keys(saved)))
 
 
 def read_saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
@@ -133,12 +147,10 @@ def read_saved_config(manager: ocp.CheckpointManager, step: int) -> ml_collectio
 def check_compatible(saved_config: dict[str, Any], config, checkpoint_dir: str) -> None:
   """Raise IncompatibleCheckpointError naming every shape-deciding key that differs."""
   current = config_to_json(config)
+  saved_config = with_added_keys(saved_config)
   differences = []
   for section in SHAPE_KEYS:
     saved = _flatten({section: saved_config.get(section)})
-    for key, value in ADDED_KEYS.items():
-      if key.startswith(f'{section}.') and saved:
-        saved.setdefault(key, value)
     now = _flatten({section: current.get(section)})
     for key in sorted(set(saved) | set(now)):
       if key.startswith('model.compute_dtype') or key.startswith('model.remat'):

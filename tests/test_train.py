@@ -159,6 +159,9 @@ def test_a_run_saved_before_a_model_key_existed_resumes_as_it_was_trained():
   checkpointing.check_compatible(saved, as_trained, 'old_run')  # resumes
   with pytest.raises(checkpointing.IncompatibleCheckpointError, match='model.eye_mesh'):
     checkpointing.check_compatible(saved, _tiny_config(**{'model.eye_mesh': True}), 'old_run')
+  # Read back for rendering, it renders without the meshes, as it was trained.
+  assert checkpointing.config_from_json(saved).model.eye_mesh is False
+  assert 'eye_mesh' not in saved['model']  # the caller's dict is left as saved
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_setup, monkeypatch):

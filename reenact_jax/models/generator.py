@@ -522,8 +522,7 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     renderer_token_patch=int(m.renderer_token_patch),
     inpainter_channels=inpainter_channels,
     visibility_sharpness=float(m.visibility_sharpness),
-    # A run saved before the eye mesh existed renders as it was trained: without it.
-    eye_mesh=bool(m.get('eye_mesh', False)),
+    eye_mesh=bool(m.eye_mesh),
     volume_convs=str(m.volume_convs),
     remat=bool(m.remat),
     dtype=layers.compute_dtype(m.compute_dtype),
