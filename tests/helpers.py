@@ -46,3 +46,15 @@ def read_video(path) -> tuple[np.ndarray, fractions.Fraction]:
     stream = container.streams.video[0]
     frames = np.stack([f.to_ndarray(format='rgb24') for f in container.decode(stream)])
     return frames, stream.average_rate
+
+
+def write_video(path, frames: list[np.ndarray], faststart: bool = False) -> None:
+  """(H, W, 3) uint8 RGB frames as an MPEG-4 video at 25 fps (faststart: index at the front)."""
+  options = {'movflags': 'faststart'} if faststart else {}
+  with av.open(str(path), 'w', options=options) as container:
+    stream = container.add_stream('mpeg4', rate=25)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt = 'yuv420p'
+    for frame in frames:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
+    container.mux(stream.encode())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from reenact_jax import bundled, dataset_layouts, media, preparation, preparation_beam, records
-from tests.helpers import run_command
+from tests.helpers import run_command, write_video
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -143,26 +143,14 @@ def test_fomm_tree_is_prepared_with_its_identities_and_split(tmp_path, carphone_
   assert train_only['splits']['train']['identities'] == 1
 
 
-def _write_video(path: pathlib.Path, frames) -> None:
-  import av
-
-  with av.open(str(path), 'w') as container:
-    stream = container.add_stream('mpeg4', rate=25)
-    stream.height, stream.width = frames[0].shape[:2]
-    stream.pix_fmt = 'yuv420p'
-    for frame in frames:
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
-    container.mux(stream.encode())
-
-
 @pytest.fixture(scope='module')
 def flat_videos(tmp_path_factory, carphone_frames) -> pathlib.Path:
   """Five talking-head videos of five frames each, and one without a face (flat layout)."""
   folder = tmp_path_factory.mktemp('flat')
   for number in range(5):
     frames = carphone_frames[4 * number : 4 * number + 5]
-    _write_video(folder / f'speaker_{number}.mp4', frames)
-  _write_video(folder / 'blank.mp4', [np.full((96, 96, 3), 90, np.uint8)] * 4)
+    write_video(folder / f'speaker_{number}.mp4', frames)
+  write_video(folder / 'blank.mp4', [np.full((96, 96, 3), 90, np.uint8)] * 4)
   return folder
 
 

@@ -4,25 +4,13 @@ import json
 import pathlib
 import shutil
 
-import av
 import numpy as np
 import pytest
 
 from reenact_jax import bundled, crops, face_topology, media, preparation, records
-from tests.helpers import run_command
+from tests.helpers import run_command, write_video
 
 RESOLUTION = 64
-
-
-def _write_video(path: pathlib.Path, frames: list[np.ndarray], faststart: bool = False) -> None:
-  options = {'movflags': 'faststart'} if faststart else {}
-  with av.open(str(path), 'w', options=options) as container:
-    stream = container.add_stream('mpeg4', rate=25)
-    stream.height, stream.width = frames[0].shape[:2]
-    stream.pix_fmt = 'yuv420p'
-    for frame in frames:
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
-    container.mux(stream.encode())
 
 
 def _gradient_frames(count: int, size: int = 96) -> list[np.ndarray]:
@@ -149,7 +137,7 @@ def test_folder_with_good_corrupt_and_faceless_clips(tmp_path):
   # Corrupt: the first half of a real video (its index lives at the end of the file).
   data = carphone.read_bytes()
   (videos / 'bob' / 'broken.mp4').write_bytes(data[: len(data) // 2])
-  _write_video(videos / 'carol' / 'gradient.mp4', _gradient_frames(12))
+  write_video(videos / 'carol' / 'gradient.mp4', _gradient_frames(12))
   output = tmp_path / 'shards'
 
   done = run_command(
@@ -189,10 +177,10 @@ def test_other_bad_inputs_are_skipped_with_reasons(tmp_path):
   (videos / 'dave').mkdir(parents=True)
   (videos / 'erin').mkdir()
   (videos / 'frank').mkdir()
-  _write_video(videos / 'dave' / 'one_frame.mp4', _gradient_frames(1))
+  write_video(videos / 'dave' / 'one_frame.mp4', _gradient_frames(1))
   (videos / 'erin' / 'notes.txt').write_text('not a video')
   # Truncated in the middle of the frame data (index at the front, so the file still opens).
-  _write_video(videos / 'frank' / 'whole.mp4', _gradient_frames(20), faststart=True)
+  write_video(videos / 'frank' / 'whole.mp4', _gradient_frames(20), faststart=True)
   whole = (videos / 'frank' / 'whole.mp4').read_bytes()
   (videos / 'frank' / 'cut.mp4').write_bytes(whole[: len(whole) // 2])
   (videos / 'frank' / 'whole.mp4').unlink()
