@@ -1,5 +1,5 @@
 """The community's dataset layouts and splits, a killed preparation resumed, the same preparation
-on Apache Beam (DirectRunner)."""
+on Apache Beam (its local runner)."""
 
 import json
 import pathlib
@@ -225,7 +225,7 @@ def test_a_killed_preparation_resumes_to_the_same_dataset(tmp_path, flat_videos,
 def test_beam_direct_runner_writes_the_same_dataset(tmp_path, flat_videos, uninterrupted):
   output = tmp_path / 'beam'
   options = beam.options.pipeline_options.PipelineOptions(
-    ['--runner=DirectRunner', '--direct_num_workers=1']
+    ['--runner=FnApiRunner', '--direct_num_workers=1']
   )
   with beam.Pipeline(options=options) as pipeline:
     preparation_beam.build(
@@ -239,11 +239,12 @@ def test_beam_command_with_pipeline_options(tmp_path, flat_videos, uninterrupted
   output = tmp_path / 'beam'
   done = run_command(
     'data.prepare_beam', f'--input={flat_videos}', f'--output={output}', *PREPARE_ARGS,
-    '--', '--runner=DirectRunner', '--direct_num_workers=2',
+    '--', '--direct_num_workers=2',
     '--direct_running_mode=multi_processing',
   )  # fmt: skip
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'Prepared 5 clips' in done.stdout
+  assert 'prism' not in done.stderr.lower()  # Beam's DirectRunner would try to download it.
   assert _contents(output) == _contents(uninterrupted)
 
 
