@@ -139,21 +139,55 @@ def eye_triangles() -> tuple[np.ndarray, np.ndarray]:
   for eye, iris, corners in zip(
     (RIGHT_EYE, LEFT_EYE), (RIGHT_IRIS, LEFT_IRIS), EYE_CORNERS, strict=True
   ):
-    centre = canonical[eye].mean(0)
-    width = np.linalg.norm(canonical[corners[0]] - canonical[corners[1]])
-    near = np.flatnonzero(np.linalg.norm(canonical - centre, axis=1) < EYE_MESH_RADIUS * width)
-    outline = _inside_polygon(canonical[eye])
-    for points, keep_inside, out in (
-      (np.setdiff1d(near, iris), False, skin),
-      (np.union1d(eye, iris), True, opening),
-    ):
-      for triangle in points[scipy.spatial.Delaunay(canonical[points]).simplices]:
-        a, b, c = canonical[triangle]
-        if outline(((a + b + c) / 3)[None])[0] != keep_inside:
-          continue
-        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
-        out.append(triangle if area > 0 else triangle[[0, 2, 1]])
+    near = _near(canonical, eye, corners, EYE_MESH_RADIUS)
+    skin += _triangles(canonical, np.setdiff1d(near, iris), eye, keep_inside=False)
+    opening += _triangles(canonical, np.union1d(eye, iris), eye, keep_inside=True)
   return np.asarray(skin, np.int32), np.asarray(opening, np.int32)
+
+
+# The mouth's corners (the subject's right first) and how far its mesh reaches from the mouth's
+# centre, in mouth widths (nasolabial folds, chin).
+MOUTH_CORNERS = (61, 291)
+MOUTH_MESH_RADIUS = 0.6
+
+
+@functools.cache
+def mouth_triangles() -> np.ndarray:
+  """(K, 3) int32 landmark triangles of the skin around the mouth, lips included, for
+  geometry.mesh_flow, counter-clockwise in the canonical face.
+
+  The Delaunay triangulation of every mesh landmark within MOUTH_MESH_RADIUS mouth widths of
+  the mouth's centre, less the opening (inside the inner lip contour; the canonical face's
+  mouth is open, so no triangle spans it): lips that part leave the opening uncovered instead
+  of stretching across it, and lips that close cover it.
+  """
+  canonical = canonical_landmarks()[:, :2].astype(np.float64)
+  near = _near(canonical[:NUM_MESH_LANDMARKS], LIPS_OUTER, MOUTH_CORNERS, MOUTH_MESH_RADIUS)
+  return np.asarray(_triangles(canonical, near, LIPS_INNER, keep_inside=False), np.int32)
+
+
+def _near(canonical: np.ndarray, polygon: np.ndarray, corners, radius: float) -> np.ndarray:
+  """Indices of the `canonical` points within `radius` widths (the `corners`' distance) of
+  `polygon`'s centre."""
+  centre = canonical[polygon].mean(0)
+  width = np.linalg.norm(canonical[corners[0]] - canonical[corners[1]])
+  return np.flatnonzero(np.linalg.norm(canonical - centre, axis=1) < radius * width)
+
+
+def _triangles(
+  canonical: np.ndarray, points: np.ndarray, outline: np.ndarray, *, keep_inside: bool
+) -> list[np.ndarray]:
+  """The Delaunay triangles of `points` (indices into `canonical` (N, 2)) whose centroids lie
+  inside (keep_inside) or outside the `outline` polygon, each counter-clockwise."""
+  inside = _inside_polygon(canonical[outline])
+  kept = []
+  for triangle in points[scipy.spatial.Delaunay(canonical[points]).simplices]:
+    a, b, c = canonical[triangle]
+    if inside(((a + b + c) / 3)[None])[0] != keep_inside:
+      continue
+    area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+    kept.append(triangle if area > 0 else triangle[[0, 2, 1]])
+  return kept
 
 
 def _inside_polygon(polygon: np.ndarray):
@@ -172,3 +206,5 @@ def _inside_polygon(polygon: np.ndarray):
 
 # The eye landmarks whose neighbourhood the eye meshes take over from the volume's flow.
 EYE_POINTS = np.concatenate([RIGHT_EYE, LEFT_EYE, RIGHT_IRIS, LEFT_IRIS])
+# The lip landmarks whose neighbourhood the mouth mesh takes over.
+MOUTH_POINTS = np.concatenate([LIPS_OUTER, LIPS_INNER])

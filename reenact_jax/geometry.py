@@ -104,13 +104,23 @@ HEAD_RADII_BELOW = (1.9, 1.45)  # Radii of the lower half (the same width: no st
 HEAD_SOFTNESS = 0.12  # The region falls from 1 to 0 over this band of the elliptic radius.
 
 
-def _canonical_head() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(centre, radii above, radii below) of the head in canonical units."""
+# The neck follows the head: the region where the person below the head (neck, collar) moves with
+# the head's flow, fading from all of it just under the chin to none at the shoulders, so that a
+# moving head stretches the neck instead of leaving a gap between chin and neck. The same centre;
+# below it an ellipse NECK_RADII_BELOW wide and deep, soft over NECK_SOFTNESS of its radius
+# (it starts to fade where the head region ends, 1.45 oval half-heights below the centre, and
+# ends 2.05 below it, about where the shoulders begin).
+NECK_RADII_BELOW = (1.6, 1.75)
+NECK_SOFTNESS = 0.17
+
+
+def _canonical_region(radii_above, radii_below) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(centre, radii above, radii below) of a head-centred region in canonical units."""
   oval = face_topology.canonical_landmarks()[face_topology.FACE_OVAL, :2].astype(np.float64)
   low, high = oval.min(axis=0), oval.max(axis=0)
   half = (high - low) / 2
   centre = (low + high) / 2 + np.asarray(HEAD_CENTRE) * half
-  above, below = (np.asarray(radii) * half for radii in (HEAD_RADII_ABOVE, HEAD_RADII_BELOW))
+  above, below = (np.asarray(radii) * half for radii in (radii_above, radii_below))
   return centre.astype(np.float32), above.astype(np.float32), below.astype(np.float32)
 
 
@@ -129,6 +139,20 @@ def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   Returns:
     (B, height, width) float32 in [0, 1]; 1 inside the head, 0 outside, soft in between.
   """
+  return _placed_region(landmarks, height, width, HEAD_RADII_ABOVE, HEAD_RADII_BELOW, HEAD_SOFTNESS)
+
+
+def neck_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
+  """(B, height, width) float32 in [0, 1]: how much of the head's motion the person below the
+  head follows (NECK_RADII_BELOW, NECK_SOFTNESS): 1 on the head and just under the chin, fading
+  down the neck to 0 at the shoulders. Placed as head_region is."""
+  return _placed_region(landmarks, height, width, HEAD_RADII_ABOVE, NECK_RADII_BELOW, NECK_SOFTNESS)
+
+
+def _placed_region(landmarks, height, width, radii_above, radii_below, softness) -> jax.Array:
+  """A head-centred soft region (two half-ellipses about HEAD_CENTRE, radii in oval half-sizes,
+  softness in elliptic radius) placed on the face by the in-plane similarity of the stable
+  landmarks."""
   stable = np.asarray(face_topology.STABLE)
   canonical = face_topology.canonical_landmarks()[stable].astype(np.float32)
   observed = jax.lax.stop_gradient(landmarks[:, stable].astype(jnp.float32))
@@ -141,11 +165,11 @@ def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   canonical_xy = (
     jnp.einsum('bhwi,bij->bhwj', offset, rotation[:, :2, :2]) / scale[:, None, None, None]
   )
-  centre, above, below = _canonical_head()
+  centre, above, below = _canonical_region(radii_above, radii_below)
   offset = canonical_xy - centre
   radii = jnp.where(offset[..., 1:] < 0, above, below)  # Image y grows downwards.
   radius = jnp.sqrt(jnp.sum(jnp.square(offset / radii), axis=-1))
-  return jnp.clip((1.0 + HEAD_SOFTNESS - radius) / (2 * HEAD_SOFTNESS), 0.0, 1.0)
+  return jnp.clip((1.0 + softness - radius) / (2 * softness), 0.0, 1.0)
 
 
 # Sub-pixel samples per axis of polygon_mask (its edges are antialiased over this many levels²).
@@ -381,6 +405,33 @@ def mesh_flow(
   # absorbs rounding there.
   coverage = (score >= -1e-4).astype(jnp.float32)[..., None]
   return (position - grid) * coverage, coverage
+
+
+def rigid_flow_2d(
+  source_landmarks: jax.Array,
+  driving_landmarks: jax.Array,
+  stable_indices: Sequence[int] | np.ndarray | jax.Array,
+  depth: jax.Array,
+  height: int,
+  width: int,
+) -> jax.Array:
+  """The head's rigid backward image flow (B, height, width, 2): each driving pixel, taken at
+  depth z = `depth` (B,) (normalised), shows the source point the rigid head motion (the
+  similarity of the stable landmarks, driving -> source, as in initial_flow) brings it from.
+
+  What moves with the skull alone (the upper teeth) moves so. Data only: no gradient.
+  """
+  source = jax.lax.stop_gradient(jnp.asarray(source_landmarks, jnp.float32))
+  driving = jax.lax.stop_gradient(jnp.asarray(driving_landmarks, jnp.float32))
+  stable = jnp.asarray(stable_indices, jnp.int32)
+  similarity = similarity_transform(driving[:, stable], source[:, stable])
+  grid = warp.identity_grid_2d(height, width)  # (H, W, 2)
+  batch = source.shape[0]
+  z = jnp.broadcast_to(
+    jax.lax.stop_gradient(depth).astype(jnp.float32)[:, None, None, None], (batch, height, width, 1)
+  )
+  points = jnp.concatenate([jnp.broadcast_to(grid, (batch, height, width, 2)), z], axis=-1)
+  return apply_similarity(points, *similarity)[..., :2] - grid
 
 
 def project_flow(

@@ -228,3 +228,12 @@ def warp_2d(image: jax.Array, flow: jax.Array) -> jax.Array:
   dtype = jnp.promote_types(flow.dtype, jnp.float32)
   grid = identity_grid_2d(*flow.shape[1:3], dtype=dtype)
   return sample_2d(image, grid + flow.astype(dtype))
+
+
+def clamped_flow(flow: jax.Array) -> jax.Array:
+  """A backward flow (B, H, W, 2) whose samples are moved onto the nearest pixel centre of the
+  image where they fall off it: warp_2d with it repeats the border instead of showing zeros."""
+  height, width = flow.shape[1:3]
+  grid = identity_grid_2d(height, width, dtype=flow.dtype)
+  limit = jnp.asarray([1.0 - 1.0 / width, 1.0 - 1.0 / height], flow.dtype)
+  return jnp.clip(grid + flow, -limit, limit) - grid

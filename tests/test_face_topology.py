@@ -41,3 +41,18 @@ def test_canonical_face_is_frontal_symmetric_and_normalised():
   for eye in (ft.RIGHT_EYE, ft.LEFT_EYE):
     pts = face[eye, :2]
     assert abs(_polygon_area(pts)) > 0.5 * np.prod(pts.max(0) - pts.min(0))
+
+
+def test_mouth_triangles_cover_the_lips_and_leave_the_opening_open():
+  face = ft.canonical_landmarks()[:, :2]
+  triangles = ft.mouth_triangles()
+  assert triangles.ndim == 2 and triangles.shape[1] == 3 and len(triangles) > 100
+  a, b, c = (face[triangles[:, k]] for k in range(3))
+  cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+  assert np.all(cross > 0)  # Counter-clockwise, none degenerate.
+  # No centroid inside the opening; every lip landmark is a corner of some triangle.
+  inside = ft._inside_polygon(face[ft.LIPS_INNER])((a + b + c) / 3)
+  assert not inside.any()
+  assert set(ft.MOUTH_POINTS.tolist()) <= set(triangles.ravel().tolist())
+  # The mesh reaches the chin's crease but not the eyes.
+  assert not set(triangles.ravel().tolist()) & set(np.r_[ft.RIGHT_EYE, ft.LEFT_EYE].tolist())

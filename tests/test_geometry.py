@@ -174,6 +174,44 @@ def test_head_region_covers_face_and_hair_not_the_shoulders():
   np.testing.assert_allclose(moved[:, 8:], region[:, :-8], atol=1e-5)
 
 
+def test_neck_region_follows_the_head_under_the_chin_and_stops_at_the_shoulders():
+  # A half-size head in the upper middle, so the neck and shoulders are inside the frame.
+  canonical = 0.5 * jnp.asarray(face_topology.canonical_landmarks())[None]
+  neck = geometry.neck_region(canonical, 64, 64)[0]
+  head = geometry.head_region(canonical, 64, 64)[0]
+  oval = np.asarray(canonical[0, face_topology.FACE_OVAL, :2])
+  to_pixel = lambda xy: tuple(np.round((np.asarray(xy) + 1) * 32 - 0.5).astype(int)[::-1])
+  centre, chin = oval.mean(axis=0), oval[np.argmax(oval[:, 1])]
+  assert float(neck[to_pixel(centre)]) == 1.0
+  under_chin = to_pixel([centre[0], chin[1] + 0.05])
+  assert float(neck[under_chin]) == 1.0 > float(head[under_chin])  # Further than the head ...
+  neck_middle = to_pixel([centre[0], chin[1] + 0.15])
+  assert 0.0 < float(neck[neck_middle]) < 1.0 and float(head[neck_middle]) == 0.0  # ... fading ...
+  assert float(neck[to_pixel([centre[0], chin[1] + 0.3])]) == 0.0  # ... gone at the shoulders,
+  assert float(neck[to_pixel([centre[0] + 0.3, chin[1] + 0.15])]) == 0.0  # and beside the neck.
+  column = np.asarray(neck[:, 32])
+  assert np.all(np.diff(column[32:]) <= 1e-6)  # Falling down the neck.
+
+
+def test_rigid_flow_2d_brings_each_driving_pixel_from_its_source_point():
+  source = _landmarks(3)
+  # The driving head is the source scaled by 1.2 about the origin and shifted, in the image's
+  # plane: each driving pixel q shows the source at (q - shift) / 1.2.
+  shift = jnp.array([0.1, -0.05, 0.0])
+  driving = 1.2 * source + shift
+  flow = geometry.rigid_flow_2d(source, driving, STABLE, jnp.zeros(2), 16, 16)
+  grid = warp.identity_grid_2d(16, 16)
+  expected = (grid - shift[:2]) / 1.2 - grid
+  np.testing.assert_allclose(flow, jnp.broadcast_to(expected, flow.shape), atol=1e-4)
+  # A turn about the vertical axis: the pixel's depth decides where it comes from.
+  _, rotation = _random_rotation(4, 2)
+  turned = jnp.einsum('bij,bnj->bni', rotation, source)
+  near, far = (
+    geometry.rigid_flow_2d(source, turned, STABLE, jnp.full(2, z), 16, 16) for z in (-0.3, 0.3)
+  )
+  assert float(jnp.abs(near - far).max()) > 0.05
+
+
 def test_project_flow_weights_depth_slices_by_visibility():
   flow = jnp.zeros((1, 4, 4, 4, 3)).at[:, 2].set(jnp.array([0.1, -0.2, 0.3]))
   visibility = jnp.zeros((1, 4, 4, 4, 1)).at[:, 2].set(30.0)  # Slice 2 is the visible one.
