@@ -43,6 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
   # The eyes move by their own landmark meshes (models.generator.eye_flow): lids close over the
   # eye and irises turn, finer than the feature volume's grid can (False: as runs saved before).
   model.eye_mesh = True
+  # The neck stretches between the moving head and the still shoulders (geometry.neck_region)
+  # instead of leaving a gap under the chin (False: as runs saved before).
+  model.neck_follows = True
+  # The lips move by their own landmark mesh and the mouth's opening with the skull
+  # (models.generator.mouth_flow): the teeth keep their shape instead of stretching into fangs
+  # when the mouth opens (False: as runs saved before).
+  model.mouth_mesh = True
   # Projection 3D -> 2D and the projected-RGB head.
   model.projection_channels = 256
   # Foreground renderer (TransUNet-style).

@@ -399,3 +399,84 @@ def test_the_prior_shows_a_dark_inside_where_the_mouth_opens_wider_than_the_sour
     image[gap], np.broadcast_to(models.MOUTH_CAVITY, image[gap].shape), atol=1e-3
   )
   assert image[unseen == 0].min() > 0.85  # Elsewhere the source's own pixels.
+
+
+def test_an_opening_mouth_keeps_the_teeth_under_the_upper_lip_with_the_mouth_mesh():
+  """The driver drops the jaw (and moves the head): without the mouth mesh the smooth flow
+  stretches the source's teeth down into the opening (more teeth pixels than the source has);
+  with it the teeth keep their size, move with the skull, and the rest of the opening is the
+  dark unseen mouth."""
+  from reenact_jax import bundled, face
+
+  size = 128
+  landmarker, segmenter = face.FaceLandmarker(), face.PersonSegmenter()
+  crop, landmarks, matte, _ = bundled.crop_portrait(
+    bundled.portrait_images()['astronaut'], size, landmarker, segmenter
+  )
+  driving = landmarks.copy()
+  below_mouth = landmarks[:, 1] > landmarks[face_topology.LIPS_INNER, 1].mean() + 0.005
+  driving[below_mouth, 1] += 0.1  # The jaw drops ...
+  driving[:, :2] += [0.06, -0.04]  # ... and the head moves right and up.
+  inputs = {
+    'source': crop[None] / 255.0,
+    'source_landmarks': landmarks[None],
+    'driving_landmarks': driving[None],
+    'source_mask': np.zeros((1, size, size, 1)),
+    'source_matte': matte[None, ..., None],
+  }
+  inputs = {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+  source_teeth, _ = _teeth_pixels(crop / 255.0, landmarks, size)
+  assert source_teeth > 40
+  teeth, dark = {}, {}
+  for mouth_mesh in (False, True):
+    generator = models.make_generator(config_with().model, size).clone(mouth_mesh=mouth_mesh)
+    output = np.asarray(models.prior_render(generator, inputs)['output'][0])
+    teeth[mouth_mesh], dark[mouth_mesh] = _teeth_pixels(output, driving, size)
+  assert teeth[False] > 1.05 * source_teeth  # Stretched into the opening.
+  assert 0.7 * source_teeth < teeth[True] <= source_teeth
+  assert dark[True] > 1.5 * dark[False]
+
+
+def _teeth_pixels(image: np.ndarray, landmarks: np.ndarray, size: int) -> tuple[int, int]:
+  """(bright, dark) pixel counts inside the mouth's opening (the inner-lip polygon): teeth,
+  and the dark of the mouth."""
+  opening = crops.mask_from_polygon(landmarks[face_topology.LIPS_INNER, :2], size, size)[..., 0]
+  opening = opening > 0
+  return int(((image.min(-1) > 0.55) & opening).sum()), int(((image.max(-1) < 0.3) & opening).sum())
+
+
+def test_the_neck_stretches_with_a_rising_head_and_the_shoulders_stay():
+  """The head rises: with neck_follows the neck fills the space under the moved chin, without
+  it the space shows the background; the shoulders and the background stay exactly where they
+  are either way."""
+  size = 64
+  landmarks = 0.7 * face_topology.canonical_landmarks()[None].astype(np.float32)
+  landmarks += np.float32([0.0, -0.2, 0.0])
+  grid = (np.arange(size) + 0.5) / size * 2 - 1
+  yy, xx = np.meshgrid(grid, grid, indexing='ij')
+  head = np.asarray(geometry.head_region(jnp.asarray(landmarks), size, size))[0]
+  chin = landmarks[0, 152, 1]
+  person = (head > 0.5) | ((np.abs(xx) < 0.22) & (yy > chin - 0.1)) | (yy > 0.75)
+  red, blue = np.float32([0.9, 0.2, 0.2]), np.float32([0.2, 0.3, 0.9])
+  image = np.where(person[..., None], red, blue)
+  driving = landmarks + np.float32([0.0, -0.12, 0.0])
+  inputs = {
+    'source': image[None],
+    'source_landmarks': landmarks,
+    'driving_landmarks': driving,
+    'source_mask': np.zeros((1, size, size, 1)),
+    'source_matte': person[None, ..., None],
+  }
+  inputs = {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+  under_chin = (np.abs(xx) < 0.12) & (yy > driving[0, 152, 1] + 0.04) & (yy < chin + 0.04)
+  assert under_chin.sum() > 20
+  shown = {}
+  for neck_follows in (False, True):
+    generator = models.make_generator(config_with().model, size).clone(neck_follows=neck_follows)
+    output = np.asarray(models.prior_render(generator, inputs)['output'][0])
+    shown[neck_follows] = np.mean((output[..., 0] > 0.6) & (output[..., 2] < 0.4), where=under_chin)
+    np.testing.assert_array_equal(output[yy > 0.85], image[yy > 0.85])  # The shoulders.
+    background = ~person & (np.abs(xx) > 0.8)
+    np.testing.assert_allclose(output[background], image[background], atol=1e-6)
+  assert shown[False] < 0.5  # A gap under the chin.
+  assert shown[True] == 1.0

@@ -151,17 +151,19 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_setup):
     trainer.train_and_evaluate(other, str(tmp_path))
 
 
-def test_a_run_saved_before_a_model_key_existed_resumes_as_it_was_trained():
-  # The saved config of a run from before model.eye_mesh existed: it trained without the meshes.
-  saved = checkpointing.config_to_json(_tiny_config())
-  del saved['model']['eye_mesh']
-  as_trained = _tiny_config(**{'model.eye_mesh': False})
-  checkpointing.check_compatible(saved, as_trained, 'old_run')  # resumes
-  with pytest.raises(checkpointing.IncompatibleCheckpointError, match='model.eye_mesh'):
-    checkpointing.check_compatible(saved, _tiny_config(**{'model.eye_mesh': True}), 'old_run')
-  # Read back for rendering, it renders without the meshes, as it was trained.
-  assert checkpointing.config_from_json(saved).model.eye_mesh is False
-  assert 'eye_mesh' not in saved['model']  # the caller's dict is left as saved
+@pytest.mark.parametrize('key', sorted(checkpointing.ADDED_KEYS))
+def test_a_run_saved_before_a_model_key_existed_resumes_as_it_was_trained(key):
+  # The saved config of a run from before `key` existed: it trained with the key's old behaviour.
+  section, name = key.split('.')
+  old = checkpointing.ADDED_KEYS[key]
+  saved = checkpointing.config_to_json(_tiny_config(**{key: not old}))
+  del saved[section][name]
+  checkpointing.check_compatible(saved, _tiny_config(**{key: old}), 'old_run')  # resumes
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match=key):
+    checkpointing.check_compatible(saved, _tiny_config(**{key: not old}), 'old_run')
+  # Read back for rendering, it renders as it was trained.
+  assert checkpointing.config_from_json(saved)[section][name] is old
+  assert name not in saved[section]  # the caller's dict is left as saved
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_setup, monkeypatch):

@@ -83,11 +83,12 @@ class Warped:
   """The source's pixels moved by a projected flow, at the image's resolution (B, H, W, C)."""
 
   flow_2d: jax.Array  # (B, H, W, 2) the head's flow projected to the image.
-  image: jax.Array  # (B, H, W, 3) the moved head over the unmoved rest of the source.
+  image: jax.Array  # (B, H, W, 3) the moved head over the (partly moved) rest of the source.
   validity: jax.Array  # (B, H, W, 1) 0 where the moved head samples outside the source.
   person: jax.Array  # (B, H, W, 1) where the moved person is: the moved head over the rest.
   head_motion: jax.Array  # (B, H, W, 1) how far the head moved at each pixel, in [0, 1].
-  background: jax.Array  # (B, H, W, 3) the source with `fill` where the head moved away from.
+  still_rest: jax.Array  # (B, H, W, 1) the part of the source's rest that stays where it is.
+  background: jax.Array  # (B, H, W, 3) the source with `fill` where the person moved away from.
 
 
 def warp_person(
@@ -97,41 +98,78 @@ def warp_person(
   flow_2d: jax.Array,
   hole: jax.Array,
   fill: jax.Array,
+  follows: tuple[jax.Array, jax.Array] | None = None,
 ) -> Warped:
   """Moves the source's pixels as the person moves: the head by its image flow `flow_2d`
-  (B, H, W, 2) (image_flow), over the unmoved rest of the source.
+  (B, H, W, 2) (image_flow), and the rest of the person (neck, torso) by a fraction of it, over
+  the still background.
 
-  Two layers, so that nothing is stretched between a moving head and a still torso: the source
-  sampled along the head's flow where the moved head is (the source head weight moved by the
-  same flow), over the background layer elsewhere: the source itself, except where the head
-  moved away from (inside the person's `hole`), which shows `fill` (the hole filled from the known
-  background: never the head where it was). The moved person is the moved head united with the
-  unmoved rest.
+  `follows` (follows_head) is (head, fraction), each (B, H, W, 1) in output space: the driving
+  head region, and how much of the head's flow each pixel follows (1 on the head, fading down
+  the neck to 0 at the shoulders). The output pixels are split between them: the head's part
+  shows the person moved by the whole flow, the rest's part the person moved by the fraction of
+  it, so the neck stretches between the moving chin and the still shoulders with no gap under
+  the chin. follows=None (runs saved before it): the rest stays where it is, a layer under the
+  moved head.
+
+  The moved person is composited over the background layer: the source itself, except where the
+  person moved away from (inside the person's `hole`), which shows `fill` (the hole filled from
+  the known background: never the head where it was). Nothing is stretched between the person
+  and the background.
   """
   size = source.shape[1:3]
   source = source.astype(jnp.float32)
-  stacked = jnp.concatenate(
-    [source, source_head.astype(jnp.float32), jnp.ones_like(source_head)], axis=-1
-  )
-  moved = warp.warp_2d(stacked, flow_2d)
+  source_rest = source_rest.astype(jnp.float32)
+  head_motion = _motion(flow_2d, size)
+  if follows is None:
+    head_image, moved_head, inside = _moved_layer(source, source_head, flow_2d)
+    still_rest = source_rest
+    background = composite_background(source, fill, hole, still_rest, head_motion)
+    image = moved_head * head_image + (1.0 - moved_head) * background
+    person = jnp.clip(moved_head + source_rest, 0.0, 1.0)
+  else:
+    head, fraction = (part.astype(jnp.float32) for part in follows)
+    matte = jnp.clip(source_head + source_rest, 0.0, 1.0)
+    head_image, moved_head, inside = _moved_layer(source, matte, flow_2d)
+    moved_head = moved_head * head
+    rest_flow = fraction * flow_2d
+    # The rest never leaves the image: where its flow samples off the source, the border is
+    # repeated (the torso goes on below the frame); only the head's samples can be invalid.
+    rest_image, moved_rest, _ = _moved_layer(source, matte, warp.clamped_flow(rest_flow))
+    moved_rest = moved_rest * (1.0 - head)
+    person = jnp.clip(moved_head + moved_rest, 0.0, 1.0)
+    shown = (moved_head * head_image + moved_rest * rest_image) / jnp.maximum(
+      moved_head + moved_rest, 1e-3
+    )
+    still_rest = source_rest * (1.0 - _motion(rest_flow, size, grow=False))
+    background = composite_background(source, fill, hole, still_rest, head_motion)
+    image = person * shown + (1.0 - person) * background
+  validity = moved_head * inside + (1.0 - moved_head)
+  return Warped(flow_2d, image, validity, person, head_motion, still_rest, background)
+
+
+def _moved_layer(source: jax.Array, weight: jax.Array, flow: jax.Array):
+  """(image, weight, inside) of the source and a layer weight (B, H, W, 1) moved by a backward
+  flow (B, H, W, 2); inside is 0 where the flow samples off the source."""
+  stacked = jnp.concatenate([source, weight.astype(jnp.float32), jnp.ones_like(weight)], axis=-1)
+  moved = warp.warp_2d(stacked, flow)
   inside = jnp.clip(moved[..., 4:5], 0.0, 1.0)
   # Bilinear weights outside the image are 0: renormalise the partly outside border pixels.
-  head_image = jnp.clip(moved[..., :3] / jnp.maximum(inside, 1e-3), 0.0, 1.0)
-  moved_head = jnp.clip(moved[..., 3:4], 0.0, 1.0)
+  image = jnp.clip(moved[..., :3] / jnp.maximum(inside, 1e-3), 0.0, 1.0)
+  return image, jnp.clip(moved[..., 3:4], 0.0, 1.0), inside
+
+
+def _motion(flow: jax.Array, size, *, grow: bool = True) -> jax.Array:
+  """(B, H, W, 1) in [0, 1]: how far a backward flow (B, H, W, 2) moves each pixel, in units of
+  UNCOVERED_MOTION_PIXELS; grown as the hole is (grow): the old head's soft edge (hair blended
+  into the background, where the head flow fades to zero) is uncovered with the head, not left
+  as an outline."""
   # sqrt of a floored square: the norm's gradient at an exactly still pixel (where the eye mesh
   # holds the flow at 0) would be NaN.
-  squared = jnp.sum(jnp.square(flow_2d), axis=-1, keepdims=True)
+  squared = jnp.sum(jnp.square(flow), axis=-1, keepdims=True)
   pixels = jnp.sqrt(jnp.maximum(squared, 1e-12)) * (size[1] / 2)
-  # Grown as the hole is: the old head's soft edge (hair blended into the background, where the
-  # head flow fades to zero) is uncovered with the head, not left as an outline.
-  head_motion = layers.dilate(
-    jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0), geometry.hole_radius(size[0])
-  )
-  background = composite_background(source, fill, hole, source_rest, head_motion)
-  image = moved_head * head_image + (1.0 - moved_head) * background
-  validity = moved_head * inside + (1.0 - moved_head)
-  person = jnp.clip(moved_head + source_rest.astype(jnp.float32), 0.0, 1.0)
-  return Warped(flow_2d, image, validity, person, head_motion, background)
+  motion = jnp.clip(pixels / UNCOVERED_MOTION_PIXELS, 0.0, 1.0)
+  return layers.dilate(motion, geometry.hole_radius(size[0])) if grow else motion
 
 
 def unseen_mouth(
@@ -165,6 +203,21 @@ def fill_mouth(image: jax.Array, unseen: jax.Array) -> jax.Array:
   """`image` (B, H, W, 3) with MOUTH_CAVITY where `unseen` (B, H, W, 1), unseen_mouth, is."""
   cavity = jnp.asarray(MOUTH_CAVITY, jnp.float32)
   return (1.0 - unseen) * image + unseen * cavity
+
+
+def follows_head(
+  generator: 'Generator', driving_landmarks: jax.Array
+) -> tuple[jax.Array, jax.Array] | None:
+  """(head, fraction), each (B, H, W, 1) at the output's pixels: the driving head region and
+  how much of the head's flow the person follows there (1 on the head, geometry.neck_region
+  below it), for warp_person; None when generator.neck_follows is off."""
+  if not generator.neck_follows:
+    return None
+  size = generator.image_size
+  landmarks = jnp.asarray(driving_landmarks, jnp.float32)
+  head = geometry.head_region(landmarks, size, size)[..., None]
+  neck = geometry.neck_region(landmarks, size, size)[..., None]
+  return head, jnp.maximum(head, neck)
 
 
 def composite_background(
@@ -211,6 +264,8 @@ class Generator(nn.Module):
   inpainter_channels: Sequence[int]
   visibility_sharpness: float = 8.0
   eye_mesh: bool = False  # Move the eyes by their landmark mesh (eye_flow).
+  neck_follows: bool = False  # The neck stretches with the head (geometry.neck_region).
+  mouth_mesh: bool = False  # Move the lips by their landmark mesh (mouth_flow).
   volume_convs: str = '3d'  # '3d' or '2+1d' (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
@@ -351,7 +406,9 @@ class Generator(nn.Module):
       return outputs
     hole = geometry.hole_of(source_matte)
     fill = background_fill(source, hole)
-    warped = warp_person(source, source_head, source_rest, flow_2d, hole, fill)
+    warped = warp_person(
+      source, source_head, source_rest, flow_2d, hole, fill, follows_head(self, driving_landmarks)
+    )
     # The renderer keeps the warped pixels where they are valid: not off the source, and not
     # stretched lips across a mouth opened wider than the source's.
     unseen = unseen_mouth(source_landmarks, driving_landmarks, warped.flow_2d)
@@ -362,7 +419,7 @@ class Generator(nn.Module):
       projected_features, occlusion, warped_image, validity, warped.person
     )
     filled = self.inpainter(source, hole, fill)
-    background = composite_background(source, filled, hole, source_rest, warped.head_motion)
+    background = composite_background(source, filled, hole, warped.still_rest, warped.head_motion)
     outputs.update(
       flow_2d=warped.flow_2d,
       warped_source=warped_image,
@@ -414,6 +471,55 @@ def eye_flow(
   return flow, near * coverage
 
 
+# The mouth mesh takes over within this many mouth widths of the lip landmarks (a Gaussian's
+# radius; face_topology.MOUTH_MESH_RADIUS keeps the mesh wider than its reach).
+MOUTH_REACH = 0.12
+
+
+def mouth_flow(
+  generator: 'Generator', source_landmarks: jax.Array, driving_landmarks: jax.Array
+) -> tuple[jax.Array, jax.Array] | None:
+  """(flow (B, H, W, 2), weight (B, H, W, 1)) moving the mouth by its own landmarks, or None
+  when generator.mouth_mesh is off.
+
+  A smooth interpolation of the landmarks' motions stretches whatever lies between the lips
+  when the mouth opens: the source's teeth become long fangs at the corners. Here the lips and
+  the skin around them move by the piecewise-affine flow of their mesh
+  (face_topology.mouth_triangles), and the opening between the driving lips by the head's rigid
+  motion (geometry.rigid_flow_2d at the lips' depth): the upper teeth stay with the skull, the
+  source's mouth interior keeps its size, and what it cannot fill is the unseen mouth
+  (unseen_mouth), shown dark and painted by the renderer. The weight is 1 on the lips, fading
+  over MOUTH_REACH mouth widths. Data only.
+  """
+  if not generator.mouth_mesh:
+    return None
+  size = generator.image_size
+  skin, covered = geometry.mesh_flow(
+    source_landmarks, driving_landmarks, face_topology.mouth_triangles(), height=size, width=size
+  )
+  driving = jax.lax.stop_gradient(jnp.asarray(driving_landmarks, jnp.float32))
+  inner = face_topology.LIPS_INNER
+  opening = geometry.polygon_mask(driving[:, inner, :2], size, size)[..., None]
+  rigid = geometry.rigid_flow_2d(
+    source_landmarks,
+    driving_landmarks,
+    generator.stable_indices,
+    driving[:, inner, 2].mean(-1),
+    size,
+    size,
+  )
+  # The lips win where both cover a pixel: closed lips hide the teeth.
+  flow = jnp.where(covered > 0, skin, rigid)
+  coverage = jnp.maximum(covered, opening)
+  corners = np.asarray(face_topology.MOUTH_CORNERS)
+  mouth_width = jnp.linalg.norm(driving[:, corners[0], :2] - driving[:, corners[1], :2], axis=-1)
+  near = geometry.near_landmarks(
+    driving[:, face_topology.MOUTH_POINTS, :2], MOUTH_REACH * mouth_width, size, size
+  )
+  # The opening is the mouth's own, however far its centre is from the lips.
+  return flow, jnp.maximum(near * coverage, opening)
+
+
 def image_flow(
   generator: 'Generator',
   head_flow: jax.Array,
@@ -422,15 +528,16 @@ def image_flow(
   driving_landmarks: jax.Array,
 ) -> jax.Array:
   """The head's backward image flow (B, H, W, 2) at the image's size: the 3D head flow
-  (B, D, h, w, 3) projected by `visibility` (geometry.project_flow), with eye_flow's flow
-  where its weight is."""
+  (B, D, h, w, 3) projected by `visibility` (geometry.project_flow), with eye_flow's and
+  mouth_flow's flows where their weights are."""
   size = generator.image_size
-  projected = geometry.project_flow(head_flow, visibility, size, size)
-  eyes = eye_flow(generator, source_landmarks, driving_landmarks)
-  if eyes is None:
-    return projected
-  flow, weight = eyes
-  return (1.0 - weight) * projected + weight * flow
+  flow = geometry.project_flow(head_flow, visibility, size, size)
+  for local in (eye_flow, mouth_flow):
+    taken = local(generator, source_landmarks, driving_landmarks)
+    if taken is not None:
+      local_flow, weight = taken
+      flow = (1.0 - weight) * flow + weight * local_flow
+  return flow
 
 
 def _stable_indices(num_landmarks: int) -> tuple[int, ...]:
@@ -523,6 +630,8 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     inpainter_channels=inpainter_channels,
     visibility_sharpness=float(m.visibility_sharpness),
     eye_mesh=bool(m.eye_mesh),
+    neck_follows=bool(m.neck_follows),
+    mouth_mesh=bool(m.mouth_mesh),
     volume_convs=str(m.volume_convs),
     remat=bool(m.remat),
     dtype=layers.compute_dtype(m.compute_dtype),
@@ -595,7 +704,15 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   flow_2d = image_flow(
     generator, prior.head_flow, visibility, inputs['source_landmarks'], inputs['driving_landmarks']
   )
-  warped = warp_person(source, source_head, source_rest, flow_2d, hole, fill)
+  warped = warp_person(
+    source,
+    source_head,
+    source_rest,
+    flow_2d,
+    hole,
+    fill,
+    follows_head(generator, inputs['driving_landmarks']),
+  )
   image = fill_mouth(
     warped.image,
     unseen_mouth(inputs['source_landmarks'], inputs['driving_landmarks'], warped.flow_2d),
