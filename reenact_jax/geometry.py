@@ -112,6 +112,11 @@ HEAD_SOFTNESS = 0.12  # The region falls from 1 to 0 over this band of the ellip
 # ends 2.05 below it, about where the shoulders begin).
 NECK_RADII_BELOW = (1.6, 1.75)
 NECK_SOFTNESS = 0.17
+# Around the rest of the head the person follows the head fully as far as the head region
+# reaches (its soft edge included, whose hair is partly head and partly rest), fading to no
+# motion over HEAD_FOLLOW_SOFTNESS outside it: a flow that fell off with the head region would
+# smear the hair at its edge between the moved head and its old place.
+HEAD_FOLLOW_SOFTNESS = 0.08
 
 
 def _canonical_region(radii_above, radii_below) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,10 +148,25 @@ def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
 
 
 def neck_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
-  """(B, height, width) float32 in [0, 1]: how much of the head's motion the person below the
-  head follows (NECK_RADII_BELOW, NECK_SOFTNESS): 1 on the head and just under the chin, fading
-  down the neck to 0 at the shoulders. Placed as head_region is."""
-  return _placed_region(landmarks, height, width, HEAD_RADII_ABOVE, NECK_RADII_BELOW, NECK_SOFTNESS)
+  """(B, height, width) float32 in [0, 1]: how much of the head's motion the person follows
+  (NECK_RADII_BELOW, NECK_SOFTNESS, HEAD_FOLLOW_SOFTNESS): 1 on the whole head region and just
+  under the chin, fading down the neck to 0 at the shoulders and just outside the head region
+  elsewhere. Placed as head_region is."""
+  # The head's whole support (elliptic radius 1 + HEAD_SOFTNESS) inside the 1-zone of a larger
+  # copy of it.
+  grow = (1.0 + HEAD_SOFTNESS) / (1.0 - HEAD_FOLLOW_SOFTNESS)
+  around = _placed_region(
+    landmarks,
+    height,
+    width,
+    tuple(grow * r for r in HEAD_RADII_ABOVE),
+    tuple(grow * r for r in HEAD_RADII_BELOW),
+    HEAD_FOLLOW_SOFTNESS,
+  )
+  below = _placed_region(
+    landmarks, height, width, HEAD_RADII_ABOVE, NECK_RADII_BELOW, NECK_SOFTNESS
+  )
+  return jnp.maximum(around, below)
 
 
 def _placed_region(landmarks, height, width, radii_above, radii_below, softness) -> jax.Array:

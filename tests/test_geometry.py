@@ -191,6 +191,8 @@ def test_neck_region_follows_the_head_under_the_chin_and_stops_at_the_shoulders(
   assert float(neck[to_pixel([centre[0] + 0.3, chin[1] + 0.15])]) == 0.0  # and beside the neck.
   column = np.asarray(neck[:, 32])
   assert np.all(np.diff(column[32:]) <= 1e-6)  # Falling down the neck.
+  # All of the head region, its soft edge included, follows the head fully.
+  assert np.all(np.asarray(neck)[np.asarray(head) > 0] == 1.0)
 
 
 def test_rigid_flow_2d_brings_each_driving_pixel_from_its_source_point():

@@ -480,3 +480,34 @@ def test_the_neck_stretches_with_a_rising_head_and_the_shoulders_stay():
     np.testing.assert_allclose(output[background], image[background], atol=1e-6)
   assert shown[False] < 0.5  # A gap under the chin.
   assert shown[True] == 1.0
+
+
+def test_a_head_moving_sideways_leaves_no_hair_behind_with_the_neck_following():
+  """The head moves a head's width sideways: where it was, beside its new place, the output shows
+  the filled background (the wall), not the head left behind by the neck's partial motion."""
+  size = 64
+  landmarks = 0.5 * face_topology.canonical_landmarks()[None].astype(np.float32)
+  grid = (np.arange(size) + 0.5) / size * 2 - 1
+  yy, xx = np.meshgrid(grid, grid, indexing='ij')
+  head = np.asarray(geometry.head_region(jnp.asarray(landmarks), size, size))[0]
+  person = (head > 0.5) | ((np.abs(xx) < 0.15) & (yy > 0.2)) | (yy > 0.8)
+  red, blue = np.float32([0.9, 0.2, 0.2]), np.float32([0.2, 0.3, 0.9])
+  image = np.where(person[..., None], red, blue)
+  driving = landmarks + np.float32([0.45, 0.0, 0.0])
+  inputs = {
+    'source': image[None],
+    'source_landmarks': landmarks,
+    'driving_landmarks': driving,
+    'source_mask': np.zeros((1, size, size, 1)),
+    'source_matte': person[None, ..., None],
+  }
+  inputs = {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+  follows = np.asarray(geometry.neck_region(jnp.asarray(driving), size, size))[0]
+  left_behind = (head > 0.9) & (follows == 0.0) & (yy < 0.1)
+  assert left_behind.sum() > 30
+  generator = models.make_generator(config_with().model, size).clone(neck_follows=True)
+  output = np.asarray(models.prior_render(generator, inputs)['output'][0])
+  reddish = (output[..., 0] > 0.5) & (output[..., 2] < 0.6)
+  assert np.mean(reddish, where=left_behind) < 0.05
+  moved_head = np.asarray(geometry.head_region(jnp.asarray(driving), size, size))[0] > 0.9
+  assert np.mean(reddish, where=moved_head & ~left_behind) > 0.95  # The head itself moved.

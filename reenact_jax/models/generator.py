@@ -132,11 +132,15 @@ def warp_person(
     matte = jnp.clip(source_head + source_rest, 0.0, 1.0)
     head_image, moved_head, inside = _moved_layer(source, matte, flow_2d)
     moved_head = moved_head * head
-    rest_flow = fraction * flow_2d
     # The rest never leaves the image: where its flow samples off the source, the border is
     # repeated (the torso goes on below the frame); only the head's samples can be invalid.
-    rest_image, moved_rest, _ = _moved_layer(source, matte, warp.clamped_flow(rest_flow))
-    moved_rest = moved_rest * (1.0 - head)
+    rest_flow = warp.clamped_flow(fraction * flow_2d)
+    rest_image, moved_rest, _ = _moved_layer(source, source_rest, rest_flow)
+    # The rest layer shows the source's head only as far as it follows the head: where the head
+    # moved away from, the rest's flow is ~0 and its head pixels (her hair) would stay behind.
+    # Not masked by (1 - head): at the head's soft edge the two layers' weights add up.
+    moved_head_part = jnp.clip(warp.warp_2d(source_head.astype(jnp.float32), rest_flow), 0.0, 1.0)
+    moved_rest = moved_rest + fraction * moved_head_part
     person = jnp.clip(moved_head + moved_rest, 0.0, 1.0)
     shown = (moved_head * head_image + moved_rest * rest_image) / jnp.maximum(
       moved_head + moved_rest, 1e-3
@@ -216,8 +220,7 @@ def follows_head(
   size = generator.image_size
   landmarks = jnp.asarray(driving_landmarks, jnp.float32)
   head = geometry.head_region(landmarks, size, size)[..., None]
-  neck = geometry.neck_region(landmarks, size, size)[..., None]
-  return head, jnp.maximum(head, neck)
+  return head, geometry.neck_region(landmarks, size, size)[..., None]
 
 
 def composite_background(
