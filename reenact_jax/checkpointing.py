@@ -26,7 +26,12 @@ SHAPE_KEYS = ('image_size', 'model')
 # Keys added after runs were saved without them, and the value such a run behaves as (its code
 # had no such key). A saved config is read with them filled in (with_added_keys), so the run
 # renders as it was trained and resumes with that value (e.g. --config.model.eye_mesh=False).
-ADDED_KEYS = {'model.eye_mesh': False, 'model.mouth_mesh': False, 'model.neck_follows': False}
+ADDED_KEYS = {
+  'model.eye_mesh': False,
+  'model.mouth_mesh': False,
+  'model.neck_follows': False,
+  'model.paint_from_warped': False,
+}
 # Sections that decide the data order and the optimisation; a change is allowed but logged.
 ORDER_KEYS = ('seed', 'train', 'data', 'optim', 'loss', 'mesh')
 # The training loop's own settings: how long, how often to log, save and evaluate, where to.

@@ -14,9 +14,10 @@ def _f32(x: jax.Array) -> jax.Array:
   return x.astype(jnp.float32)
 
 
-def l1(*, prediction: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean absolute error over all elements."""
-  return jnp.mean(jnp.abs(_f32(prediction) - _f32(target)))
+def l1(*, prediction: jax.Array, target: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+  """Mean absolute error over all elements, each times `weight` (broadcast) when given."""
+  error = jnp.abs(_f32(prediction) - _f32(target))
+  return jnp.mean(error if weight is None else error * _f32(weight))
 
 
 def weighted_l1(*, prediction: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
@@ -29,6 +30,22 @@ def weighted_l1(*, prediction: jax.Array, target: jax.Array, weight: jax.Array) 
   channels = prediction.shape[-1]
   denominator = jnp.sum(jnp.broadcast_to(_f32(weight), error.shape[:-1] + (1,))) * channels
   return jnp.sum(error) / jnp.maximum(denominator, 1e-6)
+
+
+def unsupervised_mouth(*, unseen_mouth: jax.Array, made_pair: jax.Array) -> jax.Array:
+  """(B, H, W, 1) where the driving frame must not supervise the output: the unseen mouth
+  (models.unseen_mouth, (B, H, W, 1)) of pairs made by moving a still image (made_pair (B,) 1:
+  pseudo-pairs, synthetic clips). Such a driving frame shows the source's lips and teeth
+  stretched across the opening, not a mouth's inside, and would teach the renderer to paint
+  that."""
+  return _f32(made_pair)[:, None, None, None] * _f32(unseen_mouth)
+
+
+def reconstruction_target(*, driving: jax.Array, output: jax.Array, unsupervised: jax.Array):
+  """The driving frame (B, H, W, 3), with the output itself (without gradient) where
+  `unsupervised` (B, H, W, 1) is: the target of a loss that cannot be masked (perceptual)."""
+  keep = 1.0 - _f32(unsupervised)
+  return keep * _f32(driving) + (1.0 - keep) * jax.lax.stop_gradient(_f32(output))
 
 
 def flow_error(*, flow: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:

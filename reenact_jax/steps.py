@@ -122,8 +122,14 @@ def _generator_losses(
 
   if not warp_only:
     output = outputs['output']
-    terms['perceptual'] = perceptual_fn(perceptual_params, output, batch['driving'])
-    terms['l1'] = losses.l1(prediction=output, target=batch['driving'])
+    unsupervised = losses.unsupervised_mouth(
+      unseen_mouth=outputs['unseen_mouth'], made_pair=batch['flow_known']
+    )
+    target = losses.reconstruction_target(
+      driving=batch['driving'], output=output, unsupervised=unsupervised
+    )
+    terms['perceptual'] = perceptual_fn(perceptual_params, output, target)
+    terms['l1'] = losses.l1(prediction=output, target=batch['driving'], weight=1.0 - unsupervised)
     # The renderer keeps the source's own pixels on the face where the warp reaches them, so
     # that it paints only what the warp cannot show (a minutes-trained renderer paints blurred).
     terms['keep_source'] = losses.weighted_l1(

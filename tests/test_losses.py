@@ -126,3 +126,32 @@ def test_flow_error_is_the_end_point_error_in_pixels_where_the_motion_is_known()
   # The flow's direction counts: the opposite flow is wrong.
   opposite = float(losses.flow_error(flow=-target, target=target, weight=known))
   assert opposite > 10 * float(exact)
+
+
+def test_the_unseen_mouth_of_made_pairs_does_not_supervise_the_output():
+  rng = np.random.default_rng(0)
+  driving, output = (jnp.asarray(rng.uniform(size=(2, 8, 8, 3)), jnp.float32) for _ in range(2))
+  mouth = jnp.zeros((2, 8, 8, 1)).at[:, 3:6, 2:6].set(1.0)
+  made = jnp.array([1.0, 0.0])  # A pseudo-pair and a real pair.
+  unsupervised = losses.unsupervised_mouth(unseen_mouth=mouth, made_pair=made)
+  inside = np.broadcast_to(np.asarray(mouth) == 1.0, output.shape)
+  np.testing.assert_array_equal(unsupervised[1], 0.0)
+  np.testing.assert_array_equal(unsupervised[0], mouth[0])
+
+  def l1(output):
+    return losses.l1(prediction=output, target=driving, weight=1.0 - unsupervised)
+
+  grad = np.asarray(jax.grad(l1)(output)) * output.size
+  assert np.all(grad[0][inside[0]] == 0.0)  # The pseudo-pair's stretched mouth: no gradient.
+  np.testing.assert_allclose(np.abs(grad[0][~inside[0]]), 1.0, rtol=1e-6)  # The rest does.
+  np.testing.assert_allclose(np.abs(grad[1]), 1.0, rtol=1e-6)  # A real pair's mouth supervises.
+
+  def through_target(output):  # A loss on the target, as the perceptual one: squared error.
+    target = losses.reconstruction_target(driving=driving, output=output, unsupervised=unsupervised)
+    return jnp.sum(jnp.square(output - target))
+
+  target = losses.reconstruction_target(driving=driving, output=output, unsupervised=unsupervised)
+  np.testing.assert_array_equal(target[1], driving[1])
+  np.testing.assert_array_equal(np.asarray(target[0])[inside[0]], np.asarray(output[0])[inside[0]])
+  grad = np.asarray(jax.grad(through_target)(output))
+  assert np.all(grad[0][inside[0]] == 0.0) and np.all(grad[1][inside[1]] != 0.0)

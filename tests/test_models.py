@@ -81,6 +81,7 @@ def test_output_shapes_and_ranges(setup):
     'flow_2d': (BATCH, size, size, 2),
     'warped_source': (BATCH, size, size, 3),
     'validity': (BATCH, size, size, 1),
+    'unseen_mouth': (BATCH, size, size, 1),
     'foreground': (BATCH, size, size, 3),
     'alpha': (BATCH, size, size, 1),
     'background': (BATCH, size, size, 3),
@@ -137,17 +138,41 @@ def test_identical_landmarks_give_zero_prior(setup):
 def test_an_untrained_generator_shows_the_geometric_prior(setup):
   # The renderer's and inpainter's heads start at zero: before any training the output is the
   # source's own pixels moved by the prior (models.prior_render), up to the renderer's initial
-  # trust in them (sigmoid(4)) and its alpha's softness; except where the driver's mouth opens
-  # wider than the source's (models.unseen_mouth), which the renderer paints.
-  _, generator, _, inputs, _, outputs = setup
+  # trust in them (sigmoid(4)) and its alpha's softness; where the driver's mouth opens wider
+  # than the source's (models.unseen_mouth) the renderer paints, starting from the prior's dark
+  # inside (model.paint_from_warped), or from grey as runs saved before it did.
+  _, generator, params, inputs, apply, outputs = setup
+  assert generator.paint_from_warped
   prior = jax.jit(lambda x: models.prior_render(generator, x))(inputs)
-  unseen = models.unseen_mouth(
-    inputs['source_landmarks'], inputs['driving_landmarks'], outputs['flow_2d']
+  unseen = np.asarray(
+    models.unseen_mouth(inputs['source_landmarks'], inputs['driving_landmarks'], outputs['flow_2d'])
   )
-  kept = np.asarray(unseen) == 0.0
-  assert kept.mean() > 0.5
-  difference = np.abs(np.asarray(outputs['output']) - np.asarray(prior['output'])) * kept
+  assert (unseen > 0.5).sum() > 20
+  difference = np.abs(np.asarray(outputs['output']) - np.asarray(prior['output']))
   assert difference.mean() < 0.01 and difference.max() < 0.1, (difference.mean(), difference.max())
+  in_mouth = np.broadcast_to(unseen > 0.5, difference.shape)
+  assert difference[in_mouth].mean() < 0.02
+  grey = generator.clone(paint_from_warped=False)
+  from_grey = grey.apply({'params': params}, **inputs)['output']
+  from_grey = np.abs(np.asarray(from_grey) - np.asarray(prior['output']))
+  assert from_grey[in_mouth].mean() > 0.1
+  outside = np.broadcast_to(unseen == 0.0, difference.shape)  # Elsewhere grey is 2% at most.
+  assert from_grey[outside].max() < 1.0 - float(jax.nn.sigmoid(4.0)) + 1e-3
+  # A renderer that learned to drop invalid pixels to the background (alpha ~0 everywhere)
+  # still shows the person in the driving face and the unseen mouth inside it.
+  bias = params['renderer']['head']['bias']
+  dropping = {
+    **params,
+    'renderer': {
+      **params['renderer'],
+      'head': {**params['renderer']['head'], 'bias': bias.at[4].set(-30.0)},
+    },
+  }
+  dropped = apply({'params': dropping}, **inputs, with_cycle=True)
+  alpha = np.asarray(dropped['alpha'])
+  face = np.asarray(models.driving_face(inputs['driving_landmarks'], alpha.shape[1]))
+  assert np.all(alpha[unseen > 0.5] > 0.5) and np.all(alpha[face == 1.0] == 1.0)
+  assert np.median(alpha[face == 0.0]) < 1e-6
   # The inpainter starts as the classical fill (its output differs only through the tiny initial
   # flow correction, which moves where the head uncovers the background).
   background = np.abs(np.asarray(outputs['background']) - np.asarray(prior['background']))

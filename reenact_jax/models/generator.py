@@ -198,6 +198,12 @@ def unseen_mouth(
   return driving * (1.0 - moved)
 
 
+def driving_face(driving_landmarks: jax.Array, size: int) -> jax.Array:
+  """(B, size, size, 1) the face oval of the driving landmarks (geometry.polygon_mask)."""
+  oval = jnp.asarray(driving_landmarks, jnp.float32)[:, face_topology.FACE_OVAL, :2]
+  return geometry.polygon_mask(oval, size, size)[..., None]
+
+
 # The dark red of an open mouth's inside (RGB in [0, 1]), shown where the driver's mouth opens
 # wider than the source's: better than the source's lips or teeth stretched across the gap.
 MOUTH_CAVITY = (0.24, 0.08, 0.08)
@@ -269,6 +275,7 @@ class Generator(nn.Module):
   eye_mesh: bool = False  # Move the eyes by their landmark mesh (eye_flow).
   neck_follows: bool = False  # The neck stretches with the head (geometry.neck_region).
   mouth_mesh: bool = False  # Move the lips by their landmark mesh (mouth_flow).
+  paint_from_warped: bool = False  # The renderer paints from the warped source, not grey.
   volume_convs: str = '3d'  # '3d' or '2+1d' (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
@@ -300,6 +307,7 @@ class Generator(nn.Module):
       self.renderer_num_layers,
       self.renderer_num_heads,
       self.renderer_token_patch,
+      paint_from_warped=self.paint_from_warped,
       remat=self.remat,
       dtype=self.dtype,
     )
@@ -359,7 +367,8 @@ class Generator(nn.Module):
       'confidence' (B, D, H/4, W/4, 1), 'occlusion' (B, H/4, W/4, 1); with_cycle adds
       'projected_cycle' (B, H/4, W/4, 3); 'flow_2d' (B, H, W, 2) the head's image flow; unless
       warp_only: 'warped_source' (B, H, W, 3) and 'validity' (B, H, W, 1) (where the warped
-      pixels are kept: off the source and unseen_mouth are not), 'foreground',
+      pixels are kept: off the source and unseen_mouth are not), 'unseen_mouth' (B, H, W, 1),
+      'foreground',
       'background', 'inpainted' (the filled hole), 'output' (B, H, W, 3) and 'alpha'
       (B, H, W, 1). Images in [0, 1].
     """
@@ -421,12 +430,18 @@ class Generator(nn.Module):
     foreground, alpha = self.renderer(
       projected_features, occlusion, warped_image, validity, warped.person
     )
+    if self.paint_from_warped:
+      # The driving face (its oval, the unseen mouth in it) is always the person, never the
+      # background: a renderer trained where invalid pixels are mostly off the person drops it.
+      face = driving_face(driving_landmarks, self.image_size)
+      alpha = jnp.maximum(alpha, jnp.maximum(face, unseen))
     filled = self.inpainter(source, hole, fill)
     background = composite_background(source, filled, hole, warped.still_rest, warped.head_motion)
     outputs.update(
       flow_2d=warped.flow_2d,
       warped_source=warped_image,
       validity=validity,
+      unseen_mouth=unseen,
       foreground=foreground,
       alpha=alpha,
       background=background,
@@ -635,6 +650,7 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     eye_mesh=bool(m.eye_mesh),
     neck_follows=bool(m.neck_follows),
     mouth_mesh=bool(m.mouth_mesh),
+    paint_from_warped=bool(m.paint_from_warped),
     volume_convs=str(m.volume_convs),
     remat=bool(m.remat),
     dtype=layers.compute_dtype(m.compute_dtype),

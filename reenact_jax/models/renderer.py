@@ -61,7 +61,8 @@ class ForegroundRenderer(nn.Module):
   or `num_layers` residual blocks ('resblocks'); the decoder climbs back with skip connections,
   then one 2× upsampling residual block per entry of `decoder_channels`, and a head at full
   resolution that also sees the warped source. Outputs, float32 in (0, 1):
-    foreground = b * warped_source + (1 - b) * rgb, b = sigmoid(blend) * validity;
+    foreground = b * warped_source + (1 - b) * rgb, b = sigmoid(blend) * validity,
+    rgb = sigmoid(paint + logit(warped_source)) with paint_from_warped, else sigmoid(paint);
     alpha = sigmoid(alpha_logit + ALPHA_PRIOR_GAIN * (warped_matte - 1/2)).
   The head's kernel starts at zero: an untrained renderer shows the warped source (b ~ 0.98)
   with the warped matte as alpha, i.e. the geometric warp itself, and learning refines it.
@@ -74,6 +75,10 @@ class ForegroundRenderer(nn.Module):
   num_layers: int
   num_heads: int
   token_patch: int
+  # The painted colour starts from the warped source (its logit plus the head's output), not from
+  # grey: an untrained renderer paints the hint it is given (the mouth's dark inside), and a
+  # briefly trained one refines it instead of averaging to grey.
+  paint_from_warped: bool = False
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
@@ -133,12 +138,20 @@ class ForegroundRenderer(nn.Module):
     out = nn.Conv(5, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head')(
       layers.activation(x)
     ).astype(jnp.float32)
-    rgb = nn.sigmoid(out[..., :3])
+    paint = out[..., :3]
+    if self.paint_from_warped:
+      hint = jnp.clip(warped_source.astype(jnp.float32), PAINT_HINT_CLIP, 1.0 - PAINT_HINT_CLIP)
+      paint = paint + jnp.log(hint) - jnp.log1p(-hint)
+    rgb = nn.sigmoid(paint)
     blend = nn.sigmoid(out[..., 3:4] + BLEND_BIAS) * validity.astype(jnp.float32)
     foreground = blend * warped_source.astype(jnp.float32) + (1.0 - blend) * rgb
     alpha = nn.sigmoid(out[..., 4:] + ALPHA_PRIOR_GAIN * (warped_matte.astype(jnp.float32) - 0.5))
     return foreground, alpha
 
+
+# The warped source as the painting's starting point is clipped to (PAINT_HINT_CLIP, 1 - it):
+# its logit stays finite (+-4.6) and the head can still move it either way.
+PAINT_HINT_CLIP = 0.01
 
 # The untrained renderer trusts the warped source pixels (sigmoid(4) = 0.98) and takes the warped
 # source matte as its alpha (sigmoid(+-4) at matte 1 / 0).
