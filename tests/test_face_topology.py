@@ -54,5 +54,5 @@ def test_mouth_triangles_cover_the_lips_and_leave_the_opening_open():
   inside = ft._inside_polygon(face[ft.LIPS_INNER])((a + b + c) / 3)
   assert not inside.any()
   assert set(ft.MOUTH_POINTS.tolist()) <= set(triangles.ravel().tolist())
-  # The mesh reaches the chin's crease but not the eyes.
+  # The mesh stays below the eyes.
   assert not set(triangles.ravel().tolist()) & set(np.r_[ft.RIGHT_EYE, ft.LEFT_EYE].tolist())

@@ -359,27 +359,39 @@ def test_unseen_mouth_is_the_opening_the_moved_source_does_not_show():
   assert closed.sum() < 0.1 * unseen.sum(), (closed.sum(), unseen.sum())  # Edge pixels only.
 
 
+def _astronaut(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(crop (size, size, 3) uint8, landmarks (N, 3), matte (size, size)) of the bundled portrait."""
+  from reenact_jax import bundled, face
+
+  crop, landmarks, matte, _ = bundled.crop_portrait(
+    bundled.portrait_images()['astronaut'], size, face.FaceLandmarker(), face.PersonSegmenter()
+  )
+  return crop, landmarks, matte
+
+
+def _prior_inputs(source, source_landmarks, driving_landmarks, matte) -> dict[str, jax.Array]:
+  """Generator inputs of one example (batch 1, float32) from a source (H, W, 3) in [0, 1], its
+  and the driver's landmarks (N, 3) and its person matte (H, W, 1); an empty face mask
+  (models.prior_render does not read it)."""
+  inputs = {
+    'source': source[None],
+    'source_landmarks': source_landmarks[None],
+    'driving_landmarks': driving_landmarks[None],
+    'source_mask': np.zeros((1, *source.shape[:2], 1)),
+    'source_matte': matte[None],
+  }
+  return {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+
+
 def test_a_closing_eye_closes_in_the_output_with_the_eye_mesh():
   """The driving landmarks close both eyes (upper lids onto lower lids): with the eye meshes the
   prior's output covers the irises with lid skin; the volume's flow alone cannot (its grid is
   coarser than the lid gap)."""
-  from reenact_jax import bundled, face
-
   size = 128
-  landmarker, segmenter = face.FaceLandmarker(), face.PersonSegmenter()
-  crop, landmarks, matte, _ = bundled.crop_portrait(
-    bundled.portrait_images()['astronaut'], size, landmarker, segmenter
-  )
+  crop, landmarks, matte = _astronaut(size)
   driving = landmarks.copy()
   driving[face_topology.UPPER_LIDS, :2] = driving[face_topology.LOWER_LIDS, :2] - [0.0, 2e-3]
-  inputs = {
-    'source': crop[None] / 255.0,
-    'source_landmarks': landmarks[None],
-    'driving_landmarks': driving[None],
-    'source_mask': np.zeros((1, size, size, 1)),
-    'source_matte': matte[None, ..., None],
-  }
-  inputs = {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+  inputs = _prior_inputs(crop / 255.0, landmarks, driving, matte[..., None])
   config = config_with()
   dark = {}
   for eye_mesh in (False, True):
@@ -431,25 +443,13 @@ def test_an_opening_mouth_keeps_the_teeth_under_the_upper_lip_with_the_mouth_mes
   stretches the source's teeth down into the opening (more teeth pixels than the source has);
   with it the teeth keep their size, move with the skull, and the rest of the opening is the
   dark unseen mouth."""
-  from reenact_jax import bundled, face
-
   size = 128
-  landmarker, segmenter = face.FaceLandmarker(), face.PersonSegmenter()
-  crop, landmarks, matte, _ = bundled.crop_portrait(
-    bundled.portrait_images()['astronaut'], size, landmarker, segmenter
-  )
+  crop, landmarks, matte = _astronaut(size)
   driving = landmarks.copy()
   below_mouth = landmarks[:, 1] > landmarks[face_topology.LIPS_INNER, 1].mean() + 0.005
   driving[below_mouth, 1] += 0.1  # The jaw drops ...
   driving[:, :2] += [0.06, -0.04]  # ... and the head moves right and up.
-  inputs = {
-    'source': crop[None] / 255.0,
-    'source_landmarks': landmarks[None],
-    'driving_landmarks': driving[None],
-    'source_mask': np.zeros((1, size, size, 1)),
-    'source_matte': matte[None, ..., None],
-  }
-  inputs = {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+  inputs = _prior_inputs(crop / 255.0, landmarks, driving, matte[..., None])
   source_teeth, _ = _teeth_pixels(crop / 255.0, landmarks, size)
   assert source_teeth > 40
   teeth, dark = {}, {}
@@ -485,14 +485,7 @@ def test_the_neck_stretches_with_a_rising_head_and_the_shoulders_stay():
   red, blue = np.float32([0.9, 0.2, 0.2]), np.float32([0.2, 0.3, 0.9])
   image = np.where(person[..., None], red, blue)
   driving = landmarks + np.float32([0.0, -0.12, 0.0])
-  inputs = {
-    'source': image[None],
-    'source_landmarks': landmarks,
-    'driving_landmarks': driving,
-    'source_mask': np.zeros((1, size, size, 1)),
-    'source_matte': person[None, ..., None],
-  }
-  inputs = {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+  inputs = _prior_inputs(image, landmarks[0], driving[0], person[..., None])
   under_chin = (np.abs(xx) < 0.12) & (yy > driving[0, 152, 1] + 0.04) & (yy < chin + 0.04)
   assert under_chin.sum() > 20
   shown = {}
@@ -519,14 +512,7 @@ def test_a_head_moving_sideways_leaves_no_hair_behind_with_the_neck_following():
   red, blue = np.float32([0.9, 0.2, 0.2]), np.float32([0.2, 0.3, 0.9])
   image = np.where(person[..., None], red, blue)
   driving = landmarks + np.float32([0.45, 0.0, 0.0])
-  inputs = {
-    'source': image[None],
-    'source_landmarks': landmarks,
-    'driving_landmarks': driving,
-    'source_mask': np.zeros((1, size, size, 1)),
-    'source_matte': person[None, ..., None],
-  }
-  inputs = {name: jnp.asarray(value, jnp.float32) for name, value in inputs.items()}
+  inputs = _prior_inputs(image, landmarks[0], driving[0], person[..., None])
   follows = np.asarray(geometry.neck_region(jnp.asarray(driving), size, size))[0]
   left_behind = (head > 0.9) & (follows == 0.0) & (yy < 0.1)
   assert left_behind.sum() > 30
