@@ -54,7 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.projection_channels = 256
   # Foreground renderer (TransUNet-style).
   # It paints (the mouth's inside, disocclusions) starting from the warped source it is given,
-  # the mouth's dark inside included, not from grey (False: as runs saved before).
+  # the mouth's dark inside included, not from grey, and keeps the driving face (oval and unseen
+  # mouth) as the person, never the background (False: as runs saved before).
   model.paint_from_warped = True
   model.renderer_channels = (128, 64)  # Decoder widths after the bottleneck (each one 2× up).
   # Renderer encoder: 2× downsampling residual blocks from H/4 to the bottleneck (widths

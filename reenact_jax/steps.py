@@ -129,6 +129,7 @@ def _generator_losses(
       driving=batch['driving'], output=output, unsupervised=unsupervised
     )
     terms['perceptual'] = perceptual_fn(perceptual_params, output, target)
+    # A weight, not the target: |output - output| would still pass abs's subgradient (1) at 0.
     terms['l1'] = losses.l1(prediction=output, target=batch['driving'], weight=1.0 - unsupervised)
     # The renderer keeps the source's own pixels on the face where the warp reaches them, so
     # that it paints only what the warp cannot show (a minutes-trained renderer paints blurred).

@@ -135,12 +135,12 @@ def warp_person(
     # The rest never leaves the image: where its flow samples off the source, the border is
     # repeated (the torso goes on below the frame); only the head's samples can be invalid.
     rest_flow = warp.clamped_flow(fraction * flow_2d)
-    rest_image, moved_rest, _ = _moved_layer(source, source_rest, rest_flow)
+    parts = jnp.concatenate([source_rest, source_head.astype(jnp.float32)], axis=-1)
+    rest_image, moved_parts, _ = _moved_layer(source, parts, rest_flow)
     # The rest layer shows the source's head only as far as it follows the head: where the head
     # moved away from, the rest's flow is ~0 and its head pixels (her hair) would stay behind.
     # Not masked by (1 - head): at the head's soft edge the two layers' weights add up.
-    moved_head_part = jnp.clip(warp.warp_2d(source_head.astype(jnp.float32), rest_flow), 0.0, 1.0)
-    moved_rest = moved_rest + fraction * moved_head_part
+    moved_rest = moved_parts[..., :1] + fraction * moved_parts[..., 1:]
     person = jnp.clip(moved_head + moved_rest, 0.0, 1.0)
     shown = (moved_head * head_image + moved_rest * rest_image) / jnp.maximum(
       moved_head + moved_rest, 1e-3
@@ -152,15 +152,16 @@ def warp_person(
   return Warped(flow_2d, image, validity, person, head_motion, still_rest, background)
 
 
-def _moved_layer(source: jax.Array, weight: jax.Array, flow: jax.Array):
-  """(image, weight, inside) of the source and a layer weight (B, H, W, 1) moved by a backward
-  flow (B, H, W, 2); inside is 0 where the flow samples off the source."""
-  stacked = jnp.concatenate([source, weight.astype(jnp.float32), jnp.ones_like(weight)], axis=-1)
+def _moved_layer(source: jax.Array, weights: jax.Array, flow: jax.Array):
+  """(image, weights, inside) of the source and layer weights (B, H, W, K) moved together by a
+  backward flow (B, H, W, 2), in one warp; inside is 0 where the flow samples off the source."""
+  weights = weights.astype(jnp.float32)
+  stacked = jnp.concatenate([source, weights, jnp.ones_like(weights[..., :1])], axis=-1)
   moved = warp.warp_2d(stacked, flow)
-  inside = jnp.clip(moved[..., 4:5], 0.0, 1.0)
+  inside = jnp.clip(moved[..., -1:], 0.0, 1.0)
   # Bilinear weights outside the image are 0: renormalise the partly outside border pixels.
   image = jnp.clip(moved[..., :3] / jnp.maximum(inside, 1e-3), 0.0, 1.0)
-  return image, jnp.clip(moved[..., 3:4], 0.0, 1.0), inside
+  return image, jnp.clip(moved[..., 3:-1], 0.0, 1.0), inside
 
 
 def _motion(flow: jax.Array, size, *, grow: bool = True) -> jax.Array:
@@ -275,7 +276,9 @@ class Generator(nn.Module):
   eye_mesh: bool = False  # Move the eyes by their landmark mesh (eye_flow).
   neck_follows: bool = False  # The neck stretches with the head (geometry.neck_region).
   mouth_mesh: bool = False  # Move the lips by their landmark mesh (mouth_flow).
-  paint_from_warped: bool = False  # The renderer paints from the warped source, not grey.
+  # The renderer paints from the warped source, not grey, and the driving face is always the
+  # person (its alpha at least the face oval and the unseen mouth).
+  paint_from_warped: bool = False
   volume_convs: str = '3d'  # '3d' or '2+1d' (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
