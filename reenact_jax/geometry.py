@@ -144,7 +144,8 @@ def head_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   Returns:
     (B, height, width) float32 in [0, 1]; 1 inside the head, 0 outside, soft in between.
   """
-  return _placed_region(landmarks, height, width, HEAD_RADII_ABOVE, HEAD_RADII_BELOW, HEAD_SOFTNESS)
+  canonical_xy = _canonical_xy(landmarks, height, width)
+  return _region(canonical_xy, HEAD_RADII_ABOVE, HEAD_RADII_BELOW, HEAD_SOFTNESS)
 
 
 def neck_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
@@ -152,27 +153,23 @@ def neck_region(landmarks: jax.Array, height: int, width: int) -> jax.Array:
   (NECK_RADII_BELOW, NECK_SOFTNESS, HEAD_FOLLOW_SOFTNESS): 1 on the whole head region and just
   under the chin, fading down the neck to 0 at the shoulders and just outside the head region
   elsewhere. Placed as head_region is."""
+  canonical_xy = _canonical_xy(landmarks, height, width)
   # The head's whole support (elliptic radius 1 + HEAD_SOFTNESS) inside the 1-zone of a larger
   # copy of it.
   grow = (1.0 + HEAD_SOFTNESS) / (1.0 - HEAD_FOLLOW_SOFTNESS)
-  around = _placed_region(
-    landmarks,
-    height,
-    width,
+  around = _region(
+    canonical_xy,
     tuple(grow * r for r in HEAD_RADII_ABOVE),
     tuple(grow * r for r in HEAD_RADII_BELOW),
     HEAD_FOLLOW_SOFTNESS,
   )
-  below = _placed_region(
-    landmarks, height, width, HEAD_RADII_ABOVE, NECK_RADII_BELOW, NECK_SOFTNESS
-  )
+  below = _region(canonical_xy, HEAD_RADII_ABOVE, NECK_RADII_BELOW, NECK_SOFTNESS)
   return jnp.maximum(around, below)
 
 
-def _placed_region(landmarks, height, width, radii_above, radii_below, softness) -> jax.Array:
-  """A head-centred soft region (two half-ellipses about HEAD_CENTRE, radii in oval half-sizes,
-  softness in elliptic radius) placed on the face by the in-plane similarity of the stable
-  landmarks."""
+def _canonical_xy(landmarks: jax.Array, height: int, width: int) -> jax.Array:
+  """(B, height, width, 2) each pixel in the canonical face's units: the inverse of the in-plane
+  similarity (scale, roll, shift) that maps the canonical stable landmarks onto `landmarks`'."""
   stable = np.asarray(face_topology.STABLE)
   canonical = face_topology.canonical_landmarks()[stable].astype(np.float32)
   observed = jax.lax.stop_gradient(landmarks[:, stable].astype(jnp.float32))
@@ -182,9 +179,12 @@ def _placed_region(landmarks, height, width, radii_above, radii_below, softness)
   grid = warp.identity_grid_2d(height, width)  # (H, W, 2)
   # Back to canonical units: q = R^T (p - t) / s, in the image plane.
   offset = grid[None] - translation[:, None, None, :2]
-  canonical_xy = (
-    jnp.einsum('bhwi,bij->bhwj', offset, rotation[:, :2, :2]) / scale[:, None, None, None]
-  )
+  return jnp.einsum('bhwi,bij->bhwj', offset, rotation[:, :2, :2]) / scale[:, None, None, None]
+
+
+def _region(canonical_xy: jax.Array, radii_above, radii_below, softness) -> jax.Array:
+  """A head-centred soft region (two half-ellipses about HEAD_CENTRE, radii in oval half-sizes,
+  softness in elliptic radius) at pixels given in canonical units (_canonical_xy)."""
   centre, above, below = _canonical_region(radii_above, radii_below)
   offset = canonical_xy - centre
   radii = jnp.where(offset[..., 1:] < 0, above, below)  # Image y grows downwards.
