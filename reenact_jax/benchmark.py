@@ -1,6 +1,7 @@
 r"""Benchmarks, each printing one JSON line.
 
-  python -m reenact_jax.benchmark --config=configs/base.py --what=warp|step|input|reenact|flow
+  python -m reenact_jax.benchmark --config=configs/base.py \
+    --what=warp|step|layers|input|reenact|flow
 
 --what=warp  the project's 3D warp (reenact_jax.warp.warp_3d) against
              jax.scipy.ndimage.map_coordinates(order=1), forward and forward+backward, at the
@@ -8,6 +9,10 @@ r"""Benchmarks, each printing one JSON line.
 --what=step  one compiled train step: step_time_ms (median), examples_per_sec, compile_s,
              achieved_flops_per_sec and its fraction of a matmul peak measured in the same run,
              flops_per_step (XLA cost analysis), peak_bytes (XLA memory analysis).
+--what=layers each model part's forward and forward+backward time, FLOPs and FLOP/s at the
+             config's sizes (encoder, flow_net, projection, renderer, inpainter, warp,
+             discriminator, perceptual at two sizes), each backward's and the train step's
+             time split into conv weight gradients / other convolutions / matmuls / the rest.
 --what=input pairs_per_sec of the train input pipeline (decoded, augmented, batched; median of
              3 runs) and prepare_frames_per_sec of data preparation on the demo clip.
 --what=reenact frames_per_sec of the jitted generator and of the exported artifact at batch 1
@@ -32,7 +37,7 @@ from reenact_jax import benchmarks, cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.', lock_config=True)
 _WHAT = flags.DEFINE_enum(
-  'what', 'warp', ['warp', 'step', 'input', 'reenact', 'flow'], 'What to benchmark.'
+  'what', 'warp', ['warp', 'step', 'layers', 'input', 'reenact', 'flow'], 'What to benchmark.'
 )
 _WORKDIR = flags.DEFINE_string(
   'workdir',
@@ -57,6 +62,8 @@ def main(argv):
       result = benchmarks.benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)
     elif _WHAT.value == 'step':
       result = benchmarks.benchmark_step(config, repeats=_REPEATS.value)
+    elif _WHAT.value == 'layers':
+      result = benchmarks.benchmark_layers(config, repeats=_REPEATS.value)
     elif _WHAT.value == 'input':
       result = benchmarks.benchmark_input(config)
     elif _WHAT.value == 'flow':

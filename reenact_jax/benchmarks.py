@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,6 +36,7 @@ from reenact_jax import (
   models,
   preparation,
   sharding,
+  step_profile,
   trainer,
   warp,
 )
@@ -142,6 +144,26 @@ def measure_matmul_peak(mesh, dtype, *, repeats: int = 5) -> float:
   return 2.0 * mesh.size * size**3 / (wall_ms / 1e3)
 
 
+def _random_batch(generator: models.Generator, config) -> dict[str, np.ndarray]:
+  """This process's share of a train batch: random frames, landmarks that move a little."""
+  local = {
+    key: np.asarray(value)
+    for key, value in trainer.example_batch(
+      generator, config.train.batch_size // jax.process_count()
+    ).items()
+  }
+  rng = np.random.default_rng(0)
+  local['source'] = rng.random(local['source'].shape, np.float32)
+  local['driving'] = rng.random(local['driving'].shape, np.float32)
+  local['source_landmarks'] = rng.uniform(-0.5, 0.5, local['source_landmarks'].shape).astype(
+    np.float32
+  )
+  local['driving_landmarks'] = local['source_landmarks'] + rng.normal(
+    0, 0.01, local['source_landmarks'].shape
+  ).astype(np.float32)
+  return local
+
+
 def benchmark_step(
   config: ml_collections.ConfigDict, *, repeats: int = 7, warp_only: bool = False
 ) -> dict[str, Any]:
@@ -169,22 +191,7 @@ def benchmark_step(
   )
 
   state = setup.init_state()
-  local = {
-    key: np.asarray(value)
-    for key, value in trainer.example_batch(
-      setup.generator, config.train.batch_size // jax.process_count()
-    ).items()
-  }
-  rng = np.random.default_rng(0)
-  local['source'] = rng.random(local['source'].shape, np.float32)
-  local['driving'] = rng.random(local['driving'].shape, np.float32)
-  local['source_landmarks'] = rng.uniform(-0.5, 0.5, local['source_landmarks'].shape).astype(
-    np.float32
-  )
-  local['driving_landmarks'] = local['source_landmarks'] + rng.normal(
-    0, 0.01, local['source_landmarks'].shape
-  ).astype(np.float32)
-  batch = sharding.global_batch(local, setup.mesh)
+  batch = sharding.global_batch(_random_batch(setup.generator, config), setup.mesh)
   times = []
   for index in range(repeats + 1):
     started = time.perf_counter()
@@ -218,6 +225,182 @@ def benchmark_step(
     'matmul_peak_flops_per_sec': peak,
     'fraction_of_matmul_peak': round(achieved / peak, 4),
     'peak_bytes': int(peak_bytes),
+    'repeats': repeats,
+  }
+
+
+# The generator's parts timed by `benchmark_layers`, in the order the forward pass runs them.
+GENERATOR_PARTS = ('encoder', 'flow_net', 'projection', 'renderer', 'inpainter')
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost.get('flops', 0.0))
+
+
+def _generator_part_calls(generator, params, example) -> dict[str, tuple[Any, tuple]]:
+  """Part name -> (the unbound part, its first call's arguments as ShapeDtypeStructs), recorded
+  by intercepting the generator's forward pass under eval_shape (nothing runs)."""
+  calls = {}
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if (
+      context.method_name == '__call__'
+      and module.name in GENERATOR_PARTS
+      and len(module.scope.path) == 1
+      and module.name not in calls
+    ):
+      if kwargs:
+        raise ValueError(f'generator part {module.name} takes keyword arguments: {list(kwargs)}')
+      shapes = tuple(jax.ShapeDtypeStruct(arg.shape, arg.dtype) for arg in args)
+      calls[module.name] = (module.clone(parent=None), shapes)
+    return next_fun(*args, **kwargs)
+
+  def forward(params, example):
+    with nn.intercept_methods(record):
+      return generator.apply({'params': params}, **example, with_cycle=True)
+
+  jax.eval_shape(forward, params, example)
+  return calls
+
+
+def _random_like(tree, key, draw: Callable = jax.random.uniform):
+  """A tree of random arrays shaped like `tree`'s leaves (arrays or ShapeDtypeStructs)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+    treedef, [draw(key, leaf.shape, leaf.dtype) for key, leaf in zip(keys, leaves, strict=True)]
+  )
+
+
+def _time_part(
+  apply: Callable, params, inputs: list, *, frozen=None, repeats: int
+) -> dict[str, Any]:
+  """Forward, and forward + backward w.r.t. params and inputs, of apply(params, frozen, *inputs).
+
+  `frozen` (arrays the part reads but is not differentiated by, e.g. a frozen VGG's weights) is
+  an argument of the compiled programs, not a constant folded into them.
+
+  The backward pulls a fixed random cotangent (as from the layers above); its time is split by
+  kind of instruction (`step_profile.KINDS`), from a profiler trace.
+  """
+  outputs = jax.eval_shape(apply, params, frozen, *inputs)
+  cotangent = _random_like(outputs, jax.random.PRNGKey(1), jax.random.normal)
+
+  def forward_backward(params, frozen, inputs, cotangent):
+    _, pull_back = jax.vjp(lambda params, *inputs: apply(params, frozen, *inputs), params, *inputs)
+    return pull_back(cotangent)
+
+  forward_ms, _ = _time_ms(jax.jit(apply), params, frozen, *inputs, repeats=repeats)
+  compiled = jax.jit(forward_backward).lower(params, frozen, inputs, cotangent).compile()
+  profile = step_profile.profile_kinds(
+    lambda: compiled(params, frozen, inputs, cotangent), compiled.as_text(), repeats=repeats
+  )
+  wall_ms = profile.pop('wall_ms')
+  flops = _flops(compiled)
+  return {
+    'forward_ms': round(forward_ms, 3),
+    'forward_backward_ms': wall_ms,
+    **profile,
+    'forward_backward_flops': flops,
+    'forward_backward_flops_per_sec': flops / (wall_ms / 1e3),
+  }
+
+
+def benchmark_layers(config: ml_collections.ConfigDict, *, repeats: int = 3) -> dict[str, Any]:
+  """Each model part's forward and forward+backward time and FLOP/s, and the train step's time
+  split by kind of instruction (conv weight gradients, other convolutions, matmuls, the rest).
+
+  Parts run alone on one device at the config's sizes and the per-device micro-batch, on random
+  inputs shaped as in the step (recorded from the generator's own forward pass): the
+  generator's parts (GENERATOR_PARTS), the 3D warp, the discriminator (update_stats off) and
+  the perceptual loss at the output and at the projected size. Per call: the step calls the
+  flow network, warp and projection twice (the cycle), the discriminator four times (twice in
+  the generator's loss, real and fake in its own step), the perceptual loss once per size; a
+  frozen VGG has no weight gradients. The backward is w.r.t. parameters and inputs.
+  """
+  setup = trainer.Setup(config)
+  micro_batch = config.train.batch_size // (setup.mesh.size * config.train.grad_accum_steps)
+  device = jax.local_devices()[0]
+  state = jax.device_put(setup.init_state(), device)
+  generator_params = state.generator_params
+  example = trainer.example_batch(setup.generator, micro_batch)
+  generator_example = {name: example[name] for name in models.INPUT_NAMES}
+  calls = _generator_part_calls(setup.generator, generator_params, generator_example)
+  key = jax.random.PRNGKey(0)
+  parts = {}
+  for name in GENERATOR_PARTS:
+    module, shapes = calls[name]
+
+    def apply(params, _, *inputs, module=module):
+      return module.apply({'params': params}, *inputs)
+
+    inputs = list(_random_like(shapes, jax.random.fold_in(key, len(parts))))
+    parts[name] = _time_part(apply, generator_params[name], inputs, repeats=repeats)
+
+  volume_shape = calls['projection'][1][0]
+  flow_shape = jax.ShapeDtypeStruct((*volume_shape.shape[:4], 3), jnp.float32)
+  volume, flow = _random_like((volume_shape, flow_shape), jax.random.fold_in(key, 100))
+  parts['warp'] = _time_part(
+    lambda _, __, volume, flow: warp.warp_3d(volume, 0.1 * flow),
+    {},
+    [volume, flow],
+    repeats=repeats,
+  )
+
+  images = example['driving'].shape
+  image = jax.random.uniform(jax.random.fold_in(key, 101), images, jnp.float32)
+
+  def discriminate(params, batch_stats, image):
+    return setup.discriminator.apply(
+      {'params': params, 'batch_stats': batch_stats}, image, update_stats=False
+    )
+
+  if setup.weights.adversarial:
+    parts['discriminator'] = _time_part(
+      discriminate,
+      state.discriminator_params,
+      [image],
+      frozen=state.discriminator_stats,
+      repeats=repeats,
+    )
+
+  perceptual_params, perceptual_fn = setup.perceptual
+  if perceptual_params is not None:
+    perceptual_params = jax.device_put(perceptual_params, device)
+    projected_size = calls['projection'][1][0].shape[2]
+    for name, size in [('perceptual', images[1]), ('perceptual_projected', projected_size)]:
+      target = jax.image.resize(image, (images[0], size, size, 3), 'linear')
+
+      def perceptual_loss(_, frozen, prediction):
+        vgg_params, target = frozen
+        return perceptual_fn(vgg_params, prediction, target)
+
+      parts[name] = _time_part(
+        perceptual_loss, {}, [target[::-1]], frozen=(perceptual_params, target), repeats=repeats
+      )
+
+  compiled = setup.lower_train_step(warp_only=False).compile()
+  step_state = [setup.init_state()]
+  batch = sharding.global_batch(_random_batch(setup.generator, config), setup.mesh)
+
+  def train_step():
+    step_state[0], metrics = compiled(step_state[0], batch, setup.perceptual[0])
+    return metrics
+
+  step = step_profile.profile_kinds(train_step, compiled.as_text(), repeats=repeats)
+  step['flops'] = _flops(compiled) * setup.mesh.size
+  return {
+    'what': 'layers',
+    'image_size': int(config.image_size),
+    'batch_size': int(config.train.batch_size),
+    'micro_batch_per_device': int(micro_batch),
+    'platform': device.platform,
+    'compute_dtype': config.model.compute_dtype,
+    'parts': parts,
+    'step': step,
     'repeats': repeats,
   }
 

@@ -1,0 +1,143 @@
+"""Where a compiled program's time goes, by kind of operation, read from a profiler trace.
+
+`hlo_kinds` sorts the instructions of the optimised HLO (`compiled.as_text()`) into kinds:
+
+  conv_weight_grad  convolutions whose window spans the whole output gradient: the gradient of
+                    a convolution's kernel (its output is kernel-sized, its window image-sized);
+  conv              every other convolution: forward passes and input gradients;
+  matmul            dot products (attention, dense layers);
+  other             the rest: elementwise fusions, copies and transposes, reductions, gathers.
+
+A fusion takes the kind of what it calls. `profile_kinds` runs a compiled program under
+`jax.profiler`, matches each traced event to its instruction by name and sums the durations
+by kind, per call. Where XLA runs independent instructions at once on several threads, the
+kinds add up to more than the wall time; where none runs (dispatch, waiting on a dependency),
+to less.
+"""
+
+import math
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+KINDS = ('conv_weight_grad', 'conv', 'matmul', 'other')
+
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%([\w.\-]+) .*\{$')
+_INSTRUCTION = re.compile(r'^\s+(?:ROOT )?%([\w.\-]+) = (.*)$')
+_OP = re.compile(r'[\]})] ([a-z][\w\-]*)\(')
+_CALLS = re.compile(r'calls=%([\w.\-]+)')
+_WINDOW = re.compile(r'window=\{size=([\dx]+)')
+_DIM_LABELS = re.compile(r'dim_labels=\w+_\w+->(\w+)')
+_SHAPE = re.compile(r'\w+\[([\d,]*)\]')
+# Control flow: their bodies' instructions are traced one by one, so the outer event is not
+# counted again.
+_CONTAINERS = frozenset({'while', 'conditional', 'call'})
+
+
+def convolution_kind(instruction: str) -> str:
+  """'conv_weight_grad' or 'conv' for one HLO convolution instruction's text."""
+  window = _WINDOW.search(instruction)
+  labels = _DIM_LABELS.search(instruction)
+  shape = _SHAPE.search(instruction)
+  if not (window and labels and shape):
+    return 'conv'
+  dims = [int(size) for size in shape.group(1).split(',') if size]
+  spatial = [dims[i] for i, label in enumerate(labels.group(1)) if label.isdigit()]
+  window_size = math.prod(int(size) for size in window.group(1).split('x'))
+  return 'conv_weight_grad' if window_size > math.prod(spatial) else 'conv'
+
+
+def hlo_kinds(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> kind (one of KINDS) for every countable instruction of the module."""
+  computations: dict[str, list[tuple[str, str]]] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      current = computations.setdefault(header.group(1), [])
+      continue
+    instruction = _INSTRUCTION.match(line)
+    if instruction and current is not None:
+      current.append((instruction.group(1), instruction.group(2)))
+
+  def own_kind(text: str) -> str | None:
+    op = _OP.search(text)
+    if not op:
+      return None
+    if op.group(1) == 'convolution':
+      return convolution_kind(text)
+    return 'matmul' if op.group(1) == 'dot' else None
+
+  def computation_kind(name: str) -> str:
+    found = {own_kind(text) for _, text in computations.get(name, ())}
+    return next((kind for kind in KINDS if kind in found), 'other')
+
+  fused = {
+    called.group(1)
+    for instructions in computations.values()
+    for _, text in instructions
+    if (called := _CALLS.search(text))
+  }
+  kinds = {}
+  for computation, instructions in computations.items():
+    if computation in fused:  # A fusion runs as one traced event.
+      continue
+    for name, text in instructions:
+      op = _OP.search(text)
+      if op and op.group(1) in _CONTAINERS:
+        continue
+      called = _CALLS.search(text)
+      if op and op.group(1) == 'fusion' and called:
+        kinds[name] = computation_kind(called.group(1))
+      else:
+        kinds[name] = own_kind(text) or 'other'
+  return kinds
+
+
+def _trace_events(trace_dir: str) -> list[tuple[str, float]]:
+  """(name, duration in ms) of every event in the trace written to trace_dir."""
+  events = []
+  for path in Path(trace_dir).rglob('*.xplane.pb'):
+    for plane in jax.profiler.ProfileData.from_file(str(path)).planes:
+      for line in plane.lines:
+        events.extend((event.name, event.duration_ns / 1e6) for event in line.events)
+  return events
+
+
+def profile_kinds(run: Callable[[], object], hlo_text: str, *, repeats: int = 3) -> dict:
+  """Milliseconds per call of each kind of instruction, and the median wall time per call.
+
+  Args:
+    run: makes one call of the compiled program whose HLO text is `hlo_text` and returns its
+      outputs (a train step keeps its donated state between calls itself); it is called once
+      untraced, then `repeats` times traced.
+    repeats: traced calls; the kinds are their mean, the wall time their median.
+
+  Returns:
+    {'<kind>_ms': ... for every kind in KINDS, 'wall_ms': ...}.
+  """
+  kinds = hlo_kinds(hlo_text)
+  jax.block_until_ready(run())
+  walls = []
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir)
+    try:
+      for _ in range(repeats):
+        started = time.perf_counter()
+        jax.block_until_ready(run())
+        walls.append(time.perf_counter() - started)
+    finally:
+      jax.profiler.stop_trace()
+    events = _trace_events(trace_dir)
+  totals = dict.fromkeys(KINDS, 0.0)
+  for name, duration_ms in events:
+    if name in kinds:
+      totals[kinds[name]] += duration_ms
+  result = {f'{kind}_ms': round(total / repeats, 3) for kind, total in totals.items()}
+  result['wall_ms'] = round(1e3 * statistics.median(walls), 3)
+  return result
