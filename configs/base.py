@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   # '2+1d' (a k×k conv per depth slice, then k taps along depth): fewer weights, and about 10x
   # faster on XLA:CPU, whose 3D convolutions are slow; accelerators run '3d' well.
   model.volume_convs = '3d'
+  # How '3d' runs, same weights and result: 'xla' (accelerators) or 'depth_in_channels' (one 2D
+  # convolution of the depth-shifted copies side by side: 2-3x faster fwd+bwd on XLA:CPU).
+  model.volume_conv_lowering = 'xla'
   model.remat = False  # Rematerialise the big blocks (flow hourglass, renderer) on backward.
   # Appearance encoder: S (H, W, 3) -> (H/4, W/4, volume_channels * volume_depth).
   model.encoder_channels = (64, 128, 256)  # Stem, then one 2× downsampling block each after.

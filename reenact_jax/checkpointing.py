@@ -31,7 +31,12 @@ ADDED_KEYS = {
   'model.mouth_mesh': False,
   'model.neck_follows': False,
   'model.paint_from_warped': False,
+  'model.volume_conv_lowering': 'xla',
 }
+# Model keys that change how the model runs, not its parameters: free to change on resume.
+SHAPE_FREE_MODEL_KEYS = frozenset(
+  {'model.compute_dtype', 'model.remat', 'model.volume_conv_lowering'}
+)
 # Sections that decide the data order and the optimisation; a change is allowed but logged.
 ORDER_KEYS = ('seed', 'train', 'data', 'optim', 'loss', 'mesh')
 # The training loop's own settings: how long, how often to log, save and evaluate, where to.
@@ -158,8 +163,8 @@ def check_compatible(saved_config: dict[str, Any], config, checkpoint_dir: str) 
     saved = _flatten({section: saved_config.get(section)})
     now = _flatten({section: current.get(section)})
     for key in sorted(set(saved) | set(now)):
-      if key.startswith('model.compute_dtype') or key.startswith('model.remat'):
-        continue  # Changing precision or rematerialisation keeps every shape.
+      if key in SHAPE_FREE_MODEL_KEYS:
+        continue  # Precision, rematerialisation and lowering keep every shape.
       if saved.get(key) != now.get(key):
         differences.append(f'{key}: checkpoint {saved.get(key)!r}, config {now.get(key)!r}')
   order_changes = []

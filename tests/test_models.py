@@ -7,6 +7,7 @@ import pytest
 
 from configs import tiny
 from reenact_jax import crops, face_topology, geometry, models
+from reenact_jax.models import layers
 from tests.helpers import config_with
 
 BATCH = 2
@@ -265,6 +266,48 @@ def test_remat_gradients_reach_every_part_and_outputs_match(setup):
   # The flow network learns from the warp itself, not only through the occlusion map.
   head = grads['flow_net']['residual_head']
   assert sum(float(jnp.sum(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(head)) > 0
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_the_3d_convolution_as_a_2d_one_has_the_same_weights_values_and_gradients(stride):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8, 8, 3))
+  native = layers.VolumeConv(4, stride=stride)
+  lowered = layers.VolumeConv(4, stride=stride, depth_in_channels=True)
+  params = native.init(jax.random.PRNGKey(1), x)
+  lowered_params = lowered.init(jax.random.PRNGKey(1), x)
+  # Same parameter tree and initial values: checkpoints of either lowering load in the other.
+  assert jax.tree.structure(params) == jax.tree.structure(lowered_params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(lowered_params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  params = jax.tree.map(
+    lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params
+  )
+
+  def loss(module, params, x):
+    y = module.apply(params, x)
+    return jnp.sum(y * jnp.arange(y.size).reshape(y.shape) / y.size), y
+
+  (value, y), grads = jax.value_and_grad(
+    lambda p, x: loss(native, p, x), argnums=(0, 1), has_aux=True
+  )(params, x)
+  (lowered_value, lowered_y), lowered_grads = jax.value_and_grad(
+    lambda p, x: loss(lowered, p, x), argnums=(0, 1), has_aux=True
+  )(params, x)
+  assert y.shape == (2, 5, 8 // stride, 8 // stride, 4)
+  np.testing.assert_allclose(lowered_y, y, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(lowered_grads), jax.tree.leaves(grads), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_the_generator_renders_the_same_with_its_3d_convolutions_as_2d_ones(setup):
+  _, _, params, inputs, _, reference = setup
+  config = _config(volume_conv_lowering='depth_in_channels')
+  generator = models.make_generator(config.model, config.image_size)
+  outputs = jax.jit(generator.apply)({'params': params}, **inputs)
+  for key in ('projected', 'flow', 'output'):
+    np.testing.assert_allclose(outputs[key], reference[key], atol=1e-5, err_msg=key)
+  with pytest.raises(ValueError, match='volume_conv_lowering'):
+    models.make_generator(_config(volume_conv_lowering='cudnn').model, config.image_size)
 
 
 def test_discriminator_scales_features_and_spectral_norm_state():

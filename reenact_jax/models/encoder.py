@@ -22,6 +22,7 @@ class AppearanceEncoder(nn.Module):
   volume_channels: int
   volume_depth: int
   factorized: bool = False  # The volume's 3D convolutions as (2+1)D (layers.VolumeConv).
+  depth_in_channels: bool = False  # Their lowering (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
@@ -44,6 +45,7 @@ class AppearanceEncoder(nn.Module):
       self.volume_channels,
       spatial_dims=3,
       factorized=self.factorized,
+      depth_in_channels=self.depth_in_channels,
       dtype=self.dtype,
       name='volume_block',
     )(volume)

@@ -24,6 +24,7 @@ class FlowHourglass3D(nn.Module):
   compress_channels: int
   residual_scale: float
   factorized: bool = False  # 3D convolutions as (2+1)D (layers.VolumeConv).
+  depth_in_channels: bool = False  # Their lowering (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
@@ -54,7 +55,12 @@ class FlowHourglass3D(nn.Module):
       [compressed, warped, flow_prior.astype(self.dtype), confidence.astype(self.dtype)], axis=-1
     )
     conv = lambda features, name, **kwargs: layers.VolumeConv(
-      features, factorized=self.factorized, dtype=self.dtype, name=name, **kwargs
+      features,
+      factorized=self.factorized,
+      depth_in_channels=self.depth_in_channels,
+      dtype=self.dtype,
+      name=name,
+      **kwargs,
     )
     x = conv(self.channels[0], 'stem')(x)
     skips = []
@@ -64,6 +70,7 @@ class FlowHourglass3D(nn.Module):
         spatial_dims=3,
         downsample=level > 0,
         factorized=self.factorized,
+        depth_in_channels=self.depth_in_channels,
         dtype=self.dtype,
         name=f'down{level}',
       )(x)
@@ -75,6 +82,7 @@ class FlowHourglass3D(nn.Module):
         self.channels[level],
         spatial_dims=3,
         factorized=self.factorized,
+        depth_in_channels=self.depth_in_channels,
         dtype=self.dtype,
         name=f'up{level}',
       )(x)

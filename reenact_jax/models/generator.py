@@ -25,6 +25,8 @@ from reenact_jax.models.renderer import ForegroundRenderer
 VOLUME_STRIDE = 4
 # The generator's inputs, in the order of Generator.__call__ (and of the exported artifact).
 INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask', 'source_matte')
+# How the full 3D convolutions run: XLA's own (accelerators) or as 2D convolutions (CPU).
+VOLUME_CONV_LOWERINGS = ('xla', 'depth_in_channels')
 # Parts trained from phase 1 (the warp) and parts that start in phase 2 (the rendering): each
 # group has its own optimiser state (train_state.py).
 WARP_PARTS = ('encoder', 'flow_net', 'projection')
@@ -280,16 +282,19 @@ class Generator(nn.Module):
   # person (its alpha at least the face oval and the unseen mouth).
   paint_from_warped: bool = False
   volume_convs: str = '3d'  # '3d' or '2+1d' (layers.VolumeConv).
+  volume_conv_lowering: str = 'xla'  # 'xla' or 'depth_in_channels' (layers.VolumeConv).
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     factorized = self.volume_convs == '2+1d'
+    depth_in_channels = self.volume_conv_lowering == 'depth_in_channels'
     self.encoder = AppearanceEncoder(
       self.encoder_channels,
       self.volume_channels,
       self.volume_depth,
       factorized=factorized,
+      depth_in_channels=depth_in_channels,
       remat=self.remat,
       dtype=self.dtype,
     )
@@ -298,6 +303,7 @@ class Generator(nn.Module):
       self.flow_compress_channels,
       self.flow_residual_scale,
       factorized=factorized,
+      depth_in_channels=depth_in_channels,
       remat=self.remat,
       dtype=self.dtype,
     )
@@ -622,6 +628,10 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     )
   if m.volume_convs not in ('3d', '2+1d'):
     raise ValueError(f"model.volume_convs={m.volume_convs!r}; use '3d' or '2+1d'.")
+  if m.volume_conv_lowering not in VOLUME_CONV_LOWERINGS:
+    raise ValueError(
+      f'model.volume_conv_lowering={m.volume_conv_lowering!r}; use one of {VOLUME_CONV_LOWERINGS}.'
+    )
   inpainter_channels = layers.as_tuple(m.inpainter_channels)
   layers.check_divisible(
     'image_size',
@@ -655,6 +665,7 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     mouth_mesh=bool(m.mouth_mesh),
     paint_from_warped=bool(m.paint_from_warped),
     volume_convs=str(m.volume_convs),
+    volume_conv_lowering=str(m.volume_conv_lowering),
     remat=bool(m.remat),
     dtype=layers.compute_dtype(m.compute_dtype),
   )
