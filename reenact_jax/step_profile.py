@@ -2,17 +2,21 @@
 
 `hlo_kinds` sorts the instructions of the optimised HLO (`compiled.as_text()`) into kinds:
 
-  conv_weight_grad  convolutions whose window spans the whole output gradient: the gradient of
-                    a convolution's kernel (its output is kernel-sized, its window image-sized);
-  conv              every other convolution: forward passes and input gradients;
-  matmul            dot products (attention, dense layers);
-  other             the rest: elementwise fusions, copies and transposes, reductions, gathers.
+  conv2d_weight_grad  2D convolutions whose window spans the whole output gradient: the
+                      gradient of a convolution's kernel (kernel-sized output, image-sized
+                      window);
+  conv2d              every other 2D convolution: forward passes and input gradients;
+  conv3d              3D convolutions, all three;
+  matmul              dot products (attention, dense layers);
+  other               the rest: elementwise fusions, copies and transposes, reductions, gathers.
 
 A fusion takes the kind of what it calls. `profile_kinds` runs a compiled program under
 `jax.profiler`, matches each traced event to its instruction by name and sums the durations
 by kind, per call. Where XLA runs independent instructions at once on several threads, the
 kinds add up to more than the wall time; where none runs (dispatch, waiting on a dependency),
-to less.
+to less. XLA:CPU's 3D convolutions run asynchronously after their traced event has ended: the
+trace shows their dispatch only, and their time lands in `unattributed_ms` (wall time minus
+the kinds), which is why conv3d is reported at all.
 """
 
 import math
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import jax
 
-KINDS = ('conv_weight_grad', 'conv', 'matmul', 'other')
+KINDS = ('conv2d_weight_grad', 'conv2d', 'conv3d', 'matmul', 'other')
 
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%([\w.\-]+) .*\{$')
 _INSTRUCTION = re.compile(r'^\s+(?:ROOT )?%([\w.\-]+) = (.*)$')
@@ -40,16 +44,18 @@ _CONTAINERS = frozenset({'while', 'conditional', 'call'})
 
 
 def convolution_kind(instruction: str) -> str:
-  """'conv_weight_grad' or 'conv' for one HLO convolution instruction's text."""
+  """'conv2d_weight_grad', 'conv2d' or 'conv3d' for one HLO convolution instruction's text."""
   window = _WINDOW.search(instruction)
   labels = _DIM_LABELS.search(instruction)
   shape = _SHAPE.search(instruction)
   if not (window and labels and shape):
-    return 'conv'
+    return 'conv2d'
   dims = [int(size) for size in shape.group(1).split(',') if size]
   spatial = [dims[i] for i, label in enumerate(labels.group(1)) if label.isdigit()]
+  if len(spatial) == 3:
+    return 'conv3d'
   window_size = math.prod(int(size) for size in window.group(1).split('x'))
-  return 'conv_weight_grad' if window_size > math.prod(spatial) else 'conv'
+  return 'conv2d_weight_grad' if window_size > math.prod(spatial) else 'conv2d'
 
 
 def hlo_kinds(hlo_text: str) -> dict[str, str]:
@@ -119,7 +125,8 @@ def profile_kinds(run: Callable[[], object], hlo_text: str, *, repeats: int = 3)
     repeats: traced calls; the kinds are their mean, the wall time their median.
 
   Returns:
-    {'<kind>_ms': ... for every kind in KINDS, 'wall_ms': ...}.
+    {'<kind>_ms': ... for every kind in KINDS, 'wall_ms': ..., 'unattributed_ms': the wall time
+    not covered by the kinds (0 when they overlap more than that)}.
   """
   kinds = hlo_kinds(hlo_text)
   jax.block_until_ready(run())
@@ -140,4 +147,5 @@ def profile_kinds(run: Callable[[], object], hlo_text: str, *, repeats: int = 3)
       totals[kinds[name]] += duration_ms
   result = {f'{kind}_ms': round(total / repeats, 3) for kind, total in totals.items()}
   result['wall_ms'] = round(1e3 * statistics.median(walls), 3)
+  result['unattributed_ms'] = round(max(0.0, result['wall_ms'] - sum(totals.values()) / repeats), 3)
   return result

@@ -30,12 +30,13 @@ def test_weight_gradients_are_found_only_where_the_kernels_are_differentiated(
   fn = loss if argnums is None else jax.grad(loss, argnums=argnums)
   compiled = jax.jit(fn).lower(params, images).compile()
   kinds = set(step_profile.hlo_kinds(compiled.as_text()).values())
-  assert ('conv_weight_grad' in kinds) == weight_grads
-  assert 'conv' in kinds or argnums == 0  # Forward convolutions in every program with them.
+  assert ('conv2d_weight_grad' in kinds) == weight_grads
+  assert 'conv2d' in kinds or argnums == 0  # Forward convolutions in every program with them.
   profile = step_profile.profile_kinds(lambda: compiled(params, images), compiled.as_text())
-  assert (profile['conv_weight_grad_ms'] > 0) == weight_grads
-  assert profile['wall_ms'] > 0
-  assert set(profile) == {f'{kind}_ms' for kind in step_profile.KINDS} | {'wall_ms'}
+  assert (profile['conv2d_weight_grad_ms'] > 0) == weight_grads
+  assert profile['wall_ms'] > 0 and profile['unattributed_ms'] >= 0
+  expected = {f'{kind}_ms' for kind in step_profile.KINDS} | {'wall_ms', 'unattributed_ms'}
+  assert set(profile) == expected
 
 
 def test_a_convolution_is_a_weight_gradient_when_its_window_spans_the_image():
@@ -51,9 +52,9 @@ def test_a_convolution_is_a_weight_gradient_when_its_window_spans_the_image():
     '%c = f32[3,3,3,8,16]{4,3,2,1,0} convolution(%a, %b), window={size=16x16x16 pad=1_1x1_1x1_1}'
     ', dim_labels=f012b_i012o->012bf'
   )
-  assert step_profile.convolution_kind(forward) == 'conv'
-  assert step_profile.convolution_kind(kernel) == 'conv_weight_grad'
-  assert step_profile.convolution_kind(volume) == 'conv_weight_grad'
+  assert step_profile.convolution_kind(forward) == 'conv2d'
+  assert step_profile.convolution_kind(kernel) == 'conv2d_weight_grad'
+  assert step_profile.convolution_kind(volume) == 'conv3d'
 
 
 def test_the_generator_parts_are_recorded_with_the_shapes_of_the_forward_pass():
@@ -87,9 +88,11 @@ def test_benchmark_layers_times_every_part_and_splits_the_step():
   assert set(result['parts']) == expected
   for name, part in result['parts'].items():
     assert part['forward_backward_ms'] > 0 and part['forward_backward_flops'] > 0, name
-  # Every part with a learned convolution has kernel gradients; the warp has none.
-  for name in expected - {'warp'}:
-    assert result['parts'][name]['conv_weight_grad_ms'] > 0, name
-  assert result['parts']['warp']['conv_weight_grad_ms'] == 0
+  # Every part with a learned 2D convolution has kernel gradients; the warp has none, and the
+  # flow network's convolutions are all 3D.
+  for name in expected - {'warp', 'flow_net'}:
+    assert result['parts'][name]['conv2d_weight_grad_ms'] > 0, name
+  assert result['parts']['flow_net']['conv3d_ms'] > 0
+  assert result['parts']['warp']['conv2d_weight_grad_ms'] == 0
   step = result['step']
-  assert step['conv_weight_grad_ms'] > 0 and step['conv_ms'] > 0 and step['flops'] > 0
+  assert step['conv2d_weight_grad_ms'] > 0 and step['conv3d_ms'] > 0 and step['flops'] > 0

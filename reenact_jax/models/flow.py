@@ -47,9 +47,13 @@ class FlowHourglass3D(nn.Module):
     """
     res_block = layers.maybe_remat(layers.ResBlock, self.remat)
     flow_prior = flow_prior.astype(jnp.float32)
-    compressed = nn.Conv(self.compress_channels, (1, 1, 1), dtype=self.dtype, name='compress')(
-      volume.astype(self.dtype)
-    )
+    compressed = layers.conv_3d(
+      self.compress_channels,
+      (1, 1, 1),
+      depth_in_channels=self.depth_in_channels,
+      dtype=self.dtype,
+      name='compress',
+    )(volume.astype(self.dtype))
     warped = warp.warp_3d(compressed, flow_prior).astype(self.dtype)
     x = jnp.concatenate(
       [compressed, warped, flow_prior.astype(self.dtype), confidence.astype(self.dtype)], axis=-1

@@ -5,6 +5,7 @@ Channels-last throughout: images (B, H, W, C), volumes (B, D, H, W, C). Every bl
 be wrapped in `nn.remat` without static arguments.
 """
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -120,11 +121,11 @@ class VolumeConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k, s = self.kernel, self.stride
     if not self.factorized:
-      conv = DepthInChannelsConv if self.depth_in_channels else nn.Conv
-      return conv(
+      return conv_3d(
         self.features,
         (k, k, k),
         strides=(1, s, s),
+        depth_in_channels=self.depth_in_channels,
         dtype=self.dtype,
         kernel_init=self.kernel_init,
         name='conv',
@@ -189,6 +190,13 @@ class DepthInChannelsConv(nn.Module):
     return y.reshape(batch, depth, *y.shape[1:])
 
 
+def conv_3d(features: int, kernel_size, *, depth_in_channels: bool, **kwargs) -> nn.Module:
+  """`nn.Conv(features, kernel_size, **kwargs)` of a volume, or the same convolution lowered to
+  a 2D one (`DepthInChannelsConv`: same parameters, faster on XLA:CPU)."""
+  conv = DepthInChannelsConv if depth_in_channels else nn.Conv
+  return conv(features, tuple(kernel_size), **kwargs)
+
+
 class ResBlock(nn.Module):
   """Pre-activation residual block (GroupNorm, SiLU, 3^n conv, twice) in 2D or 3D.
 
@@ -229,9 +237,13 @@ class ResBlock(nn.Module):
     if self.downsample:
       shortcut = downsample_2x(shortcut)
     if shortcut.shape[-1] != self.features:
-      shortcut = nn.Conv(
-        self.features, (1,) * self.spatial_dims, dtype=self.dtype, name='shortcut'
-      )(shortcut)
+      if self.spatial_dims == 3:
+        conv = functools.partial(conv_3d, depth_in_channels=self.depth_in_channels)
+      else:
+        conv = nn.Conv
+      shortcut = conv(self.features, (1,) * self.spatial_dims, dtype=self.dtype, name='shortcut')(
+        shortcut
+      )
     y = nn.GroupNorm(num_groups(x.shape[-1]), dtype=self.dtype, name='norm1')(x)
     y = self._conv('conv1', stride=2 if self.downsample else 1)(activation(y))
     y = nn.GroupNorm(num_groups(self.features), dtype=self.dtype, name='norm2')(y)
