@@ -8,7 +8,8 @@ r"""Benchmarks, each printing one JSON line.
              config's volume size; prints ONE JSON line.
 --what=step  one compiled train step: step_time_ms (median), examples_per_sec, compile_s,
              achieved_flops_per_sec and its fraction of a matmul peak measured in the same run,
-             flops_per_step (XLA cost analysis), peak_bytes (XLA memory analysis).
+             flops_per_step (XLA cost analysis), peak_bytes (XLA memory analysis); --phase=1
+             for the warp-only step of training phase 1.
 --what=layers each model part's forward and forward+backward time, FLOPs and FLOP/s at the
              config's sizes (encoder, flow_net, projection, renderer, inpainter, warp,
              discriminator, perceptual at two sizes), each backward's and the train step's
@@ -45,6 +46,9 @@ _WORKDIR = flags.DEFINE_string(
   "--what=reenact or flow: use this run's newest checkpoint (default: reenact with fresh "
   'parameters; flow trains --steps steps first).',
 )
+_PHASE = flags.DEFINE_enum(
+  'phase', '2', ['1', '2'], '--what=step: training phase 1 (warp only) or 2 (everything).'
+)
 _REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed runs after compilation (median is kept).')
 _STEPS = flags.DEFINE_integer('steps', 300, '--what=flow: training steps before measuring.')
 _BATCH = flags.DEFINE_integer(
@@ -61,7 +65,9 @@ def main(argv):
     if _WHAT.value == 'warp':
       result = benchmarks.benchmark_warp(config, batch=_BATCH.value, repeats=_REPEATS.value)
     elif _WHAT.value == 'step':
-      result = benchmarks.benchmark_step(config, repeats=_REPEATS.value)
+      result = benchmarks.benchmark_step(
+        config, repeats=_REPEATS.value, warp_only=_PHASE.value == '1'
+      )
     elif _WHAT.value == 'layers':
       result = benchmarks.benchmark_layers(config, repeats=_REPEATS.value)
     elif _WHAT.value == 'input':
