@@ -63,6 +63,7 @@ LAYERS = {
     'reenactment',
     'jobs',
     'exporter',
+    'step_profile',
     'benchmarks',
     'demo_pipeline',
     'web_app',
