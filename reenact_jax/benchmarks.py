@@ -144,6 +144,13 @@ def measure_matmul_peak(mesh, dtype, *, repeats: int = 5) -> float:
   return 2.0 * mesh.size * size**3 / (wall_ms / 1e3)
 
 
+def _flops(compiled) -> float:
+  """FLOPs of a compiled program by XLA's cost analysis (one device's share when SPMD)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float(cost.get('flops', 0.0))
+
+
 def _random_batch(generator: models.Generator, config) -> dict[str, np.ndarray]:
   """This process's share of a train batch: random frames, landmarks that move a little."""
   local = {
@@ -180,8 +187,6 @@ def benchmark_step(
   started = time.perf_counter()
   compiled = setup.lower_train_step(warp_only=warp_only).compile()
   compile_s = time.perf_counter() - started
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
   memory = compiled.memory_analysis()
   peak_bytes = (
     memory.argument_size_in_bytes
@@ -202,7 +207,7 @@ def benchmark_step(
   step_seconds = statistics.median(times)
   devices = int(setup.mesh.size)
   # XLA's cost analysis of an SPMD program counts one device's share.
-  flops_per_step = float(cost.get('flops', 0.0)) * devices
+  flops_per_step = _flops(compiled) * devices
   dtype = jnp.bfloat16 if config.model.compute_dtype == 'bfloat16' else jnp.float32
   peak = measure_matmul_peak(setup.mesh, dtype)
   achieved = flops_per_step / step_seconds
@@ -231,12 +236,6 @@ def benchmark_step(
 
 # The generator's parts timed by `benchmark_layers`, in the order the forward pass runs them.
 GENERATOR_PARTS = ('encoder', 'flow_net', 'projection', 'renderer', 'inpainter')
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return float(cost.get('flops', 0.0))
 
 
 def _generator_part_calls(generator, params, example) -> dict[str, tuple[Any, tuple]]:
@@ -370,7 +369,7 @@ def benchmark_layers(config: ml_collections.ConfigDict, *, repeats: int = 3) -> 
   perceptual_params, perceptual_fn = setup.perceptual
   if perceptual_params is not None:
     perceptual_params = jax.device_put(perceptual_params, device)
-    projected_size = calls['projection'][1][0].shape[2]
+    projected_size = volume_shape.shape[2]
     for name, size in [('perceptual', images[1]), ('perceptual_projected', projected_size)]:
       target = jax.image.resize(image, (images[0], size, size, 3), 'linear')
 

@@ -60,7 +60,8 @@ def convolution_kind(instruction: str) -> str:
 
 def hlo_kinds(hlo_text: str) -> dict[str, str]:
   """Instruction name -> kind (one of KINDS) for every countable instruction of the module."""
-  computations: dict[str, list[tuple[str, str]]] = {}
+  # Computation -> its instructions as (name, op, called computation or None, own kind or None).
+  computations: dict[str, list[tuple[str, str, str | None, str | None]]] = {}
   current = None
   for line in hlo_text.splitlines():
     header = _COMPUTATION.match(line)
@@ -69,39 +70,26 @@ def hlo_kinds(hlo_text: str) -> dict[str, str]:
       continue
     instruction = _INSTRUCTION.match(line)
     if instruction and current is not None:
-      current.append((instruction.group(1), instruction.group(2)))
+      name, text = instruction.groups()
+      op = _OP.search(text)
+      op = op.group(1) if op else ''
+      called = _CALLS.search(text)
+      own = convolution_kind(text) if op == 'convolution' else 'matmul' if op == 'dot' else None
+      current.append((name, op, called.group(1) if called else None, own))
 
-  def own_kind(text: str) -> str | None:
-    op = _OP.search(text)
-    if not op:
-      return None
-    if op.group(1) == 'convolution':
-      return convolution_kind(text)
-    return 'matmul' if op.group(1) == 'dot' else None
-
-  def computation_kind(name: str) -> str:
-    found = {own_kind(text) for _, text in computations.get(name, ())}
-    return next((kind for kind in KINDS if kind in found), 'other')
-
-  fused = {
-    called.group(1)
-    for instructions in computations.values()
-    for _, text in instructions
-    if (called := _CALLS.search(text))
-  }
+  fused = {called for instructions in computations.values() for _, _, called, _ in instructions}
   kinds = {}
   for computation, instructions in computations.items():
     if computation in fused:  # A fusion runs as one traced event.
       continue
-    for name, text in instructions:
-      op = _OP.search(text)
-      if op and op.group(1) in _CONTAINERS:
+    for name, op, called, own in instructions:
+      if op in _CONTAINERS:
         continue
-      called = _CALLS.search(text)
-      if op and op.group(1) == 'fusion' and called:
-        kinds[name] = computation_kind(called.group(1))
+      if op == 'fusion' and called:
+        found = {inner for _, _, _, inner in computations.get(called, ())}
+        kinds[name] = next((kind for kind in KINDS if kind in found), 'other')
       else:
-        kinds[name] = own_kind(text) or 'other'
+        kinds[name] = own or 'other'
   return kinds
 
 
