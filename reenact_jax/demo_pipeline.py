@@ -8,7 +8,9 @@ The command is `python -m reenact_jax.demo`. `run`:
    geometric prior alone, the baseline (OUTPUT/reenact_prior.mp4), each with its motion report
    (how well the output follows the driving clip: face found, correlations of mouth, eyes and
    head pose);
-3. evaluates both on the held-out carphone frames (L1, PSNR, SSIM, AKD, ...);
+3. evaluates both on the held-out carphone frames (L1, PSNR, SSIM, AKD, ...), and on the same
+   frames with winks, one-sided smiles and an open mouth edited into their landmarks (the
+   fraction of each edit reproduced, evaluation.evaluate_expressions);
 4. writes OUTPUT/eval.json (all of it, model and prior side by side) and
    OUTPUT/contact_sheet.png (rows: driving | prior alone | model, at evenly spaced frames).
 """
@@ -21,7 +23,7 @@ import imageio.v3 as iio
 import ml_collections
 import numpy as np
 
-from reenact_jax import bundled, evaluation, metrics, reenactment, trainer
+from reenact_jax import bundled, evaluation, expressions, metrics, reenactment, trainer
 
 SHEET_FRAMES = 6
 
@@ -80,7 +82,17 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
       step=renderer.step,
       prior_only=prior_only,
     )
-    results[name] = {'reenact': summary, 'held_out': held_out}
+    print(f'[demo] expressions ({name}): winks, one-sided smiles, an open mouth', flush=True)
+    edited = evaluation.evaluate_expressions(
+      renderer.config,
+      renderer.params,
+      renderer.generator,
+      split='test',
+      workdir=str(workdir),
+      step=renderer.step,
+      prior_only=prior_only,
+    )
+    results[name] = {'reenact': summary, 'held_out': held_out, 'expressions': edited}
 
   results['model_minus_prior'] = compare_reports(
     results['model']['reenact']['report'], results['prior_only']['reenact']['report']
@@ -139,6 +151,15 @@ def _print_summary(results: dict) -> None:
       f'gaze {_number(correlation["gaze_x"])}/{_number(correlation["gaze_y"])} yaw '
       f'{_number(correlation["yaw"])} pitch {_number(correlation["pitch"])} roll '
       f'{_number(correlation["roll"])}; held-out L1 {_number(held_out.get("l1"), 4)}'
+    )
+  for name in ('model', 'prior_only'):
+    edited = results[name]['expressions']['metrics']
+    lines.append(
+      f'  {name:10s} expressions reproduced: '
+      + ', '.join(
+        f'{edit} {_number(edited.get(f"expression_{edit}_reproduced"))}'
+        for edit in expressions.EDITS
+      )
     )
   comparison = results['model_minus_prior']
   if 'skipped' not in comparison:

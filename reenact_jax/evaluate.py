@@ -2,12 +2,14 @@ r"""Evaluate a trained generator with the community's reenactment protocol.
 
   python -m reenact_jax.evaluate --workdir=DIR [--split=test] [--cross-identity] [--step=N]
       [--max_clips=N] [--lpips_weights=FILE] [--identity_weights=FILE]
-      [--prior-only]
+      [--prior-only] [--expressions]
 
 Writes WORKDIR/eval/<step>.json (<step>_cross.json; _prior with --prior-only), TensorBoard
 scalars, and prints the same result as one JSON line on stdout. The landmark measures include the
 motion report: the fraction of output frames where a face is found, and the correlations of mouth
-and eye opening, yaw, pitch and roll between output and driving frames. The protocol and the
+and eye opening, yaw, pitch and roll between output and driving frames. --expressions scores
+winks, one-sided smiles and a wide-open mouth made by editing real frames' landmarks, region by
+region (WORKDIR/eval/<step>_expressions.json; reenact_jax/expressions.py). The protocol and the
 metrics are described in reenact_jax/evaluation.py.
 """
 
@@ -32,6 +34,12 @@ _PRIOR_ONLY = flags.DEFINE_bool(
   'prior_only', False, 'Evaluate the geometric prior alone (no learned weights): the baseline.'
 )
 flags.DEFINE_alias('prior-only', 'prior_only')
+_EXPRESSIONS = flags.DEFINE_bool(
+  'expressions',
+  False,
+  'Winks, one-sided smiles and a wide-open mouth made by editing the landmarks of real frames: '
+  'the expression error of the output per region (eyes, mouth corners, jaw).',
+)
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -48,6 +56,7 @@ def main(argv) -> None:
       lpips_weights=_LPIPS.value,
       identity_weights=_IDENTITY.value,
       prior_only=_PRIOR_ONLY.value,
+      expressions=_EXPRESSIONS.value,
     )
   except (
     inference.CheckpointNotFoundError,

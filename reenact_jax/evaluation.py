@@ -30,7 +30,17 @@ import ml_collections
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from reenact_jax import crops, face, face_topology, inference, input_pipeline, lpips, media, metrics
+from reenact_jax import (
+  crops,
+  expressions,
+  face,
+  face_topology,
+  inference,
+  input_pipeline,
+  lpips,
+  media,
+  metrics,
+)
 from reenact_jax import workdir as workdir_lib
 from reenact_jax.records import Clip
 
@@ -317,8 +327,8 @@ def _placement(params) -> tuple[Any, Any, Any]:
   replicated on that mesh, so every process can read the whole output. Host parameters
   (a loaded checkpoint) go to the first local device.
   """
-  leaf = jax.tree.leaves(params)[0]
-  sharding = getattr(leaf, 'sharding', None)
+  leaves = jax.tree.leaves(params)  # None with the prior alone (it has no parameters).
+  sharding = getattr(leaves[0], 'sharding', None) if leaves else None
   if isinstance(sharding, jax.sharding.NamedSharding):
     replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
     return params, replicated, replicated
@@ -375,30 +385,19 @@ def evaluate(
   render = inference.render_fn(generator, out_sharding, prior_only=prior_only)
 
   num_frames = 0
-  source_cache: dict[int, dict[str, np.ndarray]] = {}
-  for pairs in media.batched(
-    evaluation_pairs(frames.clips, cross_identity=cross_identity, max_clips=max_clips), batch_size
+  pairs = evaluation_pairs(frames.clips, cross_identity=cross_identity, max_clips=max_clips)
+  for batch, output in _rendered(
+    frames,
+    pairs,
+    lambda source, pair: input_pipeline.pair_to_example(source, frames.frame(pair[1])),
+    batch_size=batch_size,
+    render=functools.partial(render, params),
+    placement=placement,
   ):
-    valid = len(pairs)
-    # Pad the last batch to the full size: one compiled shape for the whole evaluation.
-    pairs = pairs + [pairs[-1]] * (batch_size - valid)
-    examples = []
-    for source_index, driving_index in pairs:
-      if source_index not in source_cache:
-        source_cache.clear()  # Sources change clip by clip: keep one.
-        source_cache[source_index] = frames.frame(source_index)
-      examples.append(
-        input_pipeline.pair_to_example(source_cache[source_index], frames.frame(driving_index))
-      )
-    batch = jax.tree.map(lambda *items: np.stack(items), *examples)
-    output = render(params, jax.device_put(batch, placement))['output']
-    output = np.asarray(jax.device_get(output), np.float32)
-    rendered = Rendered(
-      source=batch['source'][:valid], driving=batch['driving'][:valid], output=output[:valid]
-    )
+    rendered = Rendered(source=batch['source'], driving=batch['driving'], output=output)
     for evaluator in evaluators:
       evaluator.update(rendered)
-    num_frames += valid
+    num_frames += len(output)
 
   values: dict[str, Any] = {}
   for evaluator in evaluators:
@@ -430,10 +429,162 @@ def evaluate(
   return result
 
 
+def _rendered(
+  frames,
+  pairs: Iterator[tuple],
+  example_of: Callable[[dict[str, np.ndarray], tuple], dict[str, np.ndarray]],
+  *,
+  batch_size: int,
+  render: Callable[[dict[str, Any]], dict[str, jax.Array]],
+  placement: Any,
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+  """(batch, output) host arrays for `pairs` (each starting with its source frame's index), in
+  batches of `batch_size`: example_of(source frame, pair) makes each example; the last batch is
+  padded to the full size (one compiled shape) and yielded without its padding."""
+  source_cache: dict[int, dict[str, np.ndarray]] = {}
+  for chunk in media.batched(pairs, batch_size):
+    valid = len(chunk)
+    chunk = chunk + [chunk[-1]] * (batch_size - valid)
+    examples = []
+    for pair in chunk:
+      if pair[0] not in source_cache:
+        source_cache.clear()  # Sources change clip by clip: keep one.
+        source_cache[pair[0]] = frames.frame(pair[0])
+      examples.append(example_of(source_cache[pair[0]], pair))
+    batch = jax.tree.map(lambda *items: np.stack(items), *examples)
+    output = render(jax.device_put(batch, placement))['output']
+    output = np.asarray(jax.device_get(output), np.float32)
+    yield {name: array[:valid] for name, array in batch.items()}, output[:valid]
+
+
+# ------------------------------------------------------------------------ expressions
+
+
+def expression_pairs(
+  clips: Sequence[Clip], *, max_clips: int, frames_per_clip: int
+) -> Iterator[tuple[int, int, str]]:
+  """(source frame index, driving frame index, edit) of the expressions protocol: per clip its
+  first frame as the source, `frames_per_clip` frames spread over the clip (the first one
+  included) as driving frames, each as it is (edit '') and with every edit of
+  expressions.EDITS."""
+  if not clips:
+    raise EvaluationError('the split has no clips to evaluate.')
+  for clip in clips[:max_clips] if max_clips else clips:
+    count = min(frames_per_clip, clip.num_frames)
+    for frame in np.linspace(0, clip.num_frames - 1, count).round().astype(int):
+      for name in ('', *expressions.EDITS):
+        yield clip.first, clip.first + int(frame), name
+
+
+def evaluate_expressions(
+  config: ml_collections.ConfigDict,
+  params: Any,
+  generator: Any,
+  *,
+  split: str,
+  max_clips: int = 0,
+  frames_per_clip: int = 4,
+  workdir: str | None = None,
+  step: int = 0,
+  landmarker=None,
+  prior_only: bool = False,
+) -> dict[str, Any]:
+  """Winks, one-sided smiles and a wide-open mouth (expressions.EDITS) made by editing the
+  landmarks of real frames of `split` (expression_pairs), scored region by region.
+
+  Each driving frame drives the clip's first frame twice: as it is and edited. The face mesh
+  finds both outputs' landmarks; expressions.region_errors scores each against the edited
+  landmarks: the edited output's error, and the unedited output's (the error of ignoring the
+  edit, measured the same way, so landmark noise and what the model gets wrong anyway are in
+  both). expressions.summarise gives the error per region and per edit and the fraction of the
+  edit reproduced. Arguments and result as `evaluate`; 'num_frames' counts the outputs, the
+  result has 'expressions': True.
+  """
+  try:
+    frames = input_pipeline.make_frame_source(config, split)
+  except (FileNotFoundError, ValueError) as error:
+    raise EvaluationError(f'cannot read the {split!r} split: {error}') from error
+  if int(config.model.num_landmarks) < face_topology.NUM_MESH_LANDMARKS:
+    raise EvaluationError(
+      f'--expressions edits the 468-point face mesh; the run has '
+      f'{config.model.num_landmarks} landmarks.'
+    )
+  batch_size = int(config.eval.batch_size)
+  if batch_size < 1:
+    raise EvaluationError(f'config.eval.batch_size must be >= 1, got {batch_size}.')
+  landmarker = landmarker if landmarker is not None else face.FaceLandmarker()
+  params, placement, out_sharding = _placement(params)
+  render = inference.render_fn(generator, out_sharding, prior_only=prior_only)
+
+  def example_of(source, pair):
+    driving = frames.frame(pair[1])
+    example = input_pipeline.pair_to_example(source, driving)
+    if pair[2]:
+      example['driving_landmarks'] = expressions.edit(driving['landmarks'], pair[2])
+    return example
+
+  pairs = list(expression_pairs(frames.clips, max_clips=max_clips, frames_per_clip=frames_per_clip))
+  found: dict[tuple[int, str], np.ndarray | None] = {}
+  done = 0
+  for _, output in _rendered(
+    frames,
+    iter(pairs),
+    example_of,
+    batch_size=batch_size,
+    render=functools.partial(render, params),
+    placement=placement,
+  ):
+    for image in _to_uint8(output):
+      landmarker.reset()
+      points = landmarker(image)
+      _, driving, name = pairs[done]
+      found[driving, name] = (
+        None if points is None else crops.normalise_landmarks(points, (0, 0, image.shape[1]))
+      )
+      done += 1
+
+  errors = {name: [] for name in expressions.EDITS}
+  sizes = {name: [] for name in expressions.EDITS}
+  for (driving, name), points in found.items():
+    unedited = found[driving, '']
+    if not name or points is None or unedited is None:
+      continue
+    wanted = expressions.edit(frames.frame(driving)['landmarks'], name)
+    errors[name].append(expressions.region_errors(points, wanted))
+    sizes[name].append(expressions.region_errors(unedited, wanted))
+  values: dict[str, Any] = expressions.summarise(errors, sizes)
+  no_face = sum(points is None for points in found.values())
+  values['face_found_fraction'] = 1.0 - no_face / max(done, 1)
+  skipped = {}
+  if not any(errors.values()):
+    skipped['expression_error'] = (
+      f'the face mesh found no face in {no_face} of the {done} outputs, leaving no pair of an '
+      'edited and an unedited output to measure.'
+    )
+  num_clips = min(len(frames.clips), max_clips) if max_clips else len(frames.clips)
+  result = {
+    'step': int(step),
+    'prior_only': bool(prior_only),
+    'split': split,
+    'cross_identity': False,
+    'expressions': True,
+    'num_clips': num_clips,
+    'num_frames': done,
+    'metrics': values,
+    'skipped': skipped,
+  }
+  if workdir is not None and jax.process_index() == 0:
+    write_result(result, workdir)
+  return result
+
+
 def write_result(result: dict[str, Any], workdir: str) -> str:
-  """WORKDIR/eval/<step>[_cross].json and TensorBoard scalars eval[_cross]/<metric>."""
-  suffix = ('_cross' if result['cross_identity'] else '') + (
-    '_prior' if result.get('prior_only') else ''
+  """WORKDIR/eval/<step>[_cross|_expressions][_prior].json and TensorBoard scalars
+  eval[_cross|_expressions][_prior]/<metric>."""
+  suffix = (
+    ('_cross' if result['cross_identity'] else '')
+    + ('_expressions' if result.get('expressions') else '')
+    + ('_prior' if result.get('prior_only') else '')
   )
   directory = os.path.join(workdir, 'eval')
   os.makedirs(directory, exist_ok=True)
@@ -461,9 +612,11 @@ def evaluate_workdir(
   lpips_weights: str | None = None,
   identity_weights: str | None = None,
   prior_only: bool = False,
+  expressions: bool = False,
 ) -> dict[str, Any]:
   """Loads the run's EMA generator (newest or `step`) and evaluates it (prior_only: its geometric
-  prior alone, the baseline); None keeps the config's."""
+  prior alone, the baseline; expressions: evaluate_expressions instead of the reenactment
+  protocol); None keeps the config's."""
   loaded = inference.load_generator(workdir, step)
   config = loaded.config
   with config.unlocked():
@@ -476,17 +629,21 @@ def evaluate_workdir(
   # A gs:// run directory gets the report through a local directory (object stores cannot
   # append to the TensorBoard file).
   log_dir = workdir_lib.LogDir(workdir) if workdir_lib.is_remote(workdir) else None
-  result = evaluate(
-    config,
-    loaded.params,
-    loaded.generator,
+  if expressions and cross_identity:
+    raise EvaluationError('--expressions and --cross_identity are two protocols; choose one.')
+  common = dict(
     split=split or config.eval.split,
-    cross_identity=cross_identity,
     max_clips=config.eval.max_clips if max_clips is None else max_clips,
     workdir=str(log_dir.local) if log_dir else workdir,
     step=loaded.step,
     prior_only=prior_only,
   )
+  if expressions:
+    result = evaluate_expressions(config, loaded.params, loaded.generator, **common)
+  else:
+    result = evaluate(
+      config, loaded.params, loaded.generator, cross_identity=cross_identity, **common
+    )
   if log_dir:
     log_dir.sync()
   return result

@@ -16,12 +16,14 @@ from configs import tiny
 from reenact_jax import (
   demo_pipeline,
   evaluation,
+  expressions,
   face,
   face_topology,
   geometry,
   input_pipeline,
   lpips,
   metrics,
+  models,
   records,
 )
 
@@ -470,3 +472,39 @@ def test_face_measures_follow_the_eyes_and_the_gaze():
   mirrored = mirrored[face_topology.flip_permutation()]
   flipped = metrics.face_measures(mirrored[None], canonical, face_topology.STABLE)
   np.testing.assert_allclose(flipped['gaze_x'][0], -measures['gaze_x'][1], atol=0.01)
+
+
+def test_expressions_protocol_scores_what_the_output_reproduces(carphone_cache_64, tmp_path):
+  """evaluate --expressions on the demo's held-out frames: an output that ignores the driving
+  landmarks (the source shown as it is) reproduces none of any edit, exactly; the geometric
+  prior, which moves the source by them, reproduces part of the one-sided smiles."""
+  from configs import demo
+
+  config = demo.get_config()
+  config.image_size = 64
+  config.data.cache_dir = str(carphone_cache_64)
+  frames = input_pipeline.make_frame_source(config, 'test')
+  pairs = list(evaluation.expression_pairs(frames.clips, max_clips=0, frames_per_clip=4))
+  assert len(pairs) == 4 * (1 + len(expressions.EDITS))
+  assert {name for _, _, name in pairs} == {'', *expressions.EDITS}
+  ignoring = evaluation.evaluate_expressions(
+    config, {'gain': np.float32(1.0)}, _StandIn(), split='test', workdir=str(tmp_path), step=3
+  )
+  values = ignoring['metrics']
+  assert ignoring['expressions'] and ignoring['num_frames'] == len(pairs)
+  assert values['face_found_fraction'] == 1.0
+  for name in expressions.EDITS:
+    assert values[f'expression_{name}_reproduced'] == pytest.approx(0.0, abs=1e-6)
+  for region in expressions.regions():
+    assert np.isfinite(values[f'expression_error_{region}'])
+  assert os.path.exists(tmp_path / 'eval' / '3_expressions.json')
+
+  generator = models.make_generator(config.model, config.image_size)
+  prior = evaluation.evaluate_expressions(config, {}, generator, split='test', prior_only=True)
+  for side in ('right', 'left'):
+    assert prior['metrics'][f'expression_smile_{side}_reproduced'] > 0.1
+
+
+def test_expressions_and_cross_identity_are_not_run_together(tiny_workdir):
+  with pytest.raises(evaluation.EvaluationError, match='choose one'):
+    evaluation.evaluate_workdir(str(tiny_workdir), expressions=True, cross_identity=True)

@@ -18,6 +18,7 @@ LAYERS = {
     'warp',
     'losses',
     'metrics',
+    'expressions',
     'motion',
     'models',
     'models.layers',
