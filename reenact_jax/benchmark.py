@@ -15,7 +15,9 @@ r"""Benchmarks, each printing one JSON line.
              discriminator, perceptual at two sizes), each backward's and the train step's
              time split into conv weight gradients / other convolutions / matmuls / the rest.
 --what=input pairs_per_sec of the train input pipeline (decoded, augmented, batched; median of
-             3 runs) and prepare_frames_per_sec of data preparation on the demo clip.
+             3 runs) and prepare_frames_per_sec of data preparation on the demo clip, split by
+             stage (prepare_<stage>_ms: decode, landmarks, crop, matte, encode; landmark
+             faces/s per core, tracked and all).
 --what=reenact frames_per_sec of the jitted generator and of the exported artifact at batch 1
              and 8 (rendering only, no video decode).
 --what=flow  end-point error (pixels) of the image flow on held-out synthetic pairs (true motion

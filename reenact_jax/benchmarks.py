@@ -29,10 +29,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 from reenact_jax import (
   bundled,
   checkpointing,
+  crops,
   exported,
   exporter,
+  face,
   inference,
   input_pipeline,
+  media,
   models,
   preparation,
   sharding,
@@ -412,6 +415,7 @@ def benchmark_input(config: ml_collections.ConfigDict, *, repeats: int = 3) -> d
   result['pairs_per_sec_runs'] = [round(run['pairs_per_sec'], 1) for run in runs]
   result['data_source'] = config.data.source
   result.update(measure_prepare_speed(resolution=config.image_size))
+  result.update(measure_prepare_stages(resolution=config.image_size))
   result['what'] = 'input'
   return result
 
@@ -607,3 +611,61 @@ def measure_prepare_speed(resolution: int = 256, repeats: int = 1) -> dict[str, 
       frames = manifest['num_frames']
       best = seconds if best is None else min(best, seconds)
   return {'prepare_frames_per_sec': frames / best, 'frames': frames, 'seconds': best}
+
+
+def measure_prepare_stages(resolution: int = 256) -> dict[str, float]:
+  """Data preparation's per-frame work on the demo clip, stage by stage, each in this process
+  (the TFLite models run on one thread: their rates are per core).
+
+  Stages, as `preparation.process_clip` runs them: decode (the video's frames), landmarks
+  (face.FaceLandmarker: the 478-point mesh with irises, tracked from the previous frame; a frame
+  without a track also runs the detectors and a second mesh pass), crop (to `resolution`),
+  matte (face.PersonSegmenter on the crop), encode (JPEG crop and PNG matte).
+
+  Returns:
+    prepare_<stage>_ms: milliseconds per frame of each stage; prepare_landmark_faces_per_sec
+    (all frames) and prepare_tracked_faces_per_sec (the tracked ones, the steady state of a
+    clip); prepare_detected_frames (frames that ran the detectors); prepare_stages_frames_per_sec
+    (frames per second of the stages' sum).
+  """
+  path = bundled.carphone_path()
+  landmarker, segmenter = face.FaceLandmarker(), face.PersonSegmenter()
+  options = preparation.Options(resolution=resolution)
+  started = time.perf_counter()
+  frames = list(media.read_frames(path))
+  seconds = {'decode': time.perf_counter() - started}
+  landmarker(frames[0])  # Warm-up: the first invocations allocate.
+  segmenter(frames[0])
+  landmarker.reset()
+  found, tracked_seconds, detected = [], 0.0, 0
+  for frame in frames:
+    tracking = landmarker.tracking
+    started = time.perf_counter()
+    found.append(landmarker(frame))
+    elapsed = time.perf_counter() - started
+    if tracking:
+      tracked_seconds += elapsed
+    else:
+      detected += 1
+    seconds['landmarks'] = seconds.get('landmarks', 0.0) + elapsed
+  with_face = [points for points in found if points is not None]
+  box = crops.crop_box(np.stack(with_face), *frames[0].shape[:2], options.face_fraction)
+  started = time.perf_counter()
+  images = [crops.crop_frame(frame, box, resolution) for frame in frames]
+  seconds['crop'] = time.perf_counter() - started
+  started = time.perf_counter()
+  mattes = [segmenter(image) for image in images]
+  seconds['matte'] = time.perf_counter() - started
+  started = time.perf_counter()
+  for image, matte in zip(images, mattes, strict=True):
+    preparation.encode_image(image, options)
+    preparation.encode_matte(matte)
+  seconds['encode'] = time.perf_counter() - started
+  count = len(frames)
+  result = {f'prepare_{stage}_ms': 1000.0 * value / count for stage, value in seconds.items()}
+  result['prepare_landmark_faces_per_sec'] = count / seconds['landmarks']
+  tracked = count - detected
+  result['prepare_tracked_faces_per_sec'] = tracked / tracked_seconds if tracked else None
+  result['prepare_detected_frames'] = detected
+  result['prepare_stages_frames_per_sec'] = count / sum(seconds.values())
+  return result

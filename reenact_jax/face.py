@@ -446,6 +446,11 @@ class FaceLandmarker:
   def num_landmarks(self) -> int:
     return self.mesh.num_landmarks
 
+  @property
+  def tracking(self) -> bool:
+    """Whether the next frame starts from the previous frame's landmarks (no detection)."""
+    return self._previous is not None
+
   def reset(self) -> None:
     """Forgets the followed face (call between clips)."""
     self._previous = None

@@ -303,3 +303,21 @@ def test_corrupt_record_raises_with_its_shard_or_is_skipped_when_asked(carphone_
   lenient = records.RecordFrames(copy, 'train', image_size=16, skip_corrupt=True)
   frame = lenient.frame(1)
   assert frame['image'].shape == (16, 16, 3) and lenient.corrupt_records == 1
+
+
+def test_the_prepare_benchmark_times_each_stage_of_the_demo_clip():
+  """benchmark --what=input's stage split: every stage timed per frame, the detectors run on the
+  clip's first frame and the rest is tracked, and the stages add up to the reported rate."""
+  from reenact_jax import benchmarks
+
+  result = benchmarks.measure_prepare_stages(resolution=64)
+  stages = ('decode', 'landmarks', 'crop', 'matte', 'encode')
+  for stage in stages:
+    assert result[f'prepare_{stage}_ms'] > 0.0, stage
+  assert result['prepare_detected_frames'] >= 1
+  assert result['prepare_tracked_faces_per_sec'] > 0.0
+  total_ms = sum(result[f'prepare_{stage}_ms'] for stage in stages)
+  assert result['prepare_stages_frames_per_sec'] == pytest.approx(1000.0 / total_ms, rel=1e-6)
+  assert result['prepare_landmark_faces_per_sec'] == pytest.approx(
+    1000.0 / result['prepare_landmarks_ms'], rel=1e-6
+  )
