@@ -8,9 +8,9 @@ The command is `python -m reenact_jax.demo`. `run`:
    geometric prior alone, the baseline (OUTPUT/reenact_prior.mp4), each with its motion report
    (how well the output follows the driving clip: face found, correlations of mouth, eyes and
    head pose);
-3. evaluates both on the held-out carphone frames (L1, PSNR, SSIM, AKD, ...), and on the same
-   frames with winks, one-sided smiles and an open mouth edited into their landmarks (the
-   fraction of each edit reproduced, evaluation.evaluate_expressions);
+3. evaluates both on the held-out carphone frames (L1, PSNR, SSIM, AKD, ...), and on four of
+   those frames with winks, one-sided smiles and an open mouth edited into their landmarks
+   (the fraction of each edit reproduced, evaluation.evaluate_expressions);
 4. writes OUTPUT/eval.json (all of it, model and prior side by side) and
    OUTPUT/contact_sheet.png (rows: driving | prior alone | model, at evenly spaced frames).
 """
@@ -150,7 +150,8 @@ def _print_summary(results: dict) -> None:
       f'{_number(correlation["mouth_opening"])} eyes {_number(correlation["eye_opening"])} '
       f'gaze {_number(correlation["gaze_x"])}/{_number(correlation["gaze_y"])} yaw '
       f'{_number(correlation["yaw"])} pitch {_number(correlation["pitch"])} roll '
-      f'{_number(correlation["roll"])}; held-out L1 {_number(held_out.get("l1"), 4)}'
+      f'{_number(correlation["roll"])}, gaze error {_number(report.get("gaze_error"), 3)}; '
+      f'held-out L1 {_number(held_out.get("l1"), 4)}'
     )
   for name in ('model', 'prior_only'):
     edited = results[name]['expressions']['metrics']

@@ -122,7 +122,8 @@ class LandmarkEvaluator:
   by a similarity fitted on the stable landmarks), landmark_frames (pairs measured),
   no_face_output and no_face_driving (pair counts), face_found_fraction (of the output frames),
   and the motion report: correlation_<measure> (Pearson, over the measured pairs, of
-  metrics.face_measures of output and driving frame: mouth and eye opening, yaw, pitch, roll).
+  metrics.face_measures of output and driving frame: mouth and eye opening, gaze, yaw, pitch,
+  roll) and gaze_error (metrics.gaze_error: how far the output's gaze moves from the driver's).
   """
 
   def __init__(self, *, with_ground_truth: bool, landmarker=None):
@@ -178,6 +179,7 @@ class LandmarkEvaluator:
       for name in metrics.MOTION_MEASURES:
         value = metrics.pearson(driving[name], output[name])
         yield f'correlation_{name}', Skip('constant series') if math.isnan(value) else value
+      yield 'gaze_error', metrics.gaze_error(driving, output)
     names = (['akd'] if self._with_ground_truth else []) + [
       'pose_error',
       'pose_error_yaw',
@@ -327,7 +329,7 @@ def _placement(params) -> tuple[Any, Any, Any]:
   replicated on that mesh, so every process can read the whole output. Host parameters
   (a loaded checkpoint) go to the first local device.
   """
-  leaves = jax.tree.leaves(params)  # None with the prior alone (it has no parameters).
+  leaves = jax.tree.leaves(params)  # None with the prior alone, which has no parameters.
   sharding = getattr(leaves[0], 'sharding', None) if leaves else None
   if isinstance(sharding, jax.sharding.NamedSharding):
     replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
@@ -492,8 +494,8 @@ def evaluate_expressions(
   """Winks, one-sided smiles and a wide-open mouth (expressions.EDITS) made by editing the
   landmarks of real frames of `split` (expression_pairs), scored region by region.
 
-  Each driving frame drives the clip's first frame twice: as it is and edited. The face mesh
-  finds both outputs' landmarks; expressions.region_errors scores each against the edited
+  Each driving frame drives the clip's first frame once as it is and once per edit. The face
+  mesh finds the outputs' landmarks; expressions.region_errors scores each against the edited
   landmarks: the edited output's error, and the unedited output's (the error of ignoring the
   edit, measured the same way, so landmark noise and what the model gets wrong anyway are in
   both). expressions.summarise gives the error per region and per edit and the fraction of the
@@ -556,11 +558,15 @@ def evaluate_expressions(
   no_face = sum(points is None for points in found.values())
   values['face_found_fraction'] = 1.0 - no_face / max(done, 1)
   skipped = {}
+  reason = (
+    f'the face mesh found no face in {no_face} of the {done} outputs, leaving no pair of an '
+    'edited and an unedited output to measure'
+  )
+  for name in expressions.EDITS:
+    if not errors[name]:
+      skipped[f'expression_{name}_reproduced'] = f'{reason} with {name}.'
   if not any(errors.values()):
-    skipped['expression_error'] = (
-      f'the face mesh found no face in {no_face} of the {done} outputs, leaving no pair of an '
-      'edited and an unedited output to measure.'
-    )
+    skipped['expression_error'] = f'{reason}.'
   num_clips = min(len(frames.clips), max_clips) if max_clips else len(frames.clips)
   result = {
     'step': int(step),
@@ -617,6 +623,8 @@ def evaluate_workdir(
   """Loads the run's EMA generator (newest or `step`) and evaluates it (prior_only: its geometric
   prior alone, the baseline; expressions: evaluate_expressions instead of the reenactment
   protocol); None keeps the config's."""
+  if expressions and cross_identity:
+    raise EvaluationError('--expressions and --cross_identity are two protocols; choose one.')
   loaded = inference.load_generator(workdir, step)
   config = loaded.config
   with config.unlocked():
@@ -629,8 +637,6 @@ def evaluate_workdir(
   # A gs:// run directory gets the report through a local directory (object stores cannot
   # append to the TensorBoard file).
   log_dir = workdir_lib.LogDir(workdir) if workdir_lib.is_remote(workdir) else None
-  if expressions and cross_identity:
-    raise EvaluationError('--expressions and --cross_identity are two protocols; choose one.')
   common = dict(
     split=split or config.eval.split,
     max_clips=config.eval.max_clips if max_clips is None else max_clips,

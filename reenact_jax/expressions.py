@@ -16,7 +16,8 @@ The error of an output in a region is the mean 2D distance between the landmarks
 output and the wanted ones over the region's points, after the similarity fitted on the stable
 landmarks (face_topology.STABLE) has taken out the head's pose, in eye distances (the outer eye
 corners' distance of the wanted face). The edit's size there is the same error of the output
-rendered without the edit: ignoring the edit scores 0 of it, reproducing it exactly 1.
+rendered without the edit: ignoring the edit scores 0 of it, reproducing it nears 1 (the
+landmarks found on an output are never exact).
 """
 
 import functools
@@ -110,7 +111,9 @@ def edit(landmarks: np.ndarray, name: str) -> np.ndarray:
     shift = mouth_width * (SMILE_OUT * outward - SMILE_UP * down)
     mesh = slice(0, face_topology.NUM_MESH_LANDMARKS)
     distance = np.linalg.norm(points[mesh] - corner, axis=-1) / mouth_width
-    moved[mesh] += np.exp(-0.5 * (distance / SMILE_RADIUS) ** 2)[:, None] * shift
+    weight = np.exp(-0.5 * (distance / SMILE_RADIUS) ** 2)
+    weight[np.asarray(face_topology.STABLE)] = 0.0  # The cheekbones stay with the skull.
+    moved[mesh] += weight[:, None] * shift
   else:  # mouth_open
     mesh = slice(0, face_topology.NUM_MESH_LANDMARKS)
     below = (points[mesh] - (corners[0] + corners[1]) / 2) @ down / mouth_width
@@ -132,8 +135,9 @@ def region_errors(found: np.ndarray, wanted: np.ndarray) -> dict[str, float]:
   """{region: error} of the landmarks `found` (N, 3) on an output against the `wanted` ones
   (N, 3): the mean 2D distance over the region's points once the similarity fitted on the stable
   landmarks maps found onto wanted, in eye distances of the wanted face."""
-  found = np.asarray(found, np.float32)[None]
-  wanted = np.asarray(wanted, np.float32)[None, : found.shape[1]]
+  # The regions and the stable landmarks are all mesh points (the irises are not used).
+  found = np.asarray(found, np.float32)[None, : face_topology.NUM_MESH_LANDMARKS]
+  wanted = np.asarray(wanted, np.float32)[None, : face_topology.NUM_MESH_LANDMARKS]
   stable = np.asarray(face_topology.STABLE).reshape(-1)
   similarity = geometry.similarity_transform(found[:, stable], wanted[:, stable])
   aligned = np.asarray(geometry.apply_similarity(found, *similarity))[0, :, :2]
@@ -145,13 +149,14 @@ def region_errors(found: np.ndarray, wanted: np.ndarray) -> dict[str, float]:
 
 
 def summarise(errors: dict[str, list[dict[str, float]]], sizes: dict[str, list[dict[str, float]]]):
-  """The flat metrics of per-pair region errors and edit sizes, {edit: [ {region: value} ]}:
+  """The flat metrics of per-pair region errors and edit sizes, {edit: [{region: value}]}:
 
-  expression_error_<region>      mean over every edit and pair;
-  expression_<edit>_<region>     the error of one edit;
-  expression_<edit>_size_<region> the edit's size there (the error of ignoring it);
-  expression_<edit>_reproduced   1 - error / size over the edit's own regions (TARGETS):
-                                 1 reproduced, 0 ignored, < 0 wrong the other way.
+  expression_error_<region>: mean over every edit and pair;
+  expression_<edit>_<region>: the error of one edit;
+  expression_<edit>_size_<region>: the edit's size there (the unedited output's error);
+  expression_<edit>_reproduced: 1 - error / size over the edit's own regions (TARGETS): 0 when
+  the edit is ignored, < 0 when it is wrong the other way, nearing 1 when it is shown (the
+  landmarks' own noise keeps it below); None for an edit without any pair.
   """
   values: dict[str, float] = {}
   for region in regions():
@@ -160,6 +165,7 @@ def summarise(errors: dict[str, list[dict[str, float]]], sizes: dict[str, list[d
       values[f'expression_error_{region}'] = float(np.mean(every))
   for name, pairs in errors.items():
     if not pairs:
+      values[f'expression_{name}_reproduced'] = None
       continue
     for region in regions():
       values[f'expression_{name}_{region}'] = float(np.mean([pair[region] for pair in pairs]))

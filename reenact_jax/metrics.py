@@ -159,6 +159,19 @@ def face_measures(
   }
 
 
+def gaze_error(wanted: dict[str, np.ndarray], found: dict[str, np.ndarray]) -> float:
+  """How far an output's gaze moves from where the driving clip's moves: the mean over frames of
+  the distance between the two (gaze_x, gaze_y) series of face_measures (iris offsets in eye
+  widths), each taken about its own mean (a person's resting gaze is their own; what must
+  follow is its motion). 0 when the output's eyes move exactly as the driver's; the driver's own
+  spread when they never move. NaN for fewer than 2 frames."""
+  series = [np.stack([m['gaze_x'], m['gaze_y']], -1).astype(np.float64) for m in (wanted, found)]
+  if len(series[0]) < 2:
+    return math.nan
+  wanted_motion, found_motion = (x - x.mean(0) for x in series)
+  return float(np.linalg.norm(found_motion - wanted_motion, axis=-1).mean())
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
   """Pearson correlation of two (F,) series; NaN when either is constant or F < 3."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

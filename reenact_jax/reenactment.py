@@ -496,8 +496,9 @@ class MotionReport:
 
   For every output frame the face mesh runs on the frame alone (no tracking from the previous
   frame, so a frame without a recognisable face counts as one). Measures (metrics.face_measures:
-  mouth and eye opening, yaw, pitch, roll) of the output are correlated (Pearson) with the same
-  measures of the driving frames, over the frames where both have a face.
+  mouth and eye opening, gaze, yaw, pitch, roll) of the output are correlated (Pearson) with the
+  same measures of the driving frames, over the frames where both have a face; gaze_error
+  (metrics.gaze_error) is how far, in eye widths, the output's gaze moves from the driver's.
   """
 
   def __init__(self, landmarker: face.FaceLandmarker, identity_embed=None, source=None):
@@ -532,6 +533,7 @@ class MotionReport:
       'face_found_fraction': float(found.mean()) if len(found) else 0.0,
       'frames_measured': int(both.sum()),
       'correlation': {name: None for name in metrics.MOTION_MEASURES},
+      'gaze_error': None,
       'identity_distance': float(np.mean(self._identity)) if self._identity else None,
       'skipped': {},
     }
@@ -550,6 +552,7 @@ class MotionReport:
     for name in metrics.MOTION_MEASURES:
       value = metrics.pearson(wanted[name], measured[name])
       report['correlation'][name] = None if math.isnan(value) else round(value, 4)
+    report['gaze_error'] = round(metrics.gaze_error(wanted, measured), 5)
     # The series behind the correlations (to compare two outputs frame by frame).
     report['per_frame'] = {
       'frame': [int(i) for i in np.flatnonzero(both)],

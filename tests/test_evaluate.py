@@ -474,6 +474,24 @@ def test_face_measures_follow_the_eyes_and_the_gaze():
   np.testing.assert_allclose(flipped['gaze_x'][0], -measures['gaze_x'][1], atol=0.01)
 
 
+def test_gaze_error_measures_how_the_output_gaze_moves_against_the_drivers():
+  rng = np.random.default_rng(0)
+  driving = {'gaze_x': rng.normal(0.0, 0.05, 50), 'gaze_y': rng.normal(0.0, 0.03, 50)}
+  # The same motion about another resting gaze (the source's own) is followed exactly.
+  follows = {'gaze_x': driving['gaze_x'] + 0.2, 'gaze_y': driving['gaze_y'] - 0.1}
+  assert metrics.gaze_error(driving, follows) == pytest.approx(0.0, abs=1e-12)
+  frozen = {'gaze_x': np.full(50, 0.2), 'gaze_y': np.full(50, -0.1)}
+  spread = np.hypot(
+    driving['gaze_x'] - driving['gaze_x'].mean(), driving['gaze_y'] - driving['gaze_y'].mean()
+  )
+  assert metrics.gaze_error(driving, frozen) == pytest.approx(spread.mean())
+  # Looking left when the driver looks right is twice as wrong as not moving at all.
+  opposite = {'gaze_x': -driving['gaze_x'], 'gaze_y': -driving['gaze_y']}
+  assert metrics.gaze_error(driving, opposite) == pytest.approx(2 * spread.mean())
+  half = {'gaze_x': 0.5 * driving['gaze_x'], 'gaze_y': 0.5 * driving['gaze_y']}
+  assert 0 < metrics.gaze_error(driving, half) < metrics.gaze_error(driving, frozen)
+
+
 def test_expressions_protocol_scores_what_the_output_reproduces(carphone_cache_64, tmp_path):
   """evaluate --expressions on the demo's held-out frames: an output that ignores the driving
   landmarks (the source shown as it is) reproduces none of any edit, exactly; the geometric
@@ -483,6 +501,7 @@ def test_expressions_protocol_scores_what_the_output_reproduces(carphone_cache_6
   config = demo.get_config()
   config.image_size = 64
   config.data.cache_dir = str(carphone_cache_64)
+  config.eval.batch_size = 5  # 24 outputs: the last batch is padded
   frames = input_pipeline.make_frame_source(config, 'test')
   pairs = list(evaluation.expression_pairs(frames.clips, max_clips=0, frames_per_clip=4))
   assert len(pairs) == 4 * (1 + len(expressions.EDITS))
