@@ -19,7 +19,7 @@ r"""Benchmarks, each printing one JSON line.
              stage (prepare_<stage>_ms: decode, landmarks, crop, matte, encode; landmark
              faces/s per core, tracked and all).
 --what=reenact frames_per_sec of the jitted generator and of the exported artifact at batch 1
-             and 8 (rendering only, no video decode).
+             and 8 (rendering only, no video decode), and TFLOP per frame (XLA cost analysis).
 --what=flow  end-point error (pixels) of the image flow on held-out synthetic pairs (true motion
              known): no motion, the geometric prior alone, and prior + learned correction after
              --steps of training (or the model of --workdir); needs a synthetic-data config.

@@ -475,8 +475,10 @@ def benchmark_reenact(
       device_inputs = dict(zip(models.INPUT_NAMES, on_device, strict=True))
       jitted = _time_calls(loaded, [device_inputs], repeats)
       artifact_seconds = _time_calls(artifact, inputs, repeats)
-      result[f'frames_per_sec_batch{batch}'] = round(batch / jitted, 2)
-      result[f'exported_frames_per_sec_batch{batch}'] = round(batch / artifact_seconds, 2)
+      result[f'frames_per_sec_batch{batch}'] = round(batch / jitted, 3)
+      result[f'exported_frames_per_sec_batch{batch}'] = round(batch / artifact_seconds, 3)
+      compiled = inference.render_fn(loaded.generator).lower(loaded.params, device_inputs).compile()
+      result[f'tflop_per_frame_batch{batch}'] = round(_flops(compiled) / batch / 1e12, 4)
   return result
 
 
