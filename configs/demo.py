@@ -64,10 +64,12 @@ def get_config():
 
   data = config.data
   data.source = 'demo'
-  # In-process threads: the train step needs both CPU cores and takes far longer than reading
-  # its 8 pairs (under 1.5 ms of CPU per carphone pair at 128; ~11 ms per re-posed portrait pair).
+  # One in-process reader thread: the train step needs both CPU cores and takes far longer than
+  # reading its 8 pairs (under 1.5 ms of CPU per carphone pair at 128; ~11 ms per re-posed
+  # portrait pair). A second thread only competes with XLA for the cores: 200 steps with 1 and
+  # with 2, twice in alternating order, gave phase-2 steps of 807 / 860 ms and 853 / 1067 ms.
   data.num_workers = 0
-  data.num_threads = 2
+  data.num_threads = 1
   data.pseudo_pair_fraction = 0.5
   data.max_frame_gap = 0
 
