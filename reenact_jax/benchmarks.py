@@ -640,16 +640,17 @@ def measure_prepare_stages(resolution: int = 256) -> dict[str, float]:
   segmenter(frames[0])
   landmarker.reset()
   found, tracked_seconds, detected = [], 0.0, 0
+  seconds['landmarks'] = 0.0
   for frame in frames:
     tracking = landmarker.tracking
     started = time.perf_counter()
     found.append(landmarker(frame))
     elapsed = time.perf_counter() - started
+    seconds['landmarks'] += elapsed
     if tracking:
       tracked_seconds += elapsed
     else:
       detected += 1
-    seconds['landmarks'] = seconds.get('landmarks', 0.0) + elapsed
   with_face = [points for points in found if points is not None]
   box = crops.crop_box(np.stack(with_face), *frames[0].shape[:2], options.face_fraction)
   started = time.perf_counter()

@@ -71,28 +71,22 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
       progress=False,
     )
     videos[name] = video
-    print(f'[demo] evaluating ({name}) on the held-out carphone frames', flush=True)
     renderer.config.data.cache_dir = config.data.cache_dir
-    held_out = evaluation.evaluate(
-      renderer.config,
-      renderer.params,
-      renderer.generator,
-      split='test',
-      workdir=str(workdir),
-      step=renderer.step,
-      prior_only=prior_only,
-    )
-    print(f'[demo] expressions ({name}): winks, one-sided smiles, an open mouth', flush=True)
-    edited = evaluation.evaluate_expressions(
-      renderer.config,
-      renderer.params,
-      renderer.generator,
-      split='test',
-      workdir=str(workdir),
-      step=renderer.step,
-      prior_only=prior_only,
-    )
-    results[name] = {'reenact': summary, 'held_out': held_out, 'expressions': edited}
+    results[name] = {'reenact': summary}
+    for key, protocol, what in (
+      ('held_out', evaluation.evaluate, 'on the held-out carphone frames'),
+      ('expressions', evaluation.evaluate_expressions, 'winks, one-sided smiles, an open mouth'),
+    ):
+      print(f'[demo] evaluating ({name}) {what}', flush=True)
+      results[name][key] = protocol(
+        renderer.config,
+        renderer.params,
+        renderer.generator,
+        split='test',
+        workdir=str(workdir),
+        step=renderer.step,
+        prior_only=prior_only,
+      )
 
   results['model_minus_prior'] = compare_reports(
     results['model']['reenact']['report'], results['prior_only']['reenact']['report']

@@ -373,18 +373,11 @@ def evaluate(
     {'step', 'split', 'cross_identity', 'num_clips', 'num_frames', 'metrics': {name: value or
     None}, 'skipped': {name: reason}}.
   """
-  try:
-    frames = input_pipeline.make_frame_source(config, split)
-  except (FileNotFoundError, ValueError) as error:
-    raise EvaluationError(f'cannot read the {split!r} split: {error}') from error
-  batch_size = int(config.eval.batch_size)
-  if batch_size < 1:
-    raise EvaluationError(f'config.eval.batch_size must be >= 1, got {batch_size}.')
+  frames, batch_size = _split_frames(config, split)
   evaluators, skipped = make_evaluators(
     config, cross_identity=cross_identity, landmarker=landmarker
   )
-  params, placement, out_sharding = _placement(params)
-  render = inference.render_fn(generator, out_sharding, prior_only=prior_only)
+  render, placement = _renderer(generator, params, prior_only)
 
   num_frames = 0
   pairs = evaluation_pairs(frames.clips, cross_identity=cross_identity, max_clips=max_clips)
@@ -393,7 +386,7 @@ def evaluate(
     pairs,
     lambda source, pair: input_pipeline.pair_to_example(source, frames.frame(pair[1])),
     batch_size=batch_size,
-    render=functools.partial(render, params),
+    render=render,
     placement=placement,
   ):
     rendered = Rendered(source=batch['source'], driving=batch['driving'], output=output)
@@ -415,17 +408,67 @@ def evaluate(
   for name in skipped:
     values.setdefault(name, None)
 
-  num_clips = min(len(frames.clips), max_clips) if max_clips else len(frames.clips)
+  return _result(
+    frames,
+    step=step,
+    prior_only=prior_only,
+    split=split,
+    cross_identity=cross_identity,
+    max_clips=max_clips,
+    num_frames=num_frames,
+    values=values,
+    skipped=skipped,
+    workdir=workdir,
+  )
+
+
+def _split_frames(config: ml_collections.ConfigDict, split: str):
+  """(the split's frame source, config.eval.batch_size), errors as EvaluationError."""
+  try:
+    frames = input_pipeline.make_frame_source(config, split)
+  except (FileNotFoundError, ValueError) as error:
+    raise EvaluationError(f'cannot read the {split!r} split: {error}') from error
+  batch_size = int(config.eval.batch_size)
+  if batch_size < 1:
+    raise EvaluationError(f'config.eval.batch_size must be >= 1, got {batch_size}.')
+  return frames, batch_size
+
+
+def _renderer(generator: Any, params: Any, prior_only: bool):
+  """(render: batch -> outputs, where to put batches) for `params` placed by _placement."""
+  params, placement, out_sharding = _placement(params)
+  render = inference.render_fn(generator, out_sharding, prior_only=prior_only)
+  return functools.partial(render, params), placement
+
+
+def _result(
+  frames,
+  *,
+  step: int,
+  prior_only: bool,
+  split: str,
+  cross_identity: bool,
+  max_clips: int,
+  num_frames: int,
+  values: dict[str, Any],
+  skipped: dict[str, str],
+  workdir: str | None,
+  expression_slice: bool = False,
+) -> dict[str, Any]:
+  """A protocol's result dict (see evaluate; 'expressions': True for evaluate_expressions),
+  written to WORKDIR/eval by process 0 when `workdir` is given."""
   result = {
     'step': int(step),
     'prior_only': bool(prior_only),
     'split': split,
     'cross_identity': bool(cross_identity),
-    'num_clips': num_clips,
+    'num_clips': min(len(frames.clips), max_clips) if max_clips else len(frames.clips),
     'num_frames': num_frames,
     'metrics': values,
     'skipped': skipped,
   }
+  if expression_slice:
+    result['expressions'] = True
   if workdir is not None and jax.process_index() == 0:
     write_result(result, workdir)
   return result
@@ -502,60 +545,57 @@ def evaluate_expressions(
   edit reproduced. Arguments and result as `evaluate`; 'num_frames' counts the outputs, the
   result has 'expressions': True.
   """
-  try:
-    frames = input_pipeline.make_frame_source(config, split)
-  except (FileNotFoundError, ValueError) as error:
-    raise EvaluationError(f'cannot read the {split!r} split: {error}') from error
   if int(config.model.num_landmarks) < face_topology.NUM_MESH_LANDMARKS:
     raise EvaluationError(
       f'--expressions edits the 468-point face mesh; the run has '
       f'{config.model.num_landmarks} landmarks.'
     )
-  batch_size = int(config.eval.batch_size)
-  if batch_size < 1:
-    raise EvaluationError(f'config.eval.batch_size must be >= 1, got {batch_size}.')
+  frames, batch_size = _split_frames(config, split)
   landmarker = landmarker if landmarker is not None else face.FaceLandmarker()
-  params, placement, out_sharding = _placement(params)
-  render = inference.render_fn(generator, out_sharding, prior_only=prior_only)
+  render, placement = _renderer(generator, params, prior_only)
+  driving_cache: dict[int, dict[str, np.ndarray]] = {}
 
   def example_of(source, pair):
-    driving = frames.frame(pair[1])
+    if pair[1] not in driving_cache:  # Each driving frame is read once for its 6 outputs.
+      driving_cache.clear()
+      driving_cache[pair[1]] = frames.frame(pair[1])
+    driving = driving_cache[pair[1]]
     example = input_pipeline.pair_to_example(source, driving)
     if pair[2]:
       example['driving_landmarks'] = expressions.edit(driving['landmarks'], pair[2])
     return example
 
   pairs = list(expression_pairs(frames.clips, max_clips=max_clips, frames_per_clip=frames_per_clip))
-  found: dict[tuple[int, str], np.ndarray | None] = {}
+  # (driving frame, edit) -> (landmarks found on the output or None, the landmarks it was given)
+  found: dict[tuple[int, str], tuple[np.ndarray | None, np.ndarray]] = {}
   done = 0
-  for _, output in _rendered(
+  for batch, output in _rendered(
     frames,
     iter(pairs),
     example_of,
     batch_size=batch_size,
-    render=functools.partial(render, params),
+    render=render,
     placement=placement,
   ):
-    for image in _to_uint8(output):
+    for image, given in zip(_to_uint8(output), batch['driving_landmarks'], strict=True):
       landmarker.reset()
       points = landmarker(image)
       _, driving, name = pairs[done]
-      found[driving, name] = (
-        None if points is None else crops.normalise_landmarks(points, (0, 0, image.shape[1]))
-      )
+      if points is not None:
+        points = crops.normalise_landmarks(points, (0, 0, image.shape[1]))
+      found[driving, name] = (points, given)
       done += 1
 
   errors = {name: [] for name in expressions.EDITS}
   sizes = {name: [] for name in expressions.EDITS}
-  for (driving, name), points in found.items():
-    unedited = found[driving, '']
+  for (driving, name), (points, wanted) in found.items():
+    unedited = found[driving, ''][0]
     if not name or points is None or unedited is None:
       continue
-    wanted = expressions.edit(frames.frame(driving)['landmarks'], name)
     errors[name].append(expressions.region_errors(points, wanted))
     sizes[name].append(expressions.region_errors(unedited, wanted))
   values: dict[str, Any] = expressions.summarise(errors, sizes)
-  no_face = sum(points is None for points in found.values())
+  no_face = sum(points is None for points, _ in found.values())
   values['face_found_fraction'] = 1.0 - no_face / max(done, 1)
   skipped = {}
   reason = (
@@ -567,21 +607,19 @@ def evaluate_expressions(
       skipped[f'expression_{name}_reproduced'] = f'{reason} with {name}.'
   if not any(errors.values()):
     skipped['expression_error'] = f'{reason}.'
-  num_clips = min(len(frames.clips), max_clips) if max_clips else len(frames.clips)
-  result = {
-    'step': int(step),
-    'prior_only': bool(prior_only),
-    'split': split,
-    'cross_identity': False,
-    'expressions': True,
-    'num_clips': num_clips,
-    'num_frames': done,
-    'metrics': values,
-    'skipped': skipped,
-  }
-  if workdir is not None and jax.process_index() == 0:
-    write_result(result, workdir)
-  return result
+  return _result(
+    frames,
+    step=step,
+    prior_only=prior_only,
+    split=split,
+    cross_identity=False,
+    expression_slice=True,
+    max_clips=max_clips,
+    num_frames=done,
+    values=values,
+    skipped=skipped,
+    workdir=workdir,
+  )
 
 
 def write_result(result: dict[str, Any], workdir: str) -> str:

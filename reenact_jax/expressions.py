@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from reenact_jax import face_topology, geometry
+from reenact_jax import face_topology, metrics
 
 EDITS = ('wink_right', 'wink_left', 'smile_right', 'smile_left', 'mouth_open')
 
@@ -37,7 +37,8 @@ SMILE_UP, SMILE_OUT, SMILE_RADIUS = 0.22, 0.1, 0.3
 # over this band below the mouth corners (the corners themselves stay).
 MOUTH_DROP, MOUTH_DROP_BAND = 0.5, 0.08
 
-_OUTER_EYE_CORNERS = (33, 263)
+# Each eye's outer corner (face_topology.EYE_CORNERS), the eye distance's ends.
+_OUTER_EYE_CORNERS = tuple(outer for outer, _ in face_topology.EYE_CORNERS)
 
 
 @functools.cache
@@ -127,8 +128,15 @@ def edit(landmarks: np.ndarray, name: str) -> np.ndarray:
   return out
 
 
-# The mouth's corners on the outer and inner lip contours: they stay where a mouth opens.
-_CORNER_POINTS = np.array([61, 291, 78, 308])
+# The mouth's corners on the outer and inner lip contours (each contour starts at one corner and
+# reaches the other halfway): they stay where a mouth opens.
+_CORNER_POINTS = np.array(
+  [
+    *face_topology.MOUTH_CORNERS,
+    face_topology.LIPS_INNER[0],
+    face_topology.LIPS_INNER[len(face_topology.LIPS_INNER) // 2],
+  ]
+)
 
 
 def region_errors(found: np.ndarray, wanted: np.ndarray) -> dict[str, float]:
@@ -138,9 +146,7 @@ def region_errors(found: np.ndarray, wanted: np.ndarray) -> dict[str, float]:
   # The regions and the stable landmarks are all mesh points (the irises are not used).
   found = np.asarray(found, np.float32)[None, : face_topology.NUM_MESH_LANDMARKS]
   wanted = np.asarray(wanted, np.float32)[None, : face_topology.NUM_MESH_LANDMARKS]
-  stable = np.asarray(face_topology.STABLE).reshape(-1)
-  similarity = geometry.similarity_transform(found[:, stable], wanted[:, stable])
-  aligned = np.asarray(geometry.apply_similarity(found, *similarity))[0, :, :2]
+  aligned = np.asarray(metrics.pose_aligned(found, wanted, face_topology.STABLE))[0, :, :2]
   target = wanted[0, :, :2]
   right, left = (target[index] for index in _OUTER_EYE_CORNERS)
   eye_distance = max(float(np.linalg.norm(right - left)), 1e-9)

@@ -9,6 +9,7 @@ frame, z on the scale of x).
 import math
 
 import dm_pix
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -87,12 +88,19 @@ def expression_error(
   Args:
     prediction, target: (B, N, 3) normalised landmarks.
   """
+  target = jnp.asarray(target, jnp.float32)
+  aligned = pose_aligned(prediction, target, stable_indices)
+  return np.asarray(jnp.linalg.norm(aligned - target, axis=-1).mean(axis=-1), np.float64)
+
+
+def pose_aligned(prediction: np.ndarray, target: np.ndarray, stable_indices) -> jax.Array:
+  """The (B, N, 3) `prediction` mapped onto `target` by the similarity fitted on the stable
+  landmarks (which move only with the head): what differs after it is expression, not pose."""
   prediction = jnp.asarray(prediction, jnp.float32)
   target = jnp.asarray(target, jnp.float32)
-  stable = np.asarray(stable_indices)
+  stable = np.asarray(stable_indices).reshape(-1)
   similarity = geometry.similarity_transform(prediction[:, stable], target[:, stable])
-  aligned = geometry.apply_similarity(prediction, *similarity)
-  return np.asarray(jnp.linalg.norm(aligned - target, axis=-1).mean(axis=-1), np.float64)
+  return geometry.apply_similarity(prediction, *similarity)
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
