@@ -25,6 +25,7 @@ JOB_OPTIONS = {
   'motion': str,
   'find_best_frame': bool,
   'smoothing': float,
+  'fill_occluded': bool,
   'paste_back': bool,
   'side_by_side': bool,
   'source_frame': int,

@@ -3,11 +3,14 @@ r"""Reenact a portrait with the head motion and expressions of a driving video.
   python -m reenact_jax.reenact --workdir=DIR --source=portrait.jpg --driving=clip.mp4 \
       --output=out.mp4 [--motion=auto|relative|absolute] [--find_best_frame] [--smoothing=1] \
       [--paste_back] [--side_by_side] [--report] [--prior_only] [--source_frame=N] \
-      [--driving_face=N] [--identity_weights=FILE] [--noaudio] [--step=N] [--batch_size=8]
+      [--driving_face=N] [--identity_weights=FILE] [--report_against=CLIP] [--nofill_occluded] \
+      [--noaudio] [--step=N] [--batch_size=8]
 
 See reenact_jax/reenactment.py for the motion modes, shots and outputs. --source may be a video
 (its --source_frame, by default its most frontal frame). --report writes <output>_report.json:
-how well the output follows the driving clip. --prior_only renders with the geometric prior
+how well the output follows the driving clip (or --report_against's). Face parts an occluder
+covers in a driving frame get their landmarks from the frames around it (reenact_jax/occlusion.py;
+--nofill_occluded keeps them as found). --prior_only renders with the geometric prior
 alone (the baseline). Dashed spellings (--find-best-frame, --paste-back, ...) are accepted, and
 --relative means --motion=relative. A bad input (no face, unreadable video, missing checkpoint,
 unwritable output, image too large) ends with one message on stderr and exit status 1.
@@ -48,6 +51,11 @@ _FIND_BEST_FRAME = flags.DEFINE_bool(
 _SMOOTHING = flags.DEFINE_float(
   'smoothing', 1.0, 'Temporal smoothing of the driving landmarks (One Euro); 0 turns it off.'
 )
+_FILL_OCCLUDED = flags.DEFINE_bool(
+  'fill_occluded',
+  True,
+  'Fill in the landmarks of driving face parts an occluder (a hand, an object) covers.',
+)
 _SOURCE_FRAME = flags.DEFINE_integer(
   'source_frame', None, 'With a video --source: the frame to use (default: the most frontal).'
 )
@@ -57,6 +65,12 @@ _DRIVING_FACE = flags.DEFINE_integer(
 _PASTE_BACK = flags.DEFINE_bool('paste_back', False, 'Blend the result into the source image.')
 _SIDE_BY_SIDE = flags.DEFINE_bool('side_by_side', False, 'Also write <output>_side_by_side.mp4.')
 _REPORT = flags.DEFINE_bool('report', False, 'Measure the output: <output>_report.json.')
+_REPORT_AGAINST = flags.DEFINE_string(
+  'report_against',
+  '',
+  '--report: score the output against this clip (e.g. --driving before occluders were pasted '
+  'on it; the same number of frames) instead of --driving.',
+)
 _IDENTITY = flags.DEFINE_string(
   'identity_weights', '', "--report: dlib's face descriptor file, for the identity distance."
 )
@@ -76,6 +90,8 @@ for _name in (
   'driving_face',
   'prior_only',
   'identity_weights',
+  'fill_occluded',
+  'report_against',
 ):
   flags.DEFINE_alias(_name.replace('_', '-'), _name)
 flags.register_multi_flags_validator(
@@ -95,12 +111,14 @@ def main(argv) -> None:
     motion='relative' if _RELATIVE.value else _MOTION.value,
     find_best_frame=_FIND_BEST_FRAME.value,
     smoothing=_SMOOTHING.value,
+    fill_occluded=_FILL_OCCLUDED.value,
     paste_back=_PASTE_BACK.value,
     side_by_side=_SIDE_BY_SIDE.value,
     source_frame=_SOURCE_FRAME.value,
     driving_face=_DRIVING_FACE.value,
     prior_only=_PRIOR_ONLY.value,
     report=_REPORT.value,
+    report_against=_REPORT_AGAINST.value,
     identity_weights=_IDENTITY.value,
     audio=_AUDIO.value,
     batch_size=_BATCH_SIZE.value,

@@ -66,6 +66,7 @@ from reenact_jax import (
   media,
   metrics,
   motion,
+  occlusion,
 )
 
 DEFAULT_BATCH_SIZE = 8
@@ -94,12 +95,14 @@ class Options:
   motion: str = 'auto'
   find_best_frame: bool = False
   smoothing: float = 1.0
+  fill_occluded: bool = True
   paste_back: bool = False
   side_by_side: bool = False
   source_frame: int | None = None
   driving_face: int = 0
   prior_only: bool = False
   report: bool = False
+  report_against: str = ''
   identity_weights: str = ''
   audio: bool = True
   batch_size: int = DEFAULT_BATCH_SIZE
@@ -343,6 +346,8 @@ class DrivingTrack:
   path: pathlib.Path
   landmarks: np.ndarray  # (F, N, 3) float32, normalised over each frame's box; gaps filled.
   has_face: np.ndarray  # (F,) bool, False where the landmarks are the nearest found frame's.
+  # (F, R) bool: the face regions (occlusion.REGIONS) an occluder covers (all False without a face).
+  occluded: np.ndarray
   shots: list[tuple[int, int]]  # [begin, end) of each shot.
   boxes: list[tuple[int, int, int]]  # One crop box per shot (x0, y0, side in frame pixels).
   frames: list[np.ndarray] | None  # The decoded frames when they fit in memory, else None.
@@ -372,6 +377,7 @@ def track_driving(
   path = pathlib.Path(path)
   landmarker.reset()
   found, signatures, cached, cached_bytes, frame_shape = [], [], [], 0, None
+  aligned: list[tuple[np.ndarray, np.ndarray] | None] = []
   try:
     for frame in _progress(media.read_frames(path), progress, 'Tracking the driving face'):
       frame_shape = frame.shape
@@ -380,6 +386,7 @@ def track_driving(
         if motion.signature_distance(signatures[-1], signatures[-2]) > motion.CUT_THRESHOLD:
           landmarker.new_shot()  # A cut: detect again rather than track into the new shot.
       found.append(landmarker(frame))
+      aligned.append(None if found[-1] is None else occlusion.aligned_face(frame, found[-1]))
       if cached is not None:
         cached.append(frame)
         cached_bytes += frame.nbytes
@@ -396,6 +403,14 @@ def track_driving(
       'one face, frontal enough and large enough (at least ~30 pixels across).'
     )
   shots = motion.shots_of(motion.shot_starts(np.stack(signatures)), len(found))
+  occluded = np.zeros((len(found), len(occlusion.REGIONS)), bool)
+  for begin, end in shots:
+    with_face = begin + np.flatnonzero(has_face[begin:end])
+    if len(with_face):
+      faces, compared = (
+        np.stack(parts) for parts in zip(*(aligned[i] for i in with_face), strict=True)
+      )
+      occluded[with_face] = ~occlusion.region_visibility(faces, compared)
   pixels = _fill_gaps(found)
   landmarks = np.empty((len(found), num_landmarks, 3), np.float32)
   boxes = []
@@ -405,7 +420,7 @@ def track_driving(
     box = crops.crop_box(reference, frame_shape[0], frame_shape[1])
     boxes.append(box)
     landmarks[begin:end] = crops.normalise_landmarks(pixels[begin:end, :num_landmarks], box)
-  return DrivingTrack(path, landmarks, has_face, shots, boxes, cached)
+  return DrivingTrack(path, landmarks, has_face, occluded, shots, boxes, cached)
 
 
 def track_key(driving_path: str | os.PathLike, driving_face: int) -> tuple[str, int]:
@@ -427,8 +442,17 @@ def driving_motion(
   source: np.ndarray, track: DrivingTrack, options: Options, fps: float, relative: bool
 ) -> tuple[np.ndarray, list[int]]:
   """The driving landmarks (F, N, 3) the generator is given, and the reference frame of each
-  shot (relative motion; empty for absolute)."""
-  smoothed = motion.smooth_landmarks(track.landmarks, fps, options.smoothing, track.shots)
+  shot (relative motion; empty for absolute). With options.fill_occluded the landmarks of the
+  face regions an occluder covers are filled in first (occlusion.fill_occluded)."""
+  landmarks = track.landmarks
+  if options.fill_occluded and track.occluded.any():
+    landmarks = landmarks.copy()
+    for begin, end in track.shots:
+      with_face = begin + np.flatnonzero(track.has_face[begin:end])
+      landmarks[with_face] = occlusion.fill_occluded(
+        landmarks[with_face], ~track.occluded[with_face]
+      )
+  smoothed = motion.smooth_landmarks(landmarks, fps, options.smoothing, track.shots)
   if not relative:
     return smoothed, []
   out = np.empty_like(smoothed)
@@ -573,6 +597,13 @@ def summary_notes(summary: dict) -> list[str]:
     notes.append(f'{summary["shots"]} shots: the motion was re-anchored after each cut.')
   if summary['frames_without_face']:
     notes.append(f'{summary["frames_without_face"]} driving frames without a face were filled.')
+  if summary['occluded_frames']:
+    regions = ', '.join(f'{name} {count}' for name, count in summary['occluded_regions'].items())
+    action = 'filled in from the frames around them' if summary['occlusion_filled'] else 'kept'
+    notes.append(
+      f'{summary["occluded_frames"]} driving frames had part of the face covered ({regions} '
+      f'frames); its landmarks were {action}.'
+    )
   if summary['upscaled'] > 1.5:
     notes.append(
       f'The source face is small ({summary["source_face_pixels"]:.0f} px wide); its crop was '
@@ -609,6 +640,25 @@ def _progress(iterable: Iterable, enabled: bool, description: str, total: int | 
     leave=False,
     dynamic_ncols=True,
   )
+
+
+def _report_track(options, renderer, landmarker, tracks, frames: int) -> DrivingTrack:
+  """The tracked --report_against clip, which must have `frames` frames."""
+  key = track_key(options.report_against, options.driving_face)
+  track = tracks.get(key) if tracks is not None else None
+  if track is None:
+    _checked('--report_against', media.probe_video, options.report_against)
+    track = track_driving(
+      options.report_against, landmarker, renderer.num_landmarks, progress=False
+    )
+    if tracks is not None:
+      tracks[key] = track
+  if track.num_frames != frames:
+    raise ReenactError(
+      f'--report_against {options.report_against} has {track.num_frames} frames and --driving '
+      f'{frames}; score against the same clip before it was changed.'
+    )
+  return track
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
@@ -652,7 +702,9 @@ def reenact(
   Returns:
     dict(frames, fps (end to end), seconds, render_fps (after the first batch, which
     compiles), video_fps, step (None for the prior alone), motion ('relative'/'absolute'),
-    reference_frames (relative: one per shot), shots, frames_without_face, source (what was
+    reference_frames (relative: one per shot), shots, frames_without_face, occluded_frames and
+    occluded_regions (driving frames with part of the face covered, and per region how many),
+    occlusion_filled, source (what was
     used), source_face_pixels, upscaled (the source crop's upscaling factor, > 1 for a small
     face), output, side_by_side (path or None), report (dict or None), report_path).
 
@@ -694,6 +746,9 @@ def reenact(
     track = track_driving(driving_path, landmarker, renderer.num_landmarks, progress=progress)
     if tracks is not None:
       tracks[key] = track
+  scored = track  # What the report scores the output against.
+  if options.report and options.report_against:
+    scored = _report_track(options, renderer, landmarker, tracks, track.num_frames)
   same_clip = pathlib.Path(source_path).resolve() == pathlib.Path(driving_path).resolve()
   relative = options.motion == 'relative' or (options.motion == 'auto' and not same_clip)
   driving_landmarks, references = driving_motion(
@@ -790,7 +845,7 @@ def reenact(
   steady_seconds = end - render_start[0]
   report_result, written_report = None, None
   if report is not None:
-    report_result = report.result(track.landmarks, track.has_face)
+    report_result = report.result(scored.landmarks, scored.has_face)
     written_report = report_path(output_path)
     written_report.write_text(json.dumps(report_result, indent=2) + '\n')
   return {
@@ -804,6 +859,13 @@ def reenact(
     'reference_frames': references,
     'shots': len(track.shots),
     'frames_without_face': int((~track.has_face).sum()),
+    'occluded_frames': int(track.occluded.any(axis=1).sum()),
+    'occluded_regions': {
+      name: int(count)
+      for name, count in zip(occlusion.REGION_NAMES, track.occluded.sum(axis=0), strict=True)
+      if count
+    },
+    'occlusion_filled': options.fill_occluded,
     'source': source_used,
     'source_face_pixels': round(source.face_pixels, 1),
     'upscaled': round(upscaled, 2),

@@ -1,5 +1,6 @@
 """reenact: the astronaut driven by a short cut of the carphone clip, motion maths, bad inputs."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -567,3 +568,68 @@ def test_cuts_are_found_between_shots_not_within_them():
     [media.frame_signature(np.ascontiguousarray(f[::-1, ::-1] // 2)) for f in frames]
   )
   assert motion.shot_starts(np.concatenate([signatures, other])) == [0, 20]
+
+
+def test_an_occluded_driving_face_is_filled_in_and_scored_against_the_clean_clip(
+  prior_run, inputs, tmp_path
+):
+  """An object over the jaw in 10 of 24 driving frames: reenact finds the covered region, says
+  so, fills its landmarks (the driving landmarks differ from --nofill_occluded's only there), and
+  --report_against scores the output against the clip without the occluder."""
+  from reenact_jax import face, occlusion
+
+  frames = list(media.read_frames(bundled.carphone_path(), max_frames=24))
+  landmarker = face.FaceLandmarker()
+  clean = [landmarker(frame) for frame in frames]
+  jaw = [name for name, _ in occlusion.OCCLUDER_PARTS].index('jaw')
+  spec = dict(
+    part=jaw, kind='object', size=0.35, angle=1.0, aspect=0.8, texture='coffee',
+    offset=[0.3, 0.3], shade=[1.0, 1.0, 1.0],
+  )  # fmt: skip
+  occluded = list(frames)
+  for t in range(8, 18):
+    occluded[t], _, _ = occlusion.paste_occluder(
+      frames[t], clean[t], np.random.default_rng(0), spec
+    )
+  clean_path, occluded_path = tmp_path / 'clean.mp4', tmp_path / 'occluded.mp4'
+  _write_video(clean_path, frames, inputs['rate'])
+  _write_video(occluded_path, occluded, inputs['rate'])
+  options = reenactment.Options(
+    prior_only=True, report=True, report_against=str(clean_path), batch_size=BATCH_SIZE
+  )
+  tracks = {}
+  summary = reenactment.reenact(
+    prior_run, inputs['source'], occluded_path, tmp_path / 'out.mp4', options, progress=False,
+    tracks=tracks,
+  )  # fmt: skip
+  assert 6 <= summary['occluded_frames'] <= 10 and summary['occluded_regions']['jaw'] >= 6
+  assert summary['occlusion_filled']
+  assert any('part of the face covered' in note for note in reenactment.summary_notes(summary))
+  report = summary['report']
+  assert report['frames'] == 24 and report['face_found_fraction'] == 1.0
+  track = tracks[reenactment.track_key(occluded_path, 0)]
+  assert not track.occluded[:8].any() and not track.occluded[18:].any()
+  filled, _ = reenactment.driving_motion(track.landmarks[0], track, options, 25.0, False)
+  kept, _ = reenactment.driving_motion(
+    track.landmarks[0], track, dataclasses.replace(options, fill_occluded=False), 25.0, False
+  )
+  changed = np.abs(filled - kept).max(axis=-1) > 1e-6  # (F, N)
+  assert changed[8:18].any()
+  regions = occlusion.landmark_regions()
+  # Unsmoothed, only the covered regions' landmarks of the covered frames change.
+  unsmoothed = dataclasses.replace(options, smoothing=0.0)
+  filled, _ = reenactment.driving_motion(track.landmarks[0], track, unsmoothed, 25.0, False)
+  kept, _ = reenactment.driving_motion(
+    track.landmarks[0], track, dataclasses.replace(unsmoothed, fill_occluded=False), 25.0, False
+  )
+  changed = np.abs(filled - kept).max(axis=-1) > 1e-6
+  assert not (changed & ~track.occluded[:, regions]).any() and changed.any()
+  # Scored against a clip of another length: one message, before anything is rendered.
+  short = tmp_path / 'short.mp4'
+  _write_video(short, frames[:10], inputs['rate'])
+  with pytest.raises(reenactment.ReenactError, match='--report_against'):
+    reenactment.reenact(
+      prior_run, inputs['source'], occluded_path, tmp_path / 'never.mp4',
+      dataclasses.replace(options, report_against=str(short)), progress=False,
+    )  # fmt: skip
+  assert not (tmp_path / 'never.mp4').exists()
