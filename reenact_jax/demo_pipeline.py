@@ -11,7 +11,10 @@ The command is `python -m reenact_jax.demo`. `run`:
 3. evaluates both on the held-out carphone frames (L1, PSNR, SSIM, AKD, ...), and on four of
    those frames with winks, one-sided smiles and an open mouth edited into their landmarks
    (the fraction of each edit reproduced, evaluation.evaluate_expressions);
-4. writes OUTPUT/eval.json (all of it, model and prior side by side) and
+4. drives the model with the clip with synthetic occluders (hands, objects) on half of its frames
+   (OUTPUT/driving_occluded.mp4 -> OUTPUT/reenact_occluded.mp4), its report scored against the
+   clip without them: how much each correlation loses (occluded_driving);
+5. writes OUTPUT/eval.json (all of it, model and prior side by side) and
    OUTPUT/contact_sheet.png (rows: driving | prior alone | model, at evenly spaced frames).
 """
 
@@ -23,7 +26,15 @@ import imageio.v3 as iio
 import ml_collections
 import numpy as np
 
-from reenact_jax import bundled, evaluation, expressions, metrics, reenactment, trainer
+from reenact_jax import (
+  bundled,
+  evaluation,
+  expressions,
+  metrics,
+  occlusion,
+  reenactment,
+  trainer,
+)
 
 SHEET_FRAMES = 6
 
@@ -88,6 +99,7 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
         prior_only=prior_only,
       )
 
+  results['occlusion'] = occluded_driving(workdir, source, driving, output, results)
   results['model_minus_prior'] = compare_reports(
     results['model']['reenact']['report'], results['prior_only']['reenact']['report']
   )
@@ -108,6 +120,40 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
   _print_summary(results)
   print('[demo] done:\n' + '\n'.join(f'  {name:14s} {path}' for name, path in outputs.items()))
   return outputs
+
+
+# Synthetic occluders (hands, objects) on this fraction of the driving frames, in runs.
+OCCLUDED_FRACTION = 0.5
+
+
+def occluded_driving(workdir, source, driving, output: pathlib.Path, results: dict) -> dict:
+  """The model driven by the clip with synthetic occluders on OCCLUDED_FRACTION of its frames
+  (OUTPUT/driving_occluded.mp4), its motion report scored against the clip without them, and
+  per measure the correlation lost against the model's own report on the clean clip."""
+  clip = output / 'driving_occluded.mp4'
+  print(f'[demo] occluders on {OCCLUDED_FRACTION:.0%} of the driving frames ({clip.name})')
+  pasted = occlusion.write_occluded_clip(driving, clip, OCCLUDED_FRACTION, seed=0)
+  summary = reenactment.reenact(
+    workdir,
+    source,
+    clip,
+    output / 'reenact_occluded.mp4',
+    reenactment.Options(motion='relative', report=True, report_against=str(driving)),
+    progress=False,
+  )
+  clean = results['model']['reenact']['report']['correlation']
+  occluded = summary['report']['correlation']
+  return {
+    'clip': pasted,
+    'found': {'frames': summary['occluded_frames'], 'regions': summary['occluded_regions']},
+    'report': summary['report'],
+    'correlation_lost': {
+      name: None
+      if clean[name] is None or occluded[name] is None
+      else round(clean[name] - occluded[name], 4)
+      for name in metrics.MOTION_MEASURES
+    },
+  }
 
 
 def compare_reports(model: dict, prior: dict) -> dict:
@@ -156,6 +202,16 @@ def _print_summary(results: dict) -> None:
         for edit in expressions.EDITS
       )
     )
+  occluded = results['occlusion']
+  lines.append(
+    f'  model with occluders on {occluded["clip"]["occluded_frames"]} of '
+    f'{occluded["clip"]["frames"]} driving frames (found in {occluded["found"]["frames"]}), '
+    'correlation lost: '
+    + ', '.join(
+      f'{name.replace("_opening", "")} {_number(lost, 3)}'
+      for name, lost in occluded['correlation_lost'].items()
+    )
+  )
   comparison = results['model_minus_prior']
   if 'skipped' not in comparison:
     lines.append(

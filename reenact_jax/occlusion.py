@@ -29,7 +29,7 @@ import functools
 import cv2
 import numpy as np
 
-from reenact_jax import face_topology
+from reenact_jax import face, face_topology, media
 
 # Regions: (name, the canonical landmarks whose mean is the region's anchor). A landmark, and a
 # pixel of the aligned face, belongs to the region of the nearest anchor.
@@ -410,8 +410,6 @@ def write_occluded_clip(input_path, output_path, fraction: float = 0.5, seed: in
   """Writes `input_path`'s video with synthetic occluders (occlude_clip) on `fraction` of its
   frames to `output_path` (same frame rate and size). Returns dict(frames, occluded_frames,
   covered: per region, the frames an occluder covers it in)."""
-  from reenact_jax import face, media  # The face models only when a clip is written.
-
   video = media.probe_video(input_path)
   frames = list(media.read_frames(input_path))
   landmarker = face.FaceLandmarker()

@@ -35,6 +35,7 @@ LAYERS = {
     'media',
     'crops',
     'face',
+    'occlusion',
     'records',
     'tfds_frames',
     'dataset_layouts',
