@@ -350,6 +350,17 @@ def initial_flow(
   return flow, confidence, head_flow
 
 
+def eye_zone(landmarks: jax.Array, reach: float, height: int, width: int) -> jax.Array:
+  """(B, height, width, 1) near_landmarks of the eyes' landmarks (lids and irises) within `reach`
+  eye widths (the mean distance between each eye's corners), of (B, N, 2+) landmarks (the
+  irises only when N is 478)."""
+  points = jax.lax.stop_gradient(jnp.asarray(landmarks, jnp.float32)[..., :2])
+  corners = np.asarray(face_topology.EYE_CORNERS)  # (2 eyes, outer/inner)
+  eye_width = jnp.linalg.norm(points[:, corners[:, 0]] - points[:, corners[:, 1]], axis=-1)
+  eyes = face_topology.EYE_POINTS[face_topology.EYE_POINTS < points.shape[1]]
+  return near_landmarks(points[:, eyes], reach * eye_width.mean(-1), height, width)
+
+
 def near_landmarks(points: jax.Array, radius: jax.Array, height: int, width: int) -> jax.Array:
   """(B, height, width, 1): min(1, the sum over `points` (B, P, 2) of Gaussians of radius
   `radius` (B,)), normalised units: 1 on and between close landmarks, fading away from them."""

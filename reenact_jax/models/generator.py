@@ -487,15 +487,7 @@ def eye_flow(
   # The skin wins where both cover a pixel: a closed lid hides the eyeball and iris.
   flow = jnp.where(skin[1] > 0, skin[0], opening[0])
   coverage = jnp.maximum(skin[1], opening[1])
-  driving = jax.lax.stop_gradient(jnp.asarray(driving_landmarks, jnp.float32)[..., :2])
-  corners = np.asarray(face_topology.EYE_CORNERS)  # (2 eyes, outer/inner)
-  eye_width = jnp.linalg.norm(driving[:, corners[:, 0]] - driving[:, corners[:, 1]], axis=-1).mean(
-    -1
-  )  # (B,)
-  near = geometry.near_landmarks(
-    driving[:, face_topology.EYE_POINTS], EYE_REACH * eye_width, size, size
-  )
-  return flow, near * coverage
+  return flow, geometry.eye_zone(driving_landmarks, EYE_REACH, size, size) * coverage
 
 
 # The mouth mesh takes over within this many mouth widths of the lip landmarks (a Gaussian's
