@@ -170,6 +170,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.skip_corrupt = False  # True: count, log and skip records that fail to decode.
   data.flip = True
   data.color_jitter = 0.1  # Max relative brightness/contrast/saturation change.
+  # The probability that a training source gets a synthetic occluder (a hand or an object over
+  # part of the face, reenact_jax/occlusion.py) that its driving frame does not show: the model
+  # learns not to carry an occluder of the source into the output.
+  data.source_occluders = 0.0
   data.scale_jitter = 0.05  # Max relative scale change (same for source and driving).
   data.translate_jitter = 0.05  # Max translation, fraction of the image size.
   data.max_frame_gap = 0  # 0: any two frames of a clip; N: |i - j| <= N.

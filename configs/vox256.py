@@ -23,5 +23,8 @@ def get_config():
   config.data.num_workers = 0
   config.data.num_threads = 2
   config.data.max_frame_gap = 0
+  # One source in five with a synthetic hand or object over part of the face (not in the demo:
+  # minutes of training do not teach painting over one).
+  config.data.source_occluders = 0.2
   config.train.batch_size = 32
   return config

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from reenact_jax import crops, face_topology, geometry
+from reenact_jax import crops, face_topology, geometry, media, occlusion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Augmentation:
   color_jitter: float
   scale_jitter: float
   translate_jitter: float
+  # The probability that a source gets a synthetic occluder (a hand or an object) on its face.
+  source_occluders: float = 0.0
 
   @classmethod
   def from_config(cls, data_config: ml_collections.ConfigDict) -> 'Augmentation':
@@ -33,6 +35,7 @@ class Augmentation:
       color_jitter=float(data_config.color_jitter),
       scale_jitter=float(data_config.scale_jitter),
       translate_jitter=float(data_config.translate_jitter),
+      source_occluders=float(data_config.source_occluders),
     )
 
 
@@ -216,7 +219,25 @@ def augment_pair(
     factors = rng.uniform(1.0 - amount, 1.0 + amount, size=3)
     source['image'] = _apply_color(np.asarray(source['image'], np.float32), factors)
     driving['image'] = _apply_color(np.asarray(driving['image'], np.float32), factors)
+  # Drawn last, and only when on: the other draws, and so the data, stay as they were without it.
+  if augmentation.source_occluders and rng.random() < augmentation.source_occluders:
+    source = occluded_frame(source, rng)
   return source, driving
+
+
+def occluded_frame(frame: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """The frame with a synthetic occluder on its face (occlusion.paste_occluder, placed by its
+  landmarks) and its coverage as 'occluder' (H, W, 1) float32: what the model must not copy into
+  the output (the driving frame does not show it)."""
+  image = np.asarray(frame['image'], np.float32)
+  height, width = image.shape[:2]
+  points = np.asarray(frame['landmarks'], np.float32)
+  pixels = np.stack([(points[:, 0] + 1) * (width / 2), (points[:, 1] + 1) * (height / 2)], -1)
+  pasted, coverage, _ = occlusion.paste_occluder(media.to_uint8(image), pixels, rng)
+  cover = coverage[..., None]
+  # Blended in float: the pixels it does not cover stay exactly as they were.
+  image = image * (1.0 - cover) + pasted.astype(np.float32) * (cover / 255.0)
+  return {**frame, 'image': image.astype(np.float32), 'occluder': cover.astype(np.float32)}
 
 
 def _rbf_displacement(points: np.ndarray, centres: np.ndarray, vectors: np.ndarray, sigma):

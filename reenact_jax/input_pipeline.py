@@ -175,10 +175,14 @@ def pair_to_example(
 
   A driving frame whose true motion is known carries 'flow' (H, W, 2), the backward flow to the
   source (pseudo-pairs, synthetic clips); the example then has 'flow_known' 1 and that flow as
-  'driving_flow', otherwise 0 and zeros.
+  'driving_flow', otherwise 0 and zeros. A source with a synthetic occluder
+  (augmentation.occluded_frame) carries its coverage as 'source_occluder' (zeros otherwise).
   """
   flow = driving.get('flow')
   known = flow is not None
+  occluder = source.get('occluder')
+  if occluder is None:
+    occluder = np.zeros(np.shape(source['image'])[:2] + (1,), np.float32)
   if not known:
     flow = np.zeros(np.shape(driving['image'])[:2] + (2,), np.float32)
   return {
@@ -191,6 +195,7 @@ def pair_to_example(
     'source_mask': np.ascontiguousarray(source['mask'], np.float32),
     'driving_mask': np.ascontiguousarray(driving['mask'], np.float32),
     'source_matte': np.ascontiguousarray(source['matte'], np.float32),
+    'source_occluder': np.ascontiguousarray(occluder, np.float32),
     'driving_matte': np.ascontiguousarray(driving['matte'], np.float32),
   }
 

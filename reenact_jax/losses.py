@@ -87,6 +87,15 @@ def reconstruction_weight(
   return weight * (1.0 + eyes * _f32(eye_zone))
 
 
+def keep_source_weight(
+  *, validity: jax.Array, driving_mask: jax.Array, moved_occluder: jax.Array
+) -> jax.Array:
+  """Where the renderer must keep the warped source: valid pixels of the driving face, except
+  where a synthetic occluder pasted on the source lands (moved_occluder: its coverage warped
+  like the source), which the driving frame does not show and the renderer must paint over."""
+  return _f32(validity) * _f32(driving_mask) * (1.0 - jnp.clip(_f32(moved_occluder), 0.0, 1.0))
+
+
 def cyclic_warp(
   *,
   projected: jax.Array,

@@ -11,6 +11,8 @@ Batch layout (global arrays, batch dimension sharded over the mesh):
   'driving_flow': (B, H, W, 2) float32, the true backward flow where it is known
   'flow_known': (B,) float32, 1 for the pairs whose driving_flow is known (pseudo-pairs,
     synthetic clips), else 0
+  'source_occluder': (B, H, W, 1) float32, a synthetic occluder pasted on the source (training
+    augmentation), else zeros
 """
 
 import dataclasses
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from reenact_jax import geometry, losses, models
+from reenact_jax import geometry, losses, models, warp
 from reenact_jax import train_state as train_state_lib
 
 PyTree = Any
@@ -147,7 +149,11 @@ def _generator_losses(
     terms['keep_source'] = losses.weighted_l1(
       prediction=outputs['foreground'],
       target=jax.lax.stop_gradient(outputs['warped_source']),
-      weight=outputs['validity'] * batch['driving_mask'],
+      weight=losses.keep_source_weight(
+        validity=outputs['validity'],
+        driving_mask=batch['driving_mask'],
+        moved_occluder=warp.warp_2d(batch['source_occluder'], outputs['flow_2d']),
+      ),
     )
     terms['alpha'] = losses.alpha_matte(alpha=outputs['alpha'], matte=batch['driving_matte'])
     terms['inpaint'] = losses.inpaint(

@@ -99,6 +99,7 @@ def example_batch(generator: models.Generator, batch_size: int) -> dict[str, jax
   batch['driving_matte'] = batch['source_matte']
   batch['driving_flow'] = jnp.zeros(batch['source'].shape[:3] + (2,), jnp.float32)
   batch['flow_known'] = jnp.zeros((batch_size,), jnp.float32)
+  batch['source_occluder'] = jnp.zeros_like(batch['source_mask'])
   return batch
 
 

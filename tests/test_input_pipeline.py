@@ -1,6 +1,7 @@
 """The train input pipeline: pair sampling, augmentation, sharding, resumable state, bad records."""
 
 import collections
+import dataclasses
 import json
 import logging
 import pathlib
@@ -180,6 +181,42 @@ def test_fused_augmentation_equals_flip_then_affine_then_colour(seed):
     np.testing.assert_allclose(got['landmarks'], want['landmarks'], atol=1e-6)
     assert np.mean(got['mask'] != want['mask']) < 0.005
     np.testing.assert_allclose(got['matte'], want['matte'], atol=2e-3)
+
+
+def test_a_source_occluder_covers_the_source_face_only_and_changes_nothing_else():
+  """With data.source_occluders the source (not the driving frame) gets a hand or an object over
+  its face, its coverage travels as 'source_occluder', and every other draw stays as it was."""
+  frames = [
+    synthetic.render_frame(2, index, image_size=96, num_frames=8, seed=0) for index in (1, 5)
+  ]
+  plain = augmentation.Augmentation(
+    flip=True, color_jitter=0.2, scale_jitter=0.1, translate_jitter=0.1
+  )
+  occluded = dataclasses.replace(plain, source_occluders=1.0)
+  for seed in range(4):
+    want = augmentation.augment_pair(*[dict(f) for f in frames], np.random.default_rng(seed), plain)
+    got = augmentation.augment_pair(
+      *[dict(f) for f in frames], np.random.default_rng(seed), occluded
+    )
+    np.testing.assert_array_equal(got[1]['image'], want[1]['image'])  # The driving frame.
+    cover = got[0]['occluder'][..., 0]
+    assert cover.shape == (96, 96) and 0.02 < (cover > 0.5).mean() < 0.4, seed
+    assert (cover[got[0]['mask'][..., 0] > 0.5] > 0.5).any(), seed  # On the face.
+    untouched = cover == 0
+    np.testing.assert_array_equal(got[0]['image'][untouched], want[0]['image'][untouched])
+    assert np.abs(got[0]['image'] - want[0]['image'])[cover > 0.9].mean() > 0.02
+    example = input_pipeline.pair_to_example(*got)
+    np.testing.assert_array_equal(example['source_occluder'][..., 0], cover)
+    assert not input_pipeline.pair_to_example(*want)['source_occluder'].any()
+  # Off, it draws nothing more: the data is what it was before the option existed.
+  rng = np.random.default_rng(0)
+  augmentation.augment_pair(*[dict(f) for f in frames], rng, plain)
+  after = rng.random()
+  rng = np.random.default_rng(0)
+  augmentation.augment_pair(
+    *[dict(f) for f in frames], rng, dataclasses.replace(plain, source_occluders=0.0)
+  )
+  assert rng.random() == after
 
 
 def test_augmented_image_follows_the_augmented_landmarks():

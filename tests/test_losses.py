@@ -194,3 +194,18 @@ def test_the_eyes_count_more_in_the_reconstruction_and_the_unseen_mouth_not_at_a
   np.testing.assert_allclose(grad[0], 1.0, rtol=1e-6)
   plain = losses.reconstruction_weight(unsupervised=mouth, eye_zone=None, eyes=4.0)
   np.testing.assert_array_equal(plain, 1.0 - mouth)
+
+
+def test_the_renderer_need_not_keep_a_source_occluder_the_driving_frame_does_not_show():
+  validity = jnp.ones((1, 6, 6, 1)).at[:, :, 0].set(0.0)
+  face = jnp.zeros((1, 6, 6, 1)).at[:, 1:5, 1:5].set(1.0)
+  occluder = jnp.zeros((1, 6, 6, 1)).at[:, 2:4, 2:4].set(1.0)
+  weight = np.asarray(
+    losses.keep_source_weight(validity=validity, driving_mask=face, moved_occluder=occluder)
+  )[0, ..., 0]
+  assert weight[1, 1] == 1.0 and weight[2, 2] == 0.0 and weight[0, 0] == 0.0
+  assert weight.sum() == 16 - 4  # The face, without the occluder (all of the face is valid).
+  none = losses.keep_source_weight(
+    validity=validity, driving_mask=face, moved_occluder=jnp.zeros_like(occluder)
+  )
+  np.testing.assert_array_equal(none, validity * face)
