@@ -86,9 +86,6 @@ def get_config() -> ml_collections.ConfigDict:
   loss.perceptual = 10.0  # On the composite output.
   loss.perceptual_projected = 10.0  # On the projected RGB of the warped volume.
   loss.l1 = 10.0
-  # Extra weight of the driving eyes (lids, irises and 0.5 eye widths about them) in L1: the eyes
-  # are a sliver of the image, yet blinks and gaze are what a viewer checks first. 0: off.
-  loss.eyes = 0.0
   # The renderer's foreground against the warped source pixels on the driving face, where the
   # warp is valid (it paints only what the warp cannot show).
   loss.keep_source = 3.0

@@ -20,11 +20,6 @@ def l1(*, prediction: jax.Array, target: jax.Array, weight: jax.Array | None = N
   return jnp.mean(error if weight is None else error * _f32(weight))
 
 
-# The driving eyes' zone that loss.eyes weighs more in L1: this many eye widths about the lids and
-# irises (geometry.eye_zone).
-EYE_ZONE_REACH = 0.5
-
-
 def weighted_l1(*, prediction: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
   """sum(weight * |prediction - target|) / (sum(weight) * channels).
 
@@ -74,17 +69,6 @@ def resize_to(images: jax.Array, height: int, width: int) -> jax.Array:
   return jax.image.resize(
     images, images.shape[:1] + (height, width) + images.shape[3:], 'linear', antialias=True
   )
-
-
-def reconstruction_weight(
-  *, unsupervised: jax.Array, eye_zone: jax.Array | None, eyes: float
-) -> jax.Array:
-  """The output's per-pixel L1 weight: 0 where it is unsupervised (unsupervised_mouth), 1 +
-  `eyes` in the driving eyes' zone (geometry.eye_zone; None: no extra weight), 1 elsewhere."""
-  weight = 1.0 - _f32(unsupervised)
-  if eye_zone is None or not eyes:
-    return weight
-  return weight * (1.0 + eyes * _f32(eye_zone))
 
 
 def keep_source_weight(

@@ -59,7 +59,6 @@ class LossWeights:
   perceptual: float
   perceptual_projected: float
   l1: float
-  eyes: float
   keep_source: float
   alpha: float
   inpaint: float
@@ -133,17 +132,7 @@ def _generator_losses(
     )
     terms['perceptual'] = perceptual_fn(perceptual_params, output, target)
     # A weight, not the target: |output - output| would still pass abs's subgradient (1) at 0.
-    eye_zone = None
-    if weights.eyes:
-      height, width = output.shape[1:3]
-      eye_zone = geometry.eye_zone(batch['driving_landmarks'], losses.EYE_ZONE_REACH, height, width)
-    terms['l1'] = losses.l1(
-      prediction=output,
-      target=batch['driving'],
-      weight=losses.reconstruction_weight(
-        unsupervised=unsupervised, eye_zone=eye_zone, eyes=weights.eyes
-      ),
-    )
+    terms['l1'] = losses.l1(prediction=output, target=batch['driving'], weight=1.0 - unsupervised)
     # The renderer keeps the source's own pixels on the face where the warp reaches them, so
     # that it paints only what the warp cannot show (a minutes-trained renderer paints blurred).
     terms['keep_source'] = losses.weighted_l1(
