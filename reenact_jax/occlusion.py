@@ -28,6 +28,7 @@ import functools
 
 import cv2
 import numpy as np
+from skimage import data as skimage_data
 
 from reenact_jax import face, face_topology, media
 
@@ -92,14 +93,22 @@ def landmark_regions(num_landmarks: int = face_topology.NUM_LANDMARKS) -> np.nda
   return _canonical()[1][:num_landmarks]
 
 
+def _robust_similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """(2, 3) float64 2D similarity mapping source (K, 2+) onto target (K, 2+) points, fitted
+  by least median of squares: here, unlike motion.similarity's least squares, up to half of
+  the points may be an occluder's jumped landmarks without turning the fit."""
+  matrix, _ = cv2.estimateAffinePartial2D(
+    np.ascontiguousarray(np.asarray(source, np.float32)[:, :2]),
+    np.ascontiguousarray(np.asarray(target, np.float32)[:, :2]),
+    method=cv2.LMEDS,
+  )
+  return matrix.astype(np.float64)
+
+
 def _alignment(points: np.ndarray) -> np.ndarray:
   """(2, 3) affine: frame pixels -> aligned-face pixels, a similarity fitted on STABLE."""
-  grid = _canonical()[0]
   stable = face_topology.STABLE
-  matrix, _ = cv2.estimateAffinePartial2D(
-    points[stable, :2].astype(np.float32), grid[stable].astype(np.float32), method=cv2.LMEDS
-  )
-  return matrix
+  return _robust_similarity(points[stable], _canonical()[0][stable])
 
 
 def aligned_face(frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,10 +207,7 @@ def fill_occluded(
   for t in range(frames):
     seen = stable[visible[t, regions[stable]]]
     fit = seen if len(seen) >= 6 else stable
-    matrix, _ = cv2.estimateAffinePartial2D(
-      reference[fit, :2].astype(np.float32), out[t, fit, :2].astype(np.float32), method=cv2.LMEDS
-    )
-    poses.append(matrix.astype(np.float64))
+    poses.append(_robust_similarity(reference[fit], out[t, fit]))
   poses = np.stack(poses)  # (F, 2, 3)
   linear = poses[:, :, :2]
   scale = np.sqrt(np.abs(np.linalg.det(linear)))
@@ -245,9 +251,7 @@ _TEXTURES = ('coffee', 'chelsea', 'rocket', 'brick', 'grass', 'gravel', 'hubble_
 
 @functools.cache
 def _texture(name: str) -> np.ndarray:
-  import skimage.data
-
-  image = getattr(skimage.data, name)()
+  image = getattr(skimage_data, name)()
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)
   return np.ascontiguousarray(image[..., :3])
