@@ -113,8 +113,8 @@ def _alignment(points: np.ndarray) -> np.ndarray:
 
 def aligned_face(frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """The face of one RGB uint8 frame aligned to the canonical face by its landmarks `points`
-  (N, 3, frame pixels): ((S, S, 3) float32 in [0, 1], (S, S) bool: the pixels compared, inside
-  the canonical face oval)."""
+  (N, 3, frame pixels): ((S, S, 3) uint8 (a long clip keeps one per frame), (S, S) bool: the
+  pixels compared, inside the canonical face oval)."""
   matrix = _alignment(points)
   image = cv2.warpAffine(
     frame,
@@ -122,7 +122,7 @@ def aligned_face(frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.
     (ALIGNED_SIZE, ALIGNED_SIZE),
     flags=cv2.INTER_AREA,
     borderMode=cv2.BORDER_REPLICATE,
-  ).astype(np.float32) * (1.0 / 255.0)
+  )
   return image, _canonical()[2] >= 0
 
 
@@ -130,10 +130,10 @@ def region_visibility(faces: np.ndarray, compared: np.ndarray) -> np.ndarray:
   """(F, R) bool, False where a region of a frame is occluded.
 
   Args:
-    faces: (F, S, S, 3) aligned faces of one shot's frames with a face (aligned_face).
+    faces: (F, S, S, 3) uint8 aligned faces of one shot's frames with a face (aligned_face).
     compared: (F, S, S) the pixels each compares.
   """
-  faces = np.asarray(faces, np.float32)
+  faces = np.asarray(faces, np.float32) * (1.0 / 255.0)
   frames = len(faces)
   visible = np.ones((frames, len(REGIONS)), bool)
   if frames < 3:

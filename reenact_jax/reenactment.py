@@ -704,9 +704,9 @@ def reenact(
     compiles), video_fps, step (None for the prior alone), motion ('relative'/'absolute'),
     reference_frames (relative: one per shot), shots, frames_without_face, occluded_frames and
     occluded_regions (driving frames with part of the face covered, and per region how many),
-    occlusion_filled, source (what was
-    used), source_face_pixels, upscaled (the source crop's upscaling factor, > 1 for a small
-    face), output, side_by_side (path or None), report (dict or None), report_path).
+    occlusion_filled, source (what was used), source_face_pixels, upscaled (the source crop's
+    upscaling factor, > 1 for a small face), output, side_by_side (path or None), report (dict
+    or None), report_path).
 
   Raises:
     ReenactError for bad inputs (see the module docstring).
