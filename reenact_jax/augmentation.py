@@ -235,8 +235,8 @@ def occluded_frame(frame: dict[str, np.ndarray], rng: np.random.Generator) -> di
   pixels = np.stack([(points[:, 0] + 1) * (width / 2), (points[:, 1] + 1) * (height / 2)], -1)
   pasted, coverage, _ = occlusion.paste_occluder(media.to_uint8(image), pixels, rng)
   cover = coverage[..., None]
-  # Blended in float: the pixels it does not cover stay exactly as they were.
-  image = image * (1.0 - cover) + pasted.astype(np.float32) * (cover / 255.0)
+  # paste_occluder has blended its edge; the pixels it does not cover stay exactly as they were.
+  image = np.where(cover > 0, pasted.astype(np.float32) * (1.0 / 255.0), image)
   return {**frame, 'image': image.astype(np.float32), 'occluder': cover.astype(np.float32)}
 
 

@@ -111,29 +111,42 @@ def _alignment(points: np.ndarray) -> np.ndarray:
   return _robust_similarity(points[stable], _canonical()[0][stable])
 
 
-def aligned_face(frame: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """The face of one RGB uint8 frame aligned to the canonical face by its landmarks `points`
-  (N, 3, frame pixels): ((S, S, 3) uint8 (a long clip keeps one per frame), (S, S) bool: the
-  pixels compared, inside the canonical face oval)."""
-  matrix = _alignment(points)
-  image = cv2.warpAffine(
+def aligned_face(frame: np.ndarray, points: np.ndarray) -> np.ndarray:
+  """(S, S, 3) uint8: the face of one RGB uint8 frame aligned to the canonical face by its
+  landmarks `points` (N, 3, frame pixels). uint8: a long driving clip keeps one per frame."""
+  return cv2.warpAffine(
     frame,
-    matrix,
+    _alignment(points),
     (ALIGNED_SIZE, ALIGNED_SIZE),
     flags=cv2.INTER_AREA,
     borderMode=cv2.BORDER_REPLICATE,
   )
-  return image, _canonical()[2] >= 0
 
 
-def region_visibility(faces: np.ndarray, compared: np.ndarray) -> np.ndarray:
+# The shot's median face and each pixel's spread are taken over at most this many of its frames,
+# evenly spaced (memory and time stay bounded on a long shot); frames are compared in chunks.
+MEDIAN_FRAMES = 300
+_CHUNK = 512
+
+
+def _grown(occluded: np.ndarray, going_on: np.ndarray) -> np.ndarray:
+  """Hysteresis over frames: `occluded` (F,) bool grown into the neighbouring frames where
+  `going_on`, as far as they run (never across the shot's ends)."""
+  while True:
+    before = np.concatenate([[False], occluded[:-1]])
+    after = np.concatenate([occluded[1:], [False]])
+    grown = occluded | (going_on & (before | after))
+    if (grown == occluded).all():
+      return grown
+    occluded = grown
+
+
+def region_visibility(faces: np.ndarray) -> np.ndarray:
   """(F, R) bool, False where a region of a frame is occluded.
 
   Args:
     faces: (F, S, S, 3) uint8 aligned faces of one shot's frames with a face (aligned_face).
-    compared: (F, S, S) the pixels each compares.
   """
-  faces = np.asarray(faces, np.float32) * (1.0 / 255.0)
   frames = len(faces)
   visible = np.ones((frames, len(REGIONS)), bool)
   if frames < 3:
@@ -141,32 +154,35 @@ def region_visibility(faces: np.ndarray, compared: np.ndarray) -> np.ndarray:
   pixel_region = _canonical()[2]
   face_pixels = pixel_region >= 0
   # Match each frame's brightness to the shot's (the light or the exposure changes).
-  level = np.array([np.median(face[face_pixels]) for face in faces])
-  faces = faces * (np.median(level) / np.maximum(level, 1e-3))[:, None, None, None]
-  # A pixel no frame compares (off every face oval) gets the frames' own values: never far.
-  masked = np.where((compared | ~compared.any(axis=0))[..., None], faces, np.nan)
-  median = np.nanmedian(masked, axis=0)
-  spread = 1.4826 * np.nanmedian(np.abs(masked - median), axis=0)
-  distance = np.linalg.norm(np.nan_to_num(faces - median), axis=-1)
-  threshold = np.maximum(
-    OUTLIER_MADS * np.linalg.norm(np.nan_to_num(spread), axis=-1), OUTLIER_FLOOR
-  )
-  far = (distance > threshold) & compared
-  for index in range(len(REGIONS)):
-    in_region = compared & (pixel_region == index)[None]
-    counted = in_region.sum(axis=(1, 2))
-    fraction = np.where(
-      counted >= 8, (far & in_region).sum(axis=(1, 2)) / np.maximum(counted, 1), 0
+  level = np.array([np.median(face[face_pixels]) for face in faces]) * (1.0 / 255.0)
+  gain = np.median(level) / np.maximum(level, 1e-3) * (1.0 / 255.0)
+
+  def normalised(indices) -> np.ndarray:
+    return np.asarray(faces[indices], np.float32) * gain[indices, None, None, None].astype(
+      np.float32
     )
-    occluded = fraction > OCCLUDED_FRACTION
-    # Hysteresis: an occluder's run goes on through the frames next to it that are far enough.
-    going_on = fraction > OCCLUDED_FRACTION * CONTINUED_FRACTION
-    while True:
-      grown = occluded | (going_on & (np.roll(occluded, 1) | np.roll(occluded, -1)))
-      grown[0] |= going_on[0] & occluded[min(1, frames - 1)]
-      if (grown == occluded).all():
-        break
-      occluded = grown
+
+  sample = normalised(
+    np.unique(np.linspace(0, frames - 1, min(frames, MEDIAN_FRAMES)).round().astype(int))
+  )
+  median = np.median(sample, axis=0)
+  spread = 1.4826 * np.median(np.abs(sample - median), axis=0)
+  threshold = np.maximum(OUTLIER_MADS * np.linalg.norm(spread, axis=-1), OUTLIER_FLOOR)
+  members = [pixel_region == index for index in range(len(REGIONS))]
+  counted = np.array([mask.sum() for mask in members])
+  far_count = np.zeros((frames, len(REGIONS)))
+  for start in range(0, frames, _CHUNK):
+    chunk = np.arange(start, min(frames, start + _CHUNK))
+    far = np.linalg.norm(normalised(chunk) - median, axis=-1) > threshold  # (C, S, S)
+    for index, mask in enumerate(members):
+      far_count[chunk, index] = far[:, mask].sum(axis=1)
+  fraction = np.where(counted >= 8, far_count / np.maximum(counted, 1), 0.0)
+  for index in range(len(REGIONS)):
+    # An occluder's run goes on through the frames next to it that are far enough.
+    occluded = _grown(
+      fraction[:, index] > OCCLUDED_FRACTION,
+      fraction[:, index] > OCCLUDED_FRACTION * CONTINUED_FRACTION,
+    )
     visible[:, index] = ~occluded
   return visible
 

@@ -130,6 +130,12 @@ def main(argv) -> None:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(1)
   if _JOBS.value:
+    if options.report_against:
+      print(
+        'error: --report_against names one clip; it cannot score every row of --jobs.',
+        file=sys.stderr,
+      )
+      sys.exit(1)
     _run_jobs(options, renderer)
     return
   try:

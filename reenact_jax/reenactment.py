@@ -377,7 +377,7 @@ def track_driving(
   path = pathlib.Path(path)
   landmarker.reset()
   found, signatures, cached, cached_bytes, frame_shape = [], [], [], 0, None
-  aligned: list[tuple[np.ndarray, np.ndarray] | None] = []
+  aligned: list[np.ndarray | None] = []  # Each frame's aligned face (occlusion.aligned_face).
   try:
     for frame in _progress(media.read_frames(path), progress, 'Tracking the driving face'):
       frame_shape = frame.shape
@@ -407,10 +407,8 @@ def track_driving(
   for begin, end in shots:
     with_face = begin + np.flatnonzero(has_face[begin:end])
     if len(with_face):
-      faces, compared = (
-        np.stack(parts) for parts in zip(*(aligned[i] for i in with_face), strict=True)
-      )
-      occluded[with_face] = ~occlusion.region_visibility(faces, compared)
+      faces = np.stack([aligned[i] for i in with_face])
+      occluded[with_face] = ~occlusion.region_visibility(faces)
   pixels = _fill_gaps(found)
   landmarks = np.empty((len(found), num_landmarks, 3), np.float32)
   boxes = []
@@ -452,6 +450,12 @@ def driving_motion(
       landmarks[with_face] = occlusion.fill_occluded(
         landmarks[with_face], ~track.occluded[with_face]
       )
+      # The frames without a face (a hand can hide it) take the filled landmarks of the
+      # nearest frame of the shot with one, not the shape the occluder gave it.
+      without = begin + np.flatnonzero(~track.has_face[begin:end])
+      if len(with_face) and len(without):
+        nearest = with_face[np.abs(without[:, None] - with_face[None]).argmin(axis=1)]
+        landmarks[without] = landmarks[nearest]
   smoothed = motion.smooth_landmarks(landmarks, fps, options.smoothing, track.shots)
   if not relative:
     return smoothed, []
@@ -719,7 +723,12 @@ def reenact(
   if options.smoothing < 0:
     raise ReenactError(f'--smoothing must be >= 0 (0 = off), got {options.smoothing}.')
   output_path = _checked('--output', media.check_output, output_path)
-  for flag, path in (('--source', source_path), ('--driving', driving_path)):
+  if options.report_against and not options.report:
+    raise ReenactError('--report_against scores the motion report: give --report too.')
+  inputs = [('--source', source_path), ('--driving', driving_path)]
+  if options.report_against:
+    inputs.append(('--report_against', options.report_against))
+  for flag, path in inputs:
     if pathlib.Path(path).resolve() == output_path.resolve():
       raise ReenactError(f'--output {output_path} is the {flag} file; choose another name.')
   side_path = side_by_side_path(output_path) if options.side_by_side else None

@@ -141,7 +141,11 @@ def _generator_losses(
       weight=losses.keep_source_weight(
         validity=outputs['validity'],
         driving_mask=batch['driving_mask'],
-        moved_occluder=warp.warp_2d(batch['source_occluder'], outputs['flow_2d']),
+        # No gradient to the flow: it must not learn to move the footprint onto what it gets
+        # wrong (weighted_l1 divides by the weights), as with the unseen mouth.
+        moved_occluder=warp.warp_2d(
+          batch['source_occluder'], jax.lax.stop_gradient(outputs['flow_2d'])
+        ),
       ),
     )
     terms['alpha'] = losses.alpha_matte(alpha=outputs['alpha'], matte=batch['driving_matte'])

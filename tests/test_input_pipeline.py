@@ -208,15 +208,6 @@ def test_a_source_occluder_covers_the_source_face_only_and_changes_nothing_else(
     example = input_pipeline.pair_to_example(*got)
     np.testing.assert_array_equal(example['source_occluder'][..., 0], cover)
     assert not input_pipeline.pair_to_example(*want)['source_occluder'].any()
-  # Off, it draws nothing more: the data is what it was before the option existed.
-  rng = np.random.default_rng(0)
-  augmentation.augment_pair(*[dict(f) for f in frames], rng, plain)
-  after = rng.random()
-  rng = np.random.default_rng(0)
-  augmentation.augment_pair(
-    *[dict(f) for f in frames], rng, dataclasses.replace(plain, source_occluders=0.0)
-  )
-  assert rng.random() == after
 
 
 def test_augmented_image_follows_the_augmented_landmarks():

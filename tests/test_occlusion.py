@@ -18,12 +18,10 @@ def clip():
 
 
 def _visibility(frames, landmarks):
-  aligned = [
+  faces = [
     occlusion.aligned_face(frame, points) for frame, points in zip(frames, landmarks, strict=True)
   ]
-  return occlusion.region_visibility(
-    np.stack([face_ for face_, _ in aligned]), np.stack([compared for _, compared in aligned])
-  )
+  return occlusion.region_visibility(np.stack(faces))
 
 
 def _with_occluder(frames, landmarks, part: str):
@@ -38,6 +36,17 @@ def _with_occluder(frames, landmarks, part: str):
   for t in RUN:
     out[t], coverage[t], _ = occlusion.paste_occluder(frames[t], landmarks[t], rng, spec)
   return out, coverage
+
+
+def test_an_occluders_run_grows_into_its_neighbours_but_not_across_the_shots_ends():
+  """Hysteresis: a run goes on through the frames next to it that are far enough, as far as they
+  run; the first and last frames of a shot are not neighbours."""
+  occluded = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 1], bool)
+  going_on = np.array([1, 1, 0, 0, 1, 1, 1, 1, 1, 1], bool)
+  np.testing.assert_array_equal(
+    occlusion._grown(occluded, going_on), [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+  )  # Frames 0-1 are far enough but next to the other end only.
+  np.testing.assert_array_equal(occlusion._grown(occluded[::-1], going_on[::-1]), [1] * 6 + [0] * 4)
 
 
 def test_a_clean_clip_has_no_occluded_region(clip):

@@ -20,10 +20,12 @@ from reenact_jax import (
   crops,
   exported,
   exporter,
+  face,
   face_topology,
   media,
   metrics,
   motion,
+  occlusion,
   reenactment,
 )
 from tests.conftest import NUM_FRAMES
@@ -576,8 +578,6 @@ def test_an_occluded_driving_face_is_filled_in_and_scored_against_the_clean_clip
   """An object over the jaw in 10 of 24 driving frames: reenact finds the covered region, says
   so, fills its landmarks (the driving landmarks differ from --nofill_occluded's only there), and
   --report_against scores the output against the clip without the occluder."""
-  from reenact_jax import face, occlusion
-
   frames = list(media.read_frames(bundled.carphone_path(), max_frames=24))
   landmarker = face.FaceLandmarker()
   clean = [landmarker(frame) for frame in frames]
@@ -633,3 +633,8 @@ def test_an_occluded_driving_face_is_filled_in_and_scored_against_the_clean_clip
       dataclasses.replace(options, report_against=str(short)), progress=False,
     )  # fmt: skip
   assert not (tmp_path / 'never.mp4').exists()
+  with pytest.raises(reenactment.ReenactError, match='give --report too'):
+    reenactment.reenact(
+      prior_run, inputs['source'], occluded_path, tmp_path / 'never.mp4',
+      dataclasses.replace(options, report=False), progress=False,
+    )  # fmt: skip
