@@ -68,10 +68,13 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
   source, driving = bundled.example_inputs(output)
   results = {'train_seconds': round(train_seconds, 1)}
   videos = {}
+  renderers = {}
+  tracks = {}  # The carphone clip is tracked once for all runs (reenact's `tracks`).
   for name, prior_only in (('model', False), ('prior_only', True)):
     video = output / ('reenact.mp4' if not prior_only else 'reenact_prior.mp4')
     print(f'[demo] reenacting {source.name} with {driving.name} ({name})', flush=True)
     renderer = reenactment.load(workdir, prior_only=prior_only)
+    renderers[name] = renderer
     summary = reenactment.reenact(
       workdir,
       source,
@@ -80,6 +83,7 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
       reenactment.Options(motion='relative', side_by_side=not prior_only, report=True),
       renderer=renderer,
       progress=False,
+      tracks=tracks,
     )
     videos[name] = video
     renderer.config.data.cache_dir = config.data.cache_dir
@@ -99,7 +103,9 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
         prior_only=prior_only,
       )
 
-  results['occlusion'] = occluded_driving(workdir, source, driving, output, results)
+  results['occlusion'] = occluded_driving(
+    renderers['model'], source, driving, output, results, tracks
+  )
   results['model_minus_prior'] = compare_reports(
     results['model']['reenact']['report'], results['prior_only']['reenact']['report']
   )
@@ -126,20 +132,25 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
 OCCLUDED_FRACTION = 0.5
 
 
-def occluded_driving(workdir, source, driving, output: pathlib.Path, results: dict) -> dict:
+def occluded_driving(
+  renderer: reenactment.Renderer, source, driving, output: pathlib.Path, results: dict, tracks
+) -> dict:
   """The model driven by the clip with synthetic occluders on OCCLUDED_FRACTION of its frames
   (OUTPUT/driving_occluded.mp4), its motion report scored against the clip without them, and
-  per measure the correlation lost against the model's own report on the clean clip."""
+  per measure the correlation lost against the model's own report on the clean clip. `renderer`
+  and `tracks` are the model's, from its clean run (the clean clip is not tracked again)."""
   clip = output / 'driving_occluded.mp4'
   print(f'[demo] occluders on {OCCLUDED_FRACTION:.0%} of the driving frames ({clip.name})')
   pasted = occlusion.write_occluded_clip(driving, clip, OCCLUDED_FRACTION, seed=0)
   summary = reenactment.reenact(
-    workdir,
+    None,
     source,
     clip,
     output / 'reenact_occluded.mp4',
     reenactment.Options(motion='relative', report=True, report_against=str(driving)),
+    renderer=renderer,
     progress=False,
+    tracks=tracks,
   )
   clean = results['model']['reenact']['report']['correlation']
   occluded = summary['report']['correlation']
