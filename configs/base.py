@@ -43,6 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Each pixel shows the depth slices of the 3D flow weighted by softmax over depth of
   # (learned logits + this * prior confidence): the slice of the face surface, at first.
   model.visibility_sharpness = 8.0
+  # Several source views (reenact --source a --source b, data.num_sources): per voxel, softmax
+  # over the views of this * how squarely each view saw the face there (models.fusion).
+  model.fusion_sharpness = 8.0
+  # A learned fusion head on each view's warped features, trained with data.num_sources > 1
+  # (False: the geometric weights alone, which a model trained with one source uses).
+  model.fusion_head = False
   # The eyes move by their own landmark meshes (models.generator.eye_flow): lids close over the
   # eye and irises turn, finer than the feature volume's grid can (False: as runs saved before).
   model.eye_mesh = True
@@ -174,6 +180,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.scale_jitter = 0.05  # Max relative scale change (same for source and driving).
   data.translate_jitter = 0.05  # Max translation, fraction of the image size.
   data.max_frame_gap = 0  # 0: any two frames of a clip; N: |i - j| <= N.
+  # Source views per training pair, all from the pair's clip (1: one source image). With more,
+  # set model.fusion_head=True to learn the fusion.
+  data.num_sources = 1
   data.pseudo_pair_fraction = 0.0  # Fraction of pairs made from re-posed still portraits.
   data.pseudo_max_rotation_deg = 15.0  # In-plane rotation of a re-posed portrait.
   data.pseudo_max_scale = 0.08  # Relative scale change.

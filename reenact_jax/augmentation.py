@@ -10,6 +10,7 @@ in data-loading threads, never under jit.
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 
 import cv2
 import jax
@@ -203,6 +204,20 @@ def augment_pair(
   the same random draws, but each frame is resampled once (flip, scale and shift folded into
   one warpAffine) and jittered by one fused colour matrix, all in float32.
   """
+  source, driving, _ = augment_views(source, driving, (), rng, augmentation)
+  return source, driving
+
+
+def augment_views(
+  source: dict[str, np.ndarray],
+  driving: dict[str, np.ndarray],
+  extra_sources: Sequence[dict[str, np.ndarray]],
+  rng: np.random.Generator,
+  augmentation: Augmentation,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+  """augment_pair with more source views of the pair: every frame gets the same flip,
+  geometric and colour jitter, with the same random draws as augment_pair; the synthetic
+  occluder goes on the primary source only."""
   flip = bool(augmentation.flip and rng.random() < 0.5)
   warp = bool(augmentation.scale_jitter or augmentation.translate_jitter)
   scale, translate = 1.0, (0.0, 0.0)
@@ -211,18 +226,20 @@ def augment_pair(
     translate = tuple(
       rng.uniform(-augmentation.translate_jitter, augmentation.translate_jitter, size=2) * 2.0
     )
-  source = _transform_frame(source, flip, scale, translate, warp)
-  driving = _transform_frame(driving, flip, scale, translate, warp)
+  source, driving, *extras = (
+    _transform_frame(frame, flip, scale, translate, warp)
+    for frame in (source, driving, *extra_sources)
+  )
   if augmentation.color_jitter:
     amount = augmentation.color_jitter
-    # Same factors for both frames; each is jittered about its own mean.
+    # Same factors for every frame; each is jittered about its own mean.
     factors = rng.uniform(1.0 - amount, 1.0 + amount, size=3)
-    source['image'] = _apply_color(np.asarray(source['image'], np.float32), factors)
-    driving['image'] = _apply_color(np.asarray(driving['image'], np.float32), factors)
+    for frame in (source, driving, *extras):
+      frame['image'] = _apply_color(np.asarray(frame['image'], np.float32), factors)
   # Drawn last, and only when on: the other draws, and so the data, stay as they were without it.
   if augmentation.source_occluders and rng.random() < augmentation.source_occluders:
     source = occluded_frame(source, rng)
-  return source, driving
+  return source, driving, extras
 
 
 def occluded_frame(frame: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -159,7 +159,7 @@ def _random_batch(generator: models.Generator, config) -> dict[str, np.ndarray]:
   local = {
     key: np.asarray(value)
     for key, value in trainer.example_batch(
-      generator, config.train.batch_size // jax.process_count()
+      generator, config.train.batch_size // jax.process_count(), config.data.num_sources
     ).items()
   }
   rng = np.random.default_rng(0)
@@ -171,6 +171,11 @@ def _random_batch(generator: models.Generator, config) -> dict[str, np.ndarray]:
   local['driving_landmarks'] = local['source_landmarks'] + rng.normal(
     0, 0.01, local['source_landmarks'].shape
   ).astype(np.float32)
+  if 'extra_sources' in local:  # Other views: other frames, landmarks a little elsewhere.
+    local['extra_sources'] = rng.random(local['extra_sources'].shape, np.float32)
+    local['extra_source_landmarks'] = local['source_landmarks'][:, None] + rng.normal(
+      0, 0.02, local['extra_source_landmarks'].shape
+    ).astype(np.float32)
   return local
 
 

@@ -32,6 +32,9 @@ ADDED_KEYS = {
   'model.neck_follows': False,
   'model.paint_from_warped': False,
   'model.volume_conv_lowering': 'xla',
+  'model.fusion_sharpness': 8.0,
+  'model.fusion_head': False,
+  'data.num_sources': 1,
 }
 # Model keys that change how the model runs, not its parameters: free to change on resume.
 SHAPE_FREE_MODEL_KEYS = frozenset(

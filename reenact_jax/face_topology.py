@@ -166,6 +166,17 @@ def mouth_triangles() -> np.ndarray:
   return np.asarray(_triangles(canonical, near, LIPS_INNER, keep_inside=False), np.int32)
 
 
+@functools.cache
+def surface_triangles() -> np.ndarray:
+  """(T, 3) int32 triangles over all the landmarks (the Delaunay triangulation of the canonical
+  frontal face's x, y), each counter-clockwise in the canonical image: a surface whose
+  triangles face the camera in a frontal view (geometry.facing)."""
+  canonical = canonical_landmarks()[:, :2].astype(np.float64)
+  points = np.arange(len(canonical))
+  empty = np.zeros((0,), np.int64)  # No outline: every triangle is kept.
+  return np.asarray(_triangles(canonical, points, empty, keep_inside=False), np.int32)
+
+
 def _near(canonical: np.ndarray, polygon: np.ndarray, corners, radius: float) -> np.ndarray:
   """Indices of the `canonical` points within `radius` widths (the `corners`' distance) of
   `polygon`'s centre."""

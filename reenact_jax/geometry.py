@@ -326,13 +326,8 @@ def initial_flow(
   residuals = source - apply_similarity(driving, scale, rotation, translation)  # (B, N, 3)
   values = jnp.concatenate([residuals, jnp.ones_like(residuals[..., :1])], -1)  # (B, N, 4)
 
+  sums = _gaussian_sums(driving, values, depth, height, width, sigma)  # (B, D, H, W, 4)
   grid = warp.identity_grid_3d(depth, height, width)  # (D, H, W, 3)
-  xs, ys, zs = grid[0, 0, :, 0], grid[0, :, 0, 1], grid[:, 0, 0, 2]
-  gx = _gaussian_1d(driving[..., 0], xs, sigma)  # (B, W, N)
-  gy = _gaussian_1d(driving[..., 1], ys, sigma)  # (B, H, N)
-  gz = _gaussian_1d(driving[..., 2], zs, sigma)  # (B, D, N)
-  table = gz[:, :, None, :, None] * gx[:, None, :, :, None] * values[:, None, None]
-  sums = jnp.einsum('bhn,bdwnc->bdhwc', gy, table, precision=_HIGHEST)  # (B, D, H, W, 4)
   total_weight = sums[..., 3:]
   residual = sums[..., :3] / jnp.maximum(total_weight, 1.0)
   confidence = jnp.clip(total_weight, 0.0, 1.0)
@@ -348,6 +343,64 @@ def initial_flow(
   on_head = warp.sample_2d(head, rigid[..., :2].reshape(batch, -1, width, 2))
   flow = motion * on_head.reshape(batch, depth, height, width, 1) + residual
   return flow, confidence, head_flow
+
+
+def facing(landmarks: jax.Array) -> jax.Array:
+  """(B, N) in [-1, 1]: how squarely the face surface at each landmark faces the camera.
+
+  For each triangle of face_topology.surface_triangles, its area in the image (x, y) over its
+  area in 3D (x, y, z) is the cosine between its normal and the view axis, signed by its
+  orientation against the canonical frontal face's (negative: turned away, on the far side of
+  a profile). Each landmark takes the 3D-area-weighted mean over its triangles. A frontal face
+  gives ~1 on the cheeks' front and less towards the edges; the far cheek of a profile gives
+  <= 0. Data only (no gradient).
+  """
+  points = jax.lax.stop_gradient(jnp.asarray(landmarks, jnp.float32))
+  triangles = face_topology.surface_triangles()
+  a, b, c = (points[:, triangles[:, i]] for i in range(3))  # (B, T, 3) each
+  normal = jnp.cross(b - a, c - a)  # z: twice the signed image area (x right, y down)
+  area = jnp.linalg.norm(normal, axis=-1)  # twice the 3D area
+  # Counter-clockwise in the canonical image (y down) is a positive z of the cross product.
+  image_area = normal[..., 2]
+  count = points.shape[1]
+  incidence = np.zeros((len(triangles), count), np.float32)
+  for i in range(3):
+    incidence[np.arange(len(triangles)), triangles[:, i]] = 1.0
+  total = jnp.einsum('bt,tn->bn', area, incidence, precision=_HIGHEST)
+  signed = jnp.einsum('bt,tn->bn', image_area, incidence, precision=_HIGHEST)
+  return jnp.clip(signed / jnp.maximum(total, 1e-12), -1.0, 1.0)
+
+
+def landmark_field(
+  driving_landmarks: jax.Array,
+  values: jax.Array,
+  *,
+  depth: int,
+  height: int,
+  width: int,
+  sigma: float,
+) -> tuple[jax.Array, jax.Array]:
+  """(field (B, D, H, W, C), confidence (B, D, H, W, 1)): per-landmark `values` (B, N, C)
+  spread over the volume as initial_flow spreads the residuals (sum_k w_k v_k / max(1, W), with
+  w_k the Gaussian around driving landmark k, and min(1, W)): the landmarks' values near the
+  face, fading to 0 away from it."""
+  driving = jax.lax.stop_gradient(jnp.asarray(driving_landmarks, jnp.float32))
+  values = jax.lax.stop_gradient(jnp.asarray(values, jnp.float32))
+  ones = jnp.ones_like(values[..., :1])
+  sums = _gaussian_sums(driving, jnp.concatenate([values, ones], -1), depth, height, width, sigma)
+  return sums[..., :-1] / jnp.maximum(sums[..., -1:], 1.0), jnp.clip(sums[..., -1:], 0.0, 1.0)
+
+
+def _gaussian_sums(driving, values, depth: int, height: int, width: int, sigma) -> jax.Array:
+  """(B, D, H, W, C): sum over the landmarks of the Gaussian around each driving landmark
+  (B, N, 3) at every voxel centre times its `values` (B, N, C) (separable; see initial_flow)."""
+  grid = warp.identity_grid_3d(depth, height, width)  # (D, H, W, 3)
+  xs, ys, zs = grid[0, 0, :, 0], grid[0, :, 0, 1], grid[:, 0, 0, 2]
+  gx = _gaussian_1d(driving[..., 0], xs, sigma)  # (B, W, N)
+  gy = _gaussian_1d(driving[..., 1], ys, sigma)  # (B, H, N)
+  gz = _gaussian_1d(driving[..., 2], zs, sigma)  # (B, D, N)
+  table = gz[:, :, None, :, None] * gx[:, None, :, :, None] * values[:, None, None]
+  return jnp.einsum('bhn,bdwnc->bdhwc', gy, table, precision=_HIGHEST)
 
 
 def eye_zone(landmarks: jax.Array, reach: float, height: int, width: int) -> jax.Array:

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from reenact_jax import augmentation, bundled, crops, records, synthetic
+from reenact_jax import augmentation, bundled, crops, models, records, synthetic
 from reenact_jax.records import Clip
 
 # Virtual length of the infinite pair stream; the trainer stops long before it ends.
@@ -153,6 +153,11 @@ class PseudoPairs:
       'mask': crops.face_oval_mask(self.landmarks[portrait], *self.images.shape[1:3]),
       'matte': self.mattes[portrait],
     }
+    return source, self.reposed(source, rng)
+
+  def reposed(self, source: dict[str, np.ndarray], rng: np.random.Generator):
+    """The portrait frame `source` re-posed (a driving frame, or another view of the source),
+    with 'flow', its backward flow to the portrait."""
     image, landmarks, mask, matte, flow = augmentation.repose(
       source['image'],
       source['landmarks'],
@@ -164,14 +169,17 @@ class PseudoPairs:
       max_deformation=self.max_deformation,
       with_flow=True,
     )
-    driving = {'image': image, 'landmarks': landmarks, 'mask': mask, 'matte': matte, 'flow': flow}
-    return source, driving
+    return {'image': image, 'landmarks': landmarks, 'mask': mask, 'matte': matte, 'flow': flow}
 
 
 def pair_to_example(
-  source: dict[str, np.ndarray], driving: dict[str, np.ndarray]
+  source: dict[str, np.ndarray],
+  driving: dict[str, np.ndarray],
+  extra_sources: Sequence[dict[str, np.ndarray]] = (),
 ) -> dict[str, np.ndarray]:
-  """A training / evaluation example (the steps' batch layout) from two frames.
+  """A training / evaluation example (the steps' batch layout) from two frames, and more views
+  of the source person (models.EXTRA_SOURCE_NAMES: (K - 1, ...) stacks of their images,
+  landmarks and mattes) when `extra_sources` are given.
 
   A driving frame whose true motion is known carries 'flow' (H, W, 2), the backward flow to the
   source (pseudo-pairs, synthetic clips); the example then has 'flow_known' 1 and that flow as
@@ -185,7 +193,7 @@ def pair_to_example(
     occluder = np.zeros(np.shape(source['image'])[:2] + (1,), np.float32)
   if not known:
     flow = np.zeros(np.shape(driving['image'])[:2] + (2,), np.float32)
-  return {
+  example = {
     'driving_flow': np.ascontiguousarray(flow, np.float32),
     'flow_known': np.float32(known),
     'source': np.ascontiguousarray(source['image'], np.float32),
@@ -198,6 +206,10 @@ def pair_to_example(
     'source_occluder': np.ascontiguousarray(occluder, np.float32),
     'driving_matte': np.ascontiguousarray(driving['matte'], np.float32),
   }
+  if extra_sources:
+    for name, key in zip(models.EXTRA_SOURCE_NAMES, ('image', 'landmarks', 'matte'), strict=True):
+      example[name] = np.stack([np.asarray(view[key], np.float32) for view in extra_sources])
+  return example
 
 
 class MakePair(grain.transforms.Map):
@@ -211,7 +223,11 @@ class MakePair(grain.transforms.Map):
     augment: augmentation.Augmentation | None,
     max_frame_gap: int = 0,
     pseudo_pairs: PseudoPairs | None = None,
+    num_sources: int = 1,
   ):
+    if num_sources < 1:
+      raise ValueError(f'config.data.num_sources={num_sources}; it must be >= 1.')
+    self._num_sources = num_sources
     self._frames = frames
     self._pseudo_pairs = pseudo_pairs
     self._seed = seed
@@ -226,8 +242,10 @@ class MakePair(grain.transforms.Map):
     self._identities = sorted(by_identity)
     self._by_identity = by_identity
 
-  def indices(self, pair_index: int) -> tuple[int, int, np.random.Generator]:
-    """Frame indices of the pair's source and driving frame, and its augmentation RNG."""
+  def indices(self, pair_index: int) -> tuple[int, int, np.random.Generator, list[int]]:
+    """Frame indices of the pair's source and driving frame, its augmentation RNG, and the
+    frame indices of its extra source views (num_sources - 1 other frames of the clip, drawn
+    after the rest: with one source the draws are as they were)."""
     rng = np.random.default_rng([self._seed, int(pair_index)])
     identity = self._identities[rng.integers(len(self._identities))]
     clips = self._by_identity[identity]
@@ -239,23 +257,38 @@ class MakePair(grain.transforms.Map):
       driving = int(rng.integers(low, high))
     else:
       driving = int(rng.integers(clip.num_frames))
-    return clip.first + source, clip.first + driving, rng
+    extras = []
+    if self._num_sources > 1:
+      # Other frames than the source where the clip has them (the same frame adds no view).
+      others = np.delete(np.arange(clip.num_frames), source)
+      picked = rng.choice(
+        others, size=self._num_sources - 1, replace=len(others) < self._num_sources - 1
+      )
+      extras = [clip.first + int(frame) for frame in picked]
+    return clip.first + source, clip.first + driving, rng, extras
 
   def map(self, pair_index: int) -> dict[str, np.ndarray]:
-    source_index, driving_index, rng = self.indices(pair_index)
+    source_index, driving_index, rng, extra_indices = self.indices(pair_index)
     pseudo = self._pseudo_pairs
     if pseudo is not None and rng.random() < pseudo.fraction:
       portrait = int(rng.integers(len(pseudo.images)))
       source, driving = pseudo.pair(portrait, rng)
+      # The other views of a still portrait: more re-posings of it (their flows unused).
+      extras = [pseudo.reposed(source, rng) for _ in extra_indices]
+      for view in extras:
+        view.pop('flow')
     else:
       source = self._frames.frame(source_index)
       driving = self._frames.frame(driving_index)
+      extras = [self._frames.frame(index) for index in extra_indices]
       true_flow = getattr(self._frames, 'true_flow', None)
       if true_flow is not None:
         driving['flow'] = true_flow(source_index, driving_index)
     if self._augmentation is not None:
-      source, driving = augmentation.augment_pair(source, driving, rng, self._augmentation)
-    return pair_to_example(source, driving)
+      source, driving, extras = augmentation.augment_views(
+        source, driving, extras, rng, self._augmentation
+      )
+    return pair_to_example(source, driving, extras)
 
 
 def local_batch_size(global_batch_size: int, num_shards: int | None = None) -> int:
@@ -295,6 +328,7 @@ def make_train_dataset(
     augment=augmentation.Augmentation.from_config(config.data),
     max_frame_gap=config.data.max_frame_gap,
     pseudo_pairs=PseudoPairs.from_config(config),
+    num_sources=int(config.data.num_sources),
   )
   num_threads = max(1, int(config.data.num_threads))
   dataset = grain.MapDataset.range(STREAM_LENGTH)

@@ -89,7 +89,7 @@ def _generator_losses(
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
   outputs = generator.apply(
     {'params': generator_params},
-    **{name: batch[name] for name in models.INPUT_NAMES},
+    **models.generator_inputs(batch),
     with_cycle=True,
     warp_only=warp_only,
   )

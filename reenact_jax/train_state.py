@@ -42,9 +42,9 @@ class TrainState:
 
 
 def split_generator(params: PyTree) -> tuple[PyTree, PyTree]:
-  """(warp parts, render parts) of the generator's parameters."""
+  """(warp parts, render parts) of the generator's parameters (the warp parts it has)."""
   return (
-    {name: params[name] for name in models.WARP_PARTS},
+    {name: params[name] for name in models.WARP_PARTS if name in params},
     {name: params[name] for name in models.RENDER_PARTS},
   )
 

@@ -91,9 +91,12 @@ class _Preemption:
     return multihost_utils.reached_preemption_sync_point(step)
 
 
-def example_batch(generator: models.Generator, batch_size: int) -> dict[str, jax.Array]:
-  """Zeros shaped like a training batch: the generator's inputs plus the driving frame."""
-  batch = models.example_inputs(generator, batch_size)
+def example_batch(
+  generator: models.Generator, batch_size: int, num_sources: int = 1
+) -> dict[str, jax.Array]:
+  """Zeros shaped like a training batch: the generator's inputs (with num_sources - 1 extra
+  source views) plus the driving frame."""
+  batch = models.example_inputs(generator, batch_size, num_sources)
   batch['driving'] = batch['source']
   batch['driving_mask'] = batch['source_mask']
   batch['driving_matte'] = batch['source_matte']
@@ -208,7 +211,9 @@ class Setup:
   def abstract_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     return {
       key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=self.batch_sharding)
-      for key, value in jax.eval_shape(lambda: example_batch(self.generator, batch_size)).items()
+      for key, value in jax.eval_shape(
+        lambda: example_batch(self.generator, batch_size, self.config.data.num_sources)
+      ).items()
     }
 
   def lower_train_step(self, *, warp_only: bool):

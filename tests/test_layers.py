@@ -27,6 +27,7 @@ LAYERS = {
     'models.projection',
     'models.renderer',
     'models.inpainter',
+    'models.fusion',
     'models.generator',
     'models.discriminator',
     'models.vgg',

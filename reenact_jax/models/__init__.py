@@ -2,6 +2,7 @@
 
 from reenact_jax.models.discriminator import MultiScaleDiscriminator, make_discriminator
 from reenact_jax.models.generator import (
+  EXTRA_SOURCE_NAMES,
   INPUT_NAMES,
   MOUTH_CAVITY,
   RENDER_PARTS,
@@ -10,6 +11,7 @@ from reenact_jax.models.generator import (
   background_fill,
   driving_face,
   example_inputs,
+  generator_inputs,
   init_params,
   make_generator,
   prior_render,
@@ -18,6 +20,7 @@ from reenact_jax.models.generator import (
 )
 
 __all__ = [
+  'EXTRA_SOURCE_NAMES',
   'INPUT_NAMES',
   'MOUTH_CAVITY',
   'RENDER_PARTS',
@@ -25,6 +28,7 @@ __all__ = [
   'Generator',
   'MultiScaleDiscriminator',
   'example_inputs',
+  'generator_inputs',
   'background_fill',
   'driving_face',
   'init_params',

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from reenact_jax import face_topology, geometry, warp
-from reenact_jax.models import layers
+from reenact_jax.models import fusion, layers
 from reenact_jax.models.encoder import AppearanceEncoder
 from reenact_jax.models.flow import FlowHourglass3D
 from reenact_jax.models.inpainter import GatedInpainter
@@ -25,11 +25,15 @@ from reenact_jax.models.renderer import ForegroundRenderer
 VOLUME_STRIDE = 4
 # The generator's inputs, in the order of Generator.__call__ (and of the exported artifact).
 INPUT_NAMES = ('source', 'source_landmarks', 'driving_landmarks', 'source_mask', 'source_matte')
+# More views of the source person (several source images), optional keyword inputs: (B, K - 1,
+# H, W, 3) images, (B, K - 1, N, 3) landmarks, (B, K - 1, H, W, 1) person mattes.
+EXTRA_SOURCE_NAMES = ('extra_sources', 'extra_source_landmarks', 'extra_source_mattes')
 # How the full 3D convolutions run: XLA's own (accelerators) or as 2D convolutions (CPU).
 VOLUME_CONV_LOWERINGS = ('xla', 'depth_in_channels')
 # Parts trained from phase 1 (the warp) and parts that start in phase 2 (the rendering): each
 # group has its own optimiser state (train_state.py).
-WARP_PARTS = ('encoder', 'flow_net', 'projection')
+# 'fusion' (the learned fusion head of several source views) exists with model.fusion_head only.
+WARP_PARTS = ('encoder', 'flow_net', 'projection', 'fusion')
 RENDER_PARTS = ('renderer', 'inpainter')
 
 
@@ -93,6 +97,18 @@ class Warped:
   background: jax.Array  # (B, H, W, 3) the source with `fill` where the person moved away from.
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceViews:
+  """K views of the source person for one output, each with its own head flow, flattened
+  view-major inside each example ((B K, ...), index b K + k; k = 0 the primary source)."""
+
+  images: jax.Array  # (B K, H, W, 3)
+  heads: jax.Array  # (B K, H, W, 1) each view's head (person_parts).
+  rests: jax.Array  # (B K, H, W, 1) each view's rest of the person.
+  flows: jax.Array  # (B K, H, W, 2) each view's head image flow to the driving pose.
+  weights: jax.Array  # (B, K, H, W, 1) how much each view shows at each pixel (sums to 1).
+
+
 def warp_person(
   source: jax.Array,
   source_head: jax.Array,
@@ -101,6 +117,7 @@ def warp_person(
   hole: jax.Array,
   fill: jax.Array,
   follows: tuple[jax.Array, jax.Array] | None = None,
+  views: SourceViews | None = None,
 ) -> Warped:
   """Moves the source's pixels as the person moves: the head by its image flow `flow_2d`
   (B, H, W, 2) (image_flow), and the rest of the person (neck, torso) by a fraction of it, over
@@ -118,13 +135,20 @@ def warp_person(
   person moved away from (inside the person's `hole`), which shows `fill` (the hole filled from
   the known background: never the head where it was). Nothing is stretched between the person
   and the background.
+
+  `views` (several source images): the moved head shows each view's head moved by its own flow,
+  blended by the views' weights (_fused_layer); the rest of the person and the background are
+  the primary source's (`source`, whose flow is `flow_2d`).
   """
   size = source.shape[1:3]
   source = source.astype(jnp.float32)
   source_rest = source_rest.astype(jnp.float32)
   head_motion = _motion(flow_2d, size)
   if follows is None:
-    head_image, moved_head, inside = _moved_layer(source, source_head, flow_2d)
+    if views is None:
+      head_image, moved_head, inside = _moved_layer(source, source_head, flow_2d)
+    else:
+      head_image, moved_head, inside = _fused_layer(views, whole_person=False)
     still_rest = source_rest
     background = composite_background(source, fill, hole, still_rest, head_motion)
     image = moved_head * head_image + (1.0 - moved_head) * background
@@ -132,7 +156,10 @@ def warp_person(
   else:
     head, fraction = (part.astype(jnp.float32) for part in follows)
     matte = jnp.clip(source_head + source_rest, 0.0, 1.0)
-    head_image, moved_head, inside = _moved_layer(source, matte, flow_2d)
+    if views is None:
+      head_image, moved_head, inside = _moved_layer(source, matte, flow_2d)
+    else:
+      head_image, moved_head, inside = _fused_layer(views, whole_person=True)
     moved_head = moved_head * head
     # The rest never leaves the image: where its flow samples off the source, the border is
     # repeated (the torso goes on below the frame); only the head's samples can be invalid.
@@ -164,6 +191,23 @@ def _moved_layer(source: jax.Array, weights: jax.Array, flow: jax.Array):
   # Bilinear weights outside the image are 0: renormalise the partly outside border pixels.
   image = jnp.clip(moved[..., :3] / jnp.maximum(inside, 1e-3), 0.0, 1.0)
   return image, jnp.clip(moved[..., 3:-1], 0.0, 1.0), inside
+
+
+def _fused_layer(views: SourceViews, whole_person: bool):
+  """_moved_layer's (image, weights, inside) of the views' heads (or whole persons) moved by their
+  flows and blended per pixel by views.weights, each view only where its samples fall on it.
+
+  The layer's weight is the views' weights' mean of their moved layers; a pixel is inside when
+  any view samples inside its source (the others fill what the primary view cannot see).
+  """
+  layer = jnp.clip(views.heads + views.rests, 0.0, 1.0) if whole_person else views.heads
+  image, moved, inside = _moved_layer(views.images.astype(jnp.float32), layer, views.flows)
+  batch, count = views.weights.shape[:2]
+  image, moved, inside = (x.reshape(batch, count, *x.shape[1:]) for x in (image, moved, inside))
+  shown = views.weights * inside
+  # Where no view samples inside, the primary's image (its border pixels), as with one view.
+  fused = (jnp.sum(shown * image, 1) + 1e-3 * image[:, 0]) / (jnp.sum(shown, 1) + 1e-3)
+  return fused, jnp.sum(views.weights * moved, 1), jnp.max(inside, 1)
 
 
 def _motion(flow: jax.Array, size, *, grow: bool = True) -> jax.Array:
@@ -247,6 +291,25 @@ def background_fill(source: jax.Array, hole: jax.Array) -> jax.Array:
   return layers.fill_holes(source, 1.0 - hole)
 
 
+def stacked_views(
+  source, source_landmarks, source_matte, extra_sources, extra_landmarks, extra_mattes
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(images (B K, H, W, 3), landmarks (B K, N, 3), mattes (B K, H, W, 1)): the primary source
+  and its extra views (EXTRA_SOURCE_NAMES, or None for one view), view-major in each example."""
+  if extra_sources is None:
+    return source, source_landmarks, source_matte
+
+  def stack(first, more):
+    both = jnp.concatenate([first[:, None], jnp.asarray(more, first.dtype)], axis=1)
+    return both.reshape(-1, *both.shape[2:])
+
+  return (
+    stack(source, extra_sources),
+    stack(source_landmarks, extra_landmarks),
+    stack(source_matte, extra_mattes),
+  )
+
+
 class Generator(nn.Module):
   """Reenacts the source with the driving landmarks' pose and expression.
 
@@ -275,6 +338,9 @@ class Generator(nn.Module):
   renderer_token_patch: int
   inpainter_channels: Sequence[int]
   visibility_sharpness: float = 8.0
+  # Several source views: the geometric logits' sharpness (models.fusion), and a learned head.
+  fusion_sharpness: float = 8.0
+  fusion_head: bool = False
   eye_mesh: bool = False  # Move the eyes by their landmark mesh (eye_flow).
   neck_follows: bool = False  # The neck stretches with the head (geometry.neck_region).
   mouth_mesh: bool = False  # Move the lips by their landmark mesh (mouth_flow).
@@ -321,24 +387,51 @@ class Generator(nn.Module):
       dtype=self.dtype,
     )
     self.inpainter = GatedInpainter(self.inpainter_channels, remat=self.remat, dtype=self.dtype)
+    if self.fusion_head:
+      self.fusion = fusion.FusionHead(dtype=self.dtype)
 
-  def _check_inputs(self, inputs: dict[str, jax.Array]) -> None:
+  def _check_inputs(self, inputs: dict[str, jax.Array], extra: dict[str, jax.Array]) -> None:
     size, points = self.image_size, self.num_landmarks
+    image, landmarks, mask = (size, size, 3), (points, 3), (size, size, 1)
     expected = {
-      'source': (size, size, 3),
-      'source_landmarks': (points, 3),
-      'driving_landmarks': (points, 3),
-      'source_mask': (size, size, 1),
-      'source_matte': (size, size, 1),
+      'source': ('B', *image),
+      'source_landmarks': ('B', *landmarks),
+      'driving_landmarks': ('B', *landmarks),
+      'source_mask': ('B', *mask),
+      'source_matte': ('B', *mask),
     }
-    for name, trailing in expected.items():
+    if any(array is not None for array in extra.values()):
+      if any(array is None for array in extra.values()):
+        raise ValueError(f'Give all of {", ".join(EXTRA_SOURCE_NAMES)} or none of them.')
+      inputs = {**inputs, **extra}
+      expected.update(
+        extra_sources=('B', 'K - 1', *image),
+        extra_source_landmarks=('B', 'K - 1', *landmarks),
+        extra_source_mattes=('B', 'K - 1', *mask),
+      )
+    views = inputs['extra_sources'].shape[1] if 'extra_sources' in inputs else None
+    for name, wanted in expected.items():
       array = inputs[name]
-      if array.ndim != len(trailing) + 1 or tuple(array.shape[1:]) != trailing:
+      trailing = tuple(d for d in wanted if isinstance(d, int))
+      leading = (inputs['source'].shape[0],) + ((views,) if len(wanted) > len(trailing) + 1 else ())
+      if tuple(array.shape) != leading + trailing:
         raise ValueError(
-          f'Generator input {name} has shape {tuple(array.shape)}; expected (B, '
-          f'{", ".join(map(str, trailing))}) for image_size={size} and '
+          f'Generator input {name} has shape {tuple(array.shape)}; expected '
+          f'({", ".join(map(str, wanted))}) for image_size={size} and '
           f'num_landmarks={points} (check the config matches the data).'
         )
+
+  def _fusion_logits(self, landmarks, to_views, count: int, size: int):
+    return fusion.geometric_logits(
+      landmarks,
+      to_views,
+      count,
+      depth=self.volume_depth,
+      height=size,
+      width=size,
+      sigma=self.landmark_sigma,
+      sharpness=self.fusion_sharpness,
+    )
 
   def _prior(self, from_landmarks, to_landmarks, source_head) -> Prior:
     return geometric_prior(
@@ -358,6 +451,9 @@ class Generator(nn.Module):
     source_mask: jax.Array,
     source_matte: jax.Array,
     *,
+    extra_sources: jax.Array | None = None,
+    extra_source_landmarks: jax.Array | None = None,
+    extra_source_mattes: jax.Array | None = None,
     with_cycle: bool = False,
     warp_only: bool = False,
   ) -> dict[str, jax.Array]:
@@ -368,6 +464,11 @@ class Generator(nn.Module):
       source_landmarks, driving_landmarks: (B, N, 3) normalised landmarks.
       source_mask: (B, H, W, 1) {0, 1} face-oval mask of the source.
       source_matte: (B, H, W, 1) person matte of the source in [0, 1].
+      extra_sources, extra_source_landmarks, extra_source_mattes: more views of the source
+        person (EXTRA_SOURCE_NAMES; all or none): each view is encoded and warped to the driving
+        pose by its own flow, and the warped volumes and moved heads are blended per voxel and
+        pixel by models.fusion's weights. The source above stays the primary view: the output
+        shows its background, body and, off the face, hair. The flows in the outputs are its.
       with_cycle: also warp the warped volume back (D -> S) for the cyclic warp loss.
       warp_only: skip renderer, inpainter and composite (training phase 1).
 
@@ -388,47 +489,90 @@ class Generator(nn.Module):
         driving_landmarks=driving_landmarks,
         source_mask=source_mask,
         source_matte=source_matte,
-      )
+      ),
+      dict(
+        extra_sources=extra_sources,
+        extra_source_landmarks=extra_source_landmarks,
+        extra_source_mattes=extra_source_mattes,
+      ),
     )
-    source_volume = self.encoder(source)
+    # Every source view goes through the same encoder and flow network, as one batch of B K.
+    images, landmarks, mattes = stacked_views(
+      source,
+      source_landmarks,
+      source_matte,
+      extra_sources,
+      extra_source_landmarks,
+      extra_source_mattes,
+    )
+    batch, count = source.shape[0], images.shape[0] // source.shape[0]
+    to_views = jnp.repeat(driving_landmarks, count, axis=0) if count > 1 else driving_landmarks
+    source_volume = self.encoder(images)
     size = source_volume.shape[2]
-    source_head, source_rest = person_parts(source_landmarks, source_matte)
+    heads, rests = person_parts(landmarks, mattes)
     stride = self.image_size // size
-    prior = self._prior(
-      source_landmarks, driving_landmarks, layers.downsample(source_head, stride)[..., 0]
-    )
+    prior = self._prior(landmarks, to_views, layers.downsample(heads, stride)[..., 0])
     flow, occlusion, visibility = self.flow_net(source_volume, prior.flow, prior.confidence)
     learned = flow - prior.flow
     visibility = visibility + self.visibility_sharpness * prior.confidence
     warped_volume = warp.warp_3d(source_volume, flow).astype(self.dtype)
+    weights = None
+    if count > 1:
+      logits, facing, confidence = self._fusion_logits(landmarks, to_views, count, size)
+      if self.fusion_head:
+        logits = logits + self.fusion(warped_volume, facing, confidence)
+      weights = fusion.view_weights(logits, count)  # (B, K, D, h, w, 1)
+      warped_volume = jnp.sum(
+        weights * warped_volume.reshape(batch, count, *warped_volume.shape[1:]), axis=1
+      ).astype(self.dtype)
+      seen = fusion.pixel_weights(weights, visibility, size, size)
+      occlusion = jnp.sum(seen * occlusion.reshape(batch, count, *occlusion.shape[1:]), axis=1)
+
+    def primary(x):  # The primary view's part of a (B K, ...) array.
+      return x if count == 1 else x.reshape(batch, count, *x.shape[1:])[:, 0]
+
     projected_features, projected = self.projection(warped_volume)
     outputs = {
       'projected': projected,
-      'flow': flow,
-      'flow_prior': prior.flow.astype(jnp.float32),
-      'confidence': prior.confidence.astype(jnp.float32),
+      'flow': primary(flow),
+      'flow_prior': primary(prior.flow).astype(jnp.float32),
+      'confidence': primary(prior.confidence).astype(jnp.float32),
       'occlusion': occlusion,
     }
     if with_cycle:
       # Same flow network, roles swapped: the warped volume is now the "source", its head is the
-      # source head moved by the flow, and the prior maps source space back into driving space.
-      head_flow_small = geometry.project_flow(prior.head_flow + learned, visibility, size, size)
-      driving_head = warp.warp_2d(prior.source_head[..., None], head_flow_small)[..., 0]
+      # source head moved by the flow, and the prior maps source space back into driving space
+      # (back to the primary view's pose, with several views).
+      head_flow_small = geometry.project_flow(
+        primary(prior.head_flow + learned), primary(visibility), size, size
+      )
+      driving_head = warp.warp_2d(primary(prior.source_head)[..., None], head_flow_small)[..., 0]
       reverse = self._prior(driving_landmarks, source_landmarks, driving_head)
       reverse_flow, _, _ = self.flow_net(warped_volume, reverse.flow, reverse.confidence)
       cycled_volume = warp.warp_3d(warped_volume, reverse_flow).astype(self.dtype)
       _, outputs['projected_cycle'] = self.projection(cycled_volume)
-    flow_2d = image_flow(
-      self, prior.head_flow + learned, visibility, source_landmarks, driving_landmarks
-    )
+    flows_2d = image_flow(self, prior.head_flow + learned, visibility, landmarks, to_views)
+    flow_2d = primary(flows_2d)
     if warp_only:
       # The image flow alone (no pixels moved), for the loss on pairs whose true motion is known.
       outputs['flow_2d'] = flow_2d
       return outputs
+    views = None
+    if count > 1:
+      pixels = fusion.pixel_weights(weights, visibility, self.image_size, self.image_size)
+      views = SourceViews(images, heads, rests, flows_2d, pixels)
+    source_head, source_rest = primary(heads), primary(rests)
     hole = geometry.hole_of(source_matte)
     fill = background_fill(source, hole)
     warped = warp_person(
-      source, source_head, source_rest, flow_2d, hole, fill, follows_head(self, driving_landmarks)
+      source,
+      source_head,
+      source_rest,
+      flow_2d,
+      hole,
+      fill,
+      follows_head(self, driving_landmarks),
+      views,
     )
     # The renderer keeps the warped pixels where they are valid: not off the source, and not
     # stretched lips across a mouth opened wider than the source's.
@@ -652,6 +796,8 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     renderer_token_patch=int(m.renderer_token_patch),
     inpainter_channels=inpainter_channels,
     visibility_sharpness=float(m.visibility_sharpness),
+    fusion_sharpness=float(m.fusion_sharpness),
+    fusion_head=bool(m.fusion_head),
     eye_mesh=bool(m.eye_mesh),
     neck_follows=bool(m.neck_follows),
     mouth_mesh=bool(m.mouth_mesh),
@@ -663,26 +809,44 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
   )
 
 
-def example_inputs(generator: Generator, batch_size: int = 1) -> dict[str, jax.Array]:
-  """Zero inputs of the generator's shapes (INPUT_NAMES), for initialisation and lowering."""
+def example_inputs(
+  generator: Generator, batch_size: int = 1, num_sources: int = 1
+) -> dict[str, jax.Array]:
+  """Zero inputs of the generator's shapes (INPUT_NAMES, and EXTRA_SOURCE_NAMES for
+  num_sources > 1), for initialisation and lowering."""
   size, points = generator.image_size, generator.num_landmarks
-  image = jnp.zeros((batch_size, size, size, 3), jnp.float32)
-  landmarks = jnp.zeros((batch_size, points, 3), jnp.float32)
-  mask = jnp.zeros((batch_size, size, size, 1), jnp.float32)
-  return {
-    'source': image,
-    'source_landmarks': landmarks,
-    'driving_landmarks': landmarks,
-    'source_mask': mask,
-    'source_matte': mask,
-  }
+  inputs = {}
+  for views, names in ((1, INPUT_NAMES), (num_sources - 1, EXTRA_SOURCE_NAMES)):
+    if views < 1:
+      continue
+    leading = (batch_size,) if names is INPUT_NAMES else (batch_size, views)
+    image = jnp.zeros((*leading, size, size, 3), jnp.float32)
+    landmarks = jnp.zeros((*leading, points, 3), jnp.float32)
+    mask = jnp.zeros((*leading, size, size, 1), jnp.float32)
+    if names is INPUT_NAMES:
+      inputs.update(
+        source=image,
+        source_landmarks=landmarks,
+        driving_landmarks=landmarks,
+        source_mask=mask,
+        source_matte=mask,
+      )
+    else:
+      inputs.update(extra_sources=image, extra_source_landmarks=landmarks, extra_source_mattes=mask)
+  return inputs
 
 
 def init_params(generator: Generator, rng: jax.Array):
-  """Fresh generator parameters (every part, the renderer and inpainter included)."""
-  return generator.init(rng, **example_inputs(generator), with_cycle=True, warp_only=False)[
-    'params'
-  ]
+  """Fresh generator parameters (every part, the renderer and inpainter included; the fusion
+  head when model.fusion_head)."""
+  inputs = example_inputs(generator, num_sources=2 if generator.fusion_head else 1)
+  return generator.init(rng, **inputs, with_cycle=True, warp_only=False)['params']
+
+
+def generator_inputs(inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The generator's inputs in a batch: INPUT_NAMES, and EXTRA_SOURCE_NAMES when it has them."""
+  names = INPUT_NAMES + (EXTRA_SOURCE_NAMES if EXTRA_SOURCE_NAMES[0] in inputs else ())
+  return {name: inputs[name] for name in names}
 
 
 def render(generator: Generator, params, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -692,13 +856,10 @@ def render(generator: Generator, params, inputs: dict[str, jax.Array]) -> dict[s
   benchmarks all call it (through inference.render_fn where it is compiled).
 
   Args:
-    inputs: INPUT_NAMES -> arrays, see Generator.__call__.
+    inputs: INPUT_NAMES (and optionally EXTRA_SOURCE_NAMES) -> arrays, see Generator.__call__.
   """
   return generator.apply(
-    {'params': params},
-    **{name: inputs[name] for name in INPUT_NAMES},
-    with_cycle=False,
-    warp_only=False,
+    {'params': params}, **generator_inputs(inputs), with_cycle=False, warp_only=False
   )
 
 
@@ -714,29 +875,50 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   """
   source = inputs['source'].astype(jnp.float32)
   matte = inputs['source_matte'].astype(jnp.float32)
-  source_head, source_rest = person_parts(inputs['source_landmarks'], matte)
-  prior = geometric_prior(
+  images, landmarks, mattes = stacked_views(
+    source,
     inputs['source_landmarks'],
-    inputs['driving_landmarks'],
-    layers.downsample(source_head, VOLUME_STRIDE)[..., 0],
+    matte,
+    *(inputs.get(name) for name in EXTRA_SOURCE_NAMES),
+  )
+  batch, count = source.shape[0], images.shape[0] // source.shape[0]
+  driving = inputs['driving_landmarks']
+  to_views = jnp.repeat(driving, count, axis=0) if count > 1 else driving
+  heads, rests = person_parts(landmarks, mattes.astype(jnp.float32))
+  size = generator.image_size // VOLUME_STRIDE
+  prior = geometric_prior(
+    landmarks,
+    to_views,
+    layers.downsample(heads, VOLUME_STRIDE)[..., 0],
     depth=generator.volume_depth,
     sigma=generator.landmark_sigma,
     stable_indices=generator.stable_indices,
   )
   visibility = generator.visibility_sharpness * prior.confidence
+  flows_2d = image_flow(generator, prior.head_flow, visibility, landmarks, to_views)
+  views = None
+  if count > 1:
+    logits, _, _ = fusion.geometric_logits(
+      landmarks,
+      to_views,
+      count,
+      depth=generator.volume_depth,
+      height=size,
+      width=size,
+      sigma=generator.landmark_sigma,
+      sharpness=generator.fusion_sharpness,
+    )
+    pixels = fusion.pixel_weights(
+      fusion.view_weights(logits, count), visibility, generator.image_size, generator.image_size
+    )
+    views = SourceViews(images, heads, rests, flows_2d, pixels)
+    flows_2d = flows_2d.reshape(batch, count, *flows_2d.shape[1:])[:, 0]
+    heads = heads.reshape(batch, count, *heads.shape[1:])[:, 0]
+    rests = rests.reshape(batch, count, *rests.shape[1:])[:, 0]
   hole = geometry.hole_of(matte)
   fill = background_fill(source, hole)
-  flow_2d = image_flow(
-    generator, prior.head_flow, visibility, inputs['source_landmarks'], inputs['driving_landmarks']
-  )
   warped = warp_person(
-    source,
-    source_head,
-    source_rest,
-    flow_2d,
-    hole,
-    fill,
-    follows_head(generator, inputs['driving_landmarks']),
+    source, heads, rests, flows_2d, hole, fill, follows_head(generator, driving), views
   )
   image = fill_mouth(
     warped.image,
