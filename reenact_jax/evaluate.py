@@ -40,6 +40,13 @@ _EXPRESSIONS = flags.DEFINE_bool(
   'Winks, one-sided smiles and a wide-open mouth made by editing the landmarks of real frames: '
   'the expression error of the output per region (eyes, mouth corners, jaw).',
 )
+_NUM_SOURCES = flags.DEFINE_integer(
+  'num_sources',
+  1,
+  'Source views per clip: its first frame and the frames of the most different head poses, '
+  'fused (same identity; the eval JSON also has L1/PSNR/SSIM of the first frame alone).',
+)
+flags.DEFINE_alias('num-sources', 'num_sources')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -57,6 +64,7 @@ def main(argv) -> None:
       identity_weights=_IDENTITY.value,
       prior_only=_PRIOR_ONLY.value,
       expressions=_EXPRESSIONS.value,
+      num_sources=_NUM_SOURCES.value,
     )
   except (
     inference.CheckpointNotFoundError,

@@ -322,6 +322,44 @@ def evaluation_pairs(
       yield clip.first, driving.first + frame
 
 
+def source_views(frames, clip: Clip, count: int) -> list[int]:
+  """Frame indices of `count` more views of a clip's person besides its first frame: greedily,
+  the frame whose head pose (metrics.head_pose_angles, degrees) is farthest from the views
+  already chosen, so that the views show the face from the most different sides."""
+  if count < 1:
+    return []
+  if clip.num_frames <= count:
+    raise EvaluationError(
+      f'clip {clip.name!r} has {clip.num_frames} frames: too few for {count + 1} source views '
+      'and a driving frame; use fewer --num_sources.'
+    )
+  landmarks = np.stack([frames.frame(clip.first + i)['landmarks'] for i in range(clip.num_frames)])
+  poses = metrics.head_pose_angles(
+    landmarks, face_topology.canonical_landmarks()[: landmarks.shape[1]], face_topology.STABLE
+  )
+  chosen = [0]
+  for _ in range(count):
+    distance = np.min(np.linalg.norm(poses[:, None] - poses[None, chosen], axis=-1), axis=1)
+    distance[chosen] = -1.0
+    chosen.append(int(np.argmax(distance)))
+  return [clip.first + i for i in chosen[1:]]
+
+
+def view_pairs(
+  frames, *, num_sources: int, max_clips: int
+) -> Iterator[tuple[int, int, tuple[int, ...]]]:
+  """(source frame, driving frame, extra source frames) of the several-source protocol: the
+  same-identity protocol (evaluation_pairs) with source_views' extra views of each clip, whose
+  own frames are left out of the driving frames (they would be copies)."""
+  if not frames.clips:
+    raise EvaluationError('the split has no clips to evaluate.')
+  for clip in frames.clips[:max_clips] if max_clips else frames.clips:
+    extras = tuple(source_views(frames, clip, num_sources - 1))
+    for frame in range(clip.first, clip.first + clip.num_frames):
+      if frame not in extras:
+        yield clip.first, frame, extras
+
+
 def _placement(params) -> tuple[Any, Any, Any]:
   """(params on device, where to put batches, the output sharding).
 
@@ -353,6 +391,7 @@ def evaluate(
   step: int = 0,
   landmarker=None,
   prior_only: bool = False,
+  num_sources: int = 1,
 ) -> dict[str, Any]:
   """Runs the protocol on `split` with generator `params` (EMA); returns the result dict.
 
@@ -368,31 +407,65 @@ def evaluate(
     landmarker: a face.FaceLandmarker to reuse (built when None).
     prior_only: render with the generator's geometric prior alone (models.prior_render; the
       parameters are not used): the baseline.
+    num_sources: source views per clip (same identity only): the first frame and
+      num_sources - 1 more (source_views; their frames are not driven). The metrics are those
+      of the fused views; 'one_source' has L1, PSNR and SSIM of the first frame alone on the
+      same driving frames, and 'source_frames' each clip's views.
 
   Returns:
-    {'step', 'split', 'cross_identity', 'num_clips', 'num_frames', 'metrics': {name: value or
-    None}, 'skipped': {name: reason}}.
+    {'step', 'split', 'cross_identity', 'num_clips', 'num_frames', 'num_sources', 'metrics':
+    {name: value or None}, 'skipped': {name: reason}} (and with several sources 'one_source'
+    and 'source_frames').
   """
+  if num_sources < 1:
+    raise EvaluationError(f'--num_sources={num_sources}; it must be >= 1.')
+  if num_sources > 1 and cross_identity:
+    raise EvaluationError(
+      '--num_sources compares several source views with one on the ground truth; the '
+      'cross-identity protocol has none. Use the same-identity protocol.'
+    )
   frames, batch_size = _split_frames(config, split)
   evaluators, skipped = make_evaluators(
     config, cross_identity=cross_identity, landmarker=landmarker
   )
   render, placement = _renderer(generator, params, prior_only)
 
+  if num_sources > 1:
+    pairs = list(view_pairs(frames, num_sources=num_sources, max_clips=max_clips))
+  else:
+    pairs = evaluation_pairs(frames.clips, cross_identity=cross_identity, max_clips=max_clips)
+  views: dict[int, dict[str, np.ndarray]] = {}
+
+  def example_of(source, pair, *, with_views: bool = True):
+    extras = []
+    if with_views and len(pair) > 2:
+      if set(views) != set(pair[2]):  # Views change clip by clip: keep one clip's.
+        views.clear()
+        views.update({index: frames.frame(index) for index in pair[2]})
+      extras = [views[index] for index in pair[2]]
+    return input_pipeline.pair_to_example(source, frames.frame(pair[1]), extras)
+
   num_frames = 0
-  pairs = evaluation_pairs(frames.clips, cross_identity=cross_identity, max_clips=max_clips)
   for batch, output in _rendered(
-    frames,
-    pairs,
-    lambda source, pair: input_pipeline.pair_to_example(source, frames.frame(pair[1])),
-    batch_size=batch_size,
-    render=render,
-    placement=placement,
+    frames, pairs, example_of, batch_size=batch_size, render=render, placement=placement
   ):
     rendered = Rendered(source=batch['source'], driving=batch['driving'], output=output)
     for evaluator in evaluators:
       evaluator.update(rendered)
     num_frames += len(output)
+  one_source = None
+  if num_sources > 1:
+    # The same driving frames from the first frame alone: the comparison the views must win.
+    one_source = ImageEvaluator()
+    for batch, output in _rendered(
+      frames,
+      iter(pairs),
+      functools.partial(example_of, with_views=False),
+      batch_size=batch_size,
+      render=render,
+      placement=placement,
+    ):
+      one_source.update(Rendered(source=batch['source'], driving=batch['driving'], output=output))
 
   values: dict[str, Any] = {}
   for evaluator in evaluators:
@@ -419,6 +492,13 @@ def evaluate(
     values=values,
     skipped=skipped,
     workdir=workdir,
+    extra=None
+    if one_source is None
+    else {
+      'one_source': dict(one_source.run()),
+      'source_frames': {clip_first: list(extras) for clip_first, _, extras in pairs if extras},
+    },
+    num_sources=num_sources,
   )
 
 
@@ -454,6 +534,8 @@ def _result(
   skipped: dict[str, str],
   workdir: str | None,
   expression_slice: bool = False,
+  num_sources: int = 1,
+  extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """A protocol's result dict (see evaluate; 'expressions': True for evaluate_expressions),
   written to WORKDIR/eval by process 0 when `workdir` is given."""
@@ -464,8 +546,10 @@ def _result(
     'cross_identity': bool(cross_identity),
     'num_clips': min(len(frames.clips), max_clips) if max_clips else len(frames.clips),
     'num_frames': num_frames,
+    'num_sources': int(num_sources),
     'metrics': values,
     'skipped': skipped,
+    **(extra or {}),
   }
   if expression_slice:
     result['expressions'] = True
@@ -623,11 +707,12 @@ def evaluate_expressions(
 
 
 def write_result(result: dict[str, Any], workdir: str) -> str:
-  """WORKDIR/eval/<step>[_cross|_expressions][_prior].json and TensorBoard scalars
-  eval[_cross|_expressions][_prior]/<metric>."""
+  """WORKDIR/eval/<step>[_cross|_expressions][_<K>sources][_prior].json and TensorBoard scalars
+  eval[_cross|_expressions][_<K>sources][_prior]/<metric>."""
   suffix = (
     ('_cross' if result['cross_identity'] else '')
     + ('_expressions' if result.get('expressions') else '')
+    + (f'_{result["num_sources"]}sources' if result.get('num_sources', 1) > 1 else '')
     + ('_prior' if result.get('prior_only') else '')
   )
   directory = os.path.join(workdir, 'eval')
@@ -657,12 +742,15 @@ def evaluate_workdir(
   identity_weights: str | None = None,
   prior_only: bool = False,
   expressions: bool = False,
+  num_sources: int = 1,
 ) -> dict[str, Any]:
   """Loads the run's EMA generator (newest or `step`) and evaluates it (prior_only: its geometric
   prior alone, the baseline; expressions: evaluate_expressions instead of the reenactment
-  protocol); None keeps the config's."""
+  protocol; num_sources: several source views, see evaluate); None keeps the config's."""
   if expressions and cross_identity:
     raise EvaluationError('--expressions and --cross_identity are two protocols; choose one.')
+  if expressions and num_sources > 1:
+    raise EvaluationError('--expressions drives one source image; leave out --num_sources.')
   loaded = inference.load_generator(workdir, step)
   config = loaded.config
   with config.unlocked():
@@ -686,7 +774,12 @@ def evaluate_workdir(
     result = evaluate_expressions(config, loaded.params, loaded.generator, **common)
   else:
     result = evaluate(
-      config, loaded.params, loaded.generator, cross_identity=cross_identity, **common
+      config,
+      loaded.params,
+      loaded.generator,
+      cross_identity=cross_identity,
+      num_sources=num_sources,
+      **common,
     )
   if log_dir:
     log_dir.sync()

@@ -171,6 +171,16 @@ def warp_person(
     # Not masked by (1 - head): at the head's soft edge the two layers' weights add up.
     moved_rest = moved_parts[..., :1] + fraction * moved_parts[..., 1:]
     person = jnp.clip(moved_head + moved_rest, 0.0, 1.0)
+    if views is not None:
+      # The rest layer's head part (half of every head pixel's weight) shows the views' heads
+      # moved by the rest's flow, blended as the head layer is, not the primary source alone.
+      count = views.flows.shape[0] // flow_2d.shape[0]
+      rest_flows = warp.clamped_flow(jnp.repeat(fraction, count, axis=0) * views.flows)
+      follow, _, _ = _fused_layer(dataclasses.replace(views, flows=rest_flows), whole_person=False)
+      head_part = fraction * moved_parts[..., 1:]
+      rest_image = (moved_parts[..., :1] * rest_image + head_part * follow) / jnp.maximum(
+        moved_rest, 1e-3
+      )
     shown = (moved_head * head_image + moved_rest * rest_image) / jnp.maximum(
       moved_head + moved_rest, 1e-3
     )
