@@ -38,7 +38,7 @@ ADDED_KEYS = {
 }
 # Model keys that change how the model runs, not its parameters: free to change on resume.
 SHAPE_FREE_MODEL_KEYS = frozenset(
-  {'model.compute_dtype', 'model.remat', 'model.volume_conv_lowering'}
+  {'model.compute_dtype', 'model.remat', 'model.volume_conv_lowering', 'model.fusion_sharpness'}
 )
 # Sections that decide the data order and the optimisation; a change is allowed but logged.
 ORDER_KEYS = ('seed', 'train', 'data', 'optim', 'loss', 'mesh')

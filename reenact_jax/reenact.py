@@ -7,9 +7,12 @@ r"""Reenact a portrait with the head motion and expressions of a driving video.
       [--noaudio] [--step=N] [--batch_size=8]
 
 See reenact_jax/reenactment.py for the motion modes, shots and outputs. --source may be a video
-(its --source_frame, by default its most frontal frame). --report writes <output>_report.json:
-how well the output follows the driving clip (or --report_against's). Face parts an occluder
-covers in a driving frame get their landmarks from the frames around it (reenact_jax/occlusion.py;
+(its --source_frame, by default its most frontal frame). Repeat --source with more portraits
+of the same person (--source=front.jpg --source=left.jpg): the first is reenacted and the
+others fill in the parts of the face it does not show well (models/fusion.py). --report
+writes <output>_report.json: how well the output follows the driving clip (or
+--report_against's). Face parts an occluder covers in a driving frame get their landmarks from
+the frames around it (reenact_jax/occlusion.py;
 --nofill_occluded keeps them as found). --prior_only renders with the geometric prior
 alone (the baseline). Dashed spellings (--find-best-frame, --paste-back, ...) are accepted, and
 --relative means --motion=relative. A bad input (no face, unreadable video, missing checkpoint,
@@ -37,7 +40,12 @@ from reenact_jax import cli, jobs, reenactment
 
 _WORKDIR, _EXPORT = cli.define_model_flags()
 _JOBS = flags.DEFINE_string('jobs', None, 'CSV file of jobs (source, driving, output, options).')
-_SOURCE = flags.DEFINE_string('source', None, 'Source portrait (JPEG/PNG) or video.')
+_SOURCE = flags.DEFINE_multi_string(
+  'source',
+  None,
+  'Source portrait (JPEG/PNG) or video. Repeat it with more portraits of the same person: the '
+  'first is reenacted, the others are more views of the face (each shows what it sees best).',
+)
 _DRIVING = flags.DEFINE_string('driving', None, 'Driving video.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output video (.mp4, .mov or .mkv).')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
@@ -140,7 +148,7 @@ def main(argv) -> None:
     return
   try:
     summary = reenactment.reenact(
-      _WORKDIR.value, _SOURCE.value, _DRIVING.value, _OUTPUT.value, options, renderer=renderer
+      _WORKDIR.value, _SOURCE.value or [], _DRIVING.value, _OUTPUT.value, options, renderer=renderer
     )
   except reenactment.ReenactError as error:
     print(f'error: {error}', file=sys.stderr)

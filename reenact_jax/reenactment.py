@@ -50,7 +50,7 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import cv2
@@ -685,7 +685,7 @@ def _checked(flag: str, function, path):
 
 def reenact(
   workdir: str | os.PathLike | None,
-  source_path: str | os.PathLike,
+  source_path: str | os.PathLike | Sequence[str | os.PathLike],
   driving_path: str | os.PathLike,
   output_path: str | os.PathLike,
   options: Options = Options(),
@@ -697,6 +697,10 @@ def reenact(
   """Renders the source portrait performing the driving clip into `output_path`.
 
   Args:
+    source_path: the portrait (an image, or a video: its --source_frame or most frontal frame),
+      or several portraits of one person: the first is the one reenacted (its background, body
+      and crop), the others are more views of the person (models.fusion: each shows the parts
+      of the face it sees best). Several views need a checkpoint (--workdir), not an export.
     renderer: a Renderer to reuse (e.g. across calls in the demo, or an ExportRenderer); by
       default `load(workdir, options.step, prior_only=options.prior_only)` (workdir may be None
       when a renderer is given).
@@ -725,7 +729,11 @@ def reenact(
   output_path = _checked('--output', media.check_output, output_path)
   if options.report_against and not options.report:
     raise ReenactError('--report_against scores the motion report: give --report too.')
-  inputs = [('--source', source_path), ('--driving', driving_path)]
+  source_paths = [source_path] if isinstance(source_path, (str, os.PathLike)) else list(source_path)
+  if not source_paths:
+    raise ReenactError('--source: give at least one portrait.')
+  source_path, extra_paths = source_paths[0], source_paths[1:]
+  inputs = [('--source', path) for path in source_paths] + [('--driving', driving_path)]
   if options.report_against:
     inputs.append(('--report_against', options.report_against))
   for flag, path in inputs:
@@ -738,8 +746,19 @@ def reenact(
   segmenter = _quiet(face.PersonSegmenter)
   image, source_pixels, source_used = read_source(source_path, landmarker, options.source_frame)
   renderer = renderer or load(workdir, options.step, prior_only=options.prior_only)
+  if extra_paths and isinstance(renderer, ExportRenderer):
+    raise ReenactError(
+      'several --source images need the checkpoint (--workdir): the exported generator takes '
+      'one source image.'
+    )
   size = renderer.image_size
   source = prepare_source(image, source_pixels, size, renderer.num_landmarks, segmenter)
+  views = []  # The other views of the person, each cropped on its own face.
+  for path in extra_paths:
+    view_image, view_pixels, used = read_source(path, landmarker, None)
+    views.append(
+      (prepare_source(view_image, view_pixels, size, renderer.num_landmarks, segmenter), used)
+    )
   upscaled = size / source.box[2]
   if upscaled > 1.5:
     logging.warning(
@@ -797,6 +816,12 @@ def reenact(
     'source_mask': np.repeat(source.mask[None], batch_size, axis=0),
     'source_matte': np.repeat(source.matte[None], batch_size, axis=0),
   }
+  if views:
+    # models.EXTRA_SOURCE_NAMES (the models are not imported here; see load).
+    names = ('extra_sources', 'extra_source_landmarks', 'extra_source_mattes')
+    for name, key in zip(names, ('crop', 'landmarks', 'matte'), strict=True):
+      stacked = np.stack([getattr(view, key) for view, _ in views])
+      source_inputs[name] = np.repeat(stacked[None], batch_size, axis=0)
   source_panel = media.to_uint8(source.crop)
   source_hole = np.asarray(geometry.hole_of(source.matte[None]))[0]
   frames = 0
@@ -876,6 +901,7 @@ def reenact(
     },
     'occlusion_filled': options.fill_occluded,
     'source': source_used,
+    'extra_sources': [used for _, used in views],
     'source_face_pixels': round(source.face_pixels, 1),
     'upscaled': round(upscaled, 2),
     'audio': audio is not None,

@@ -527,3 +527,52 @@ def test_expressions_protocol_scores_what_the_output_reproduces(carphone_cache_6
 def test_expressions_and_cross_identity_are_not_run_together(tiny_workdir):
   with pytest.raises(evaluation.EvaluationError, match='choose one'):
     evaluation.evaluate_workdir(str(tiny_workdir), expressions=True, cross_identity=True)
+
+
+class _ShowsTheOtherView(nn.Module):
+  """A generator stand-in: outputs its first extra source view, or the source without one."""
+
+  @nn.compact
+  def __call__(self, source, source_landmarks, driving_landmarks, source_mask, **kwargs):
+    self.param('unused', nn.initializers.zeros, ())
+    extra = kwargs.get('extra_sources')
+    return {'output': source if extra is None else extra[:, 0]}
+
+
+def test_several_sources_take_the_most_different_pose_and_compare_with_one(tmp_path):
+  config = tiny.get_config()
+  config.eval.batch_size = 3
+  result = evaluation.evaluate(
+    config,
+    {'unused': np.float32(0.0)},
+    _ShowsTheOtherView(),
+    split='test',
+    max_clips=2,
+    workdir=str(tmp_path),
+    step=5,
+    num_sources=2,
+  )
+  frames = input_pipeline.make_frame_source(config, 'test')
+  views = {int(clip): extras for clip, extras in result['source_frames'].items()}
+  want_view, want_one = [], []
+  for clip in frames.clips[:2]:
+    (view,) = views[clip.first]
+    poses = metrics.head_pose_angles(
+      np.stack([frames.frame(clip.first + f)['landmarks'] for f in range(clip.num_frames)]),
+      face_topology.canonical_landmarks(),
+      face_topology.STABLE,
+    )
+    assert view - clip.first == np.argmax(np.linalg.norm(poses - poses[0], axis=-1))
+    for index in range(clip.first, clip.first + clip.num_frames):
+      if index != view:  # The view's own frame is not driven.
+        truth = frames.frame(index)['image']
+        want_view.append(np.abs(frames.frame(view)['image'] - truth).mean())
+        want_one.append(np.abs(frames.frame(clip.first)['image'] - truth).mean())
+  assert result['num_sources'] == 2 and result['num_frames'] == 14
+  assert result['metrics']['l1'] == pytest.approx(np.mean(want_view), rel=1e-5)
+  assert result['one_source']['l1'] == pytest.approx(np.mean(want_one), rel=1e-5)
+  assert os.path.exists(tmp_path / 'eval' / '5_2sources.json')
+  with pytest.raises(evaluation.EvaluationError, match='cross-identity'):
+    evaluation.evaluate(
+      config, {}, _ShowsTheOtherView(), split='test', cross_identity=True, num_sources=2
+    )

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import av
+import cv2
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -638,3 +639,33 @@ def test_an_occluded_driving_face_is_filled_in_and_scored_against_the_clean_clip
       prior_run, inputs['source'], occluded_path, tmp_path / 'never.mp4',
       dataclasses.replace(options, report=False), progress=False,
     )  # fmt: skip
+
+
+def test_several_source_views_render_with_a_checkpoint_and_are_refused_by_an_export(
+  tiny_workdir, artifact, inputs, tmp_path
+):
+  # Another view of the person: the portrait mirrored (its face turned the other way).
+  image = media.read_image(inputs['source'])
+  mirrored = tmp_path / 'mirrored.png'
+  cv2.imwrite(str(mirrored), cv2.cvtColor(np.ascontiguousarray(image[:, ::-1]), cv2.COLOR_RGB2BGR))
+  options = reenactment.Options(motion='absolute', batch_size=BATCH_SIZE, audio=False)
+  one = reenactment.reenact(
+    tiny_workdir, inputs['source'], inputs['driving'], tmp_path / 'one.mp4', options
+  )
+  two = reenactment.reenact(
+    tiny_workdir, [inputs['source'], mirrored], inputs['driving'], tmp_path / 'two.mp4', options
+  )
+  assert one['extra_sources'] == [] and two['extra_sources'] == [str(mirrored)]
+  got, _ = read_video(tmp_path / 'two.mp4')
+  want, _ = read_video(tmp_path / 'one.mp4')
+  assert got.shape == want.shape == (NUM_FRAMES, 32, 32, 3)
+  assert np.abs(got.astype(int) - want).mean() > 0.5  # The other view shows somewhere.
+  with pytest.raises(reenactment.ReenactError, match='several --source images need'):
+    reenactment.reenact(
+      None,
+      [inputs['source'], mirrored],
+      inputs['driving'],
+      tmp_path / 'export.mp4',
+      options,
+      renderer=reenactment.load_export(artifact),
+    )
