@@ -337,12 +337,7 @@ def source_views(frames, clip: Clip, count: int) -> list[int]:
   poses = metrics.head_pose_angles(
     landmarks, face_topology.canonical_landmarks()[: landmarks.shape[1]], face_topology.STABLE
   )
-  chosen = [0]
-  for _ in range(count):
-    distance = np.min(np.linalg.norm(poses[:, None] - poses[None, chosen], axis=-1), axis=1)
-    distance[chosen] = -1.0
-    chosen.append(int(np.argmax(distance)))
-  return [clip.first + i for i in chosen[1:]]
+  return [clip.first + i for i in metrics.most_different_poses(poses, 0, count)]
 
 
 def view_pairs(

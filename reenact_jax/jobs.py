@@ -29,6 +29,7 @@ JOB_OPTIONS = {
   'paste_back': bool,
   'side_by_side': bool,
   'source_frame': int,
+  'source_views': int,
   'driving_face': int,
   'report': bool,
   'audio': bool,

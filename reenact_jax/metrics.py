@@ -61,6 +61,18 @@ def head_pose_angles(
   return np.asarray(geometry.rotation_to_euler(rotation), np.float64)
 
 
+def most_different_poses(poses: np.ndarray, first: int, count: int) -> list[int]:
+  """`count` indices of (F, 3) head poses (degrees) besides `first`, chosen greedily: each the
+  pose farthest (Euclidean over yaw, pitch, roll) from the ones already chosen, so that views of
+  a face show it from the most different sides."""
+  chosen = [int(first)]
+  for _ in range(min(count, len(poses) - 1)):
+    distance = np.min(np.linalg.norm(poses[:, None] - poses[None, chosen], axis=-1), axis=1)
+    distance[chosen] = -1.0
+    chosen.append(int(np.argmax(distance)))
+  return chosen[1:]
+
+
 def pose_error(
   prediction: np.ndarray, target: np.ndarray, canonical: np.ndarray, stable_indices: np.ndarray
 ) -> np.ndarray:

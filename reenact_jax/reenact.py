@@ -67,6 +67,12 @@ _FILL_OCCLUDED = flags.DEFINE_bool(
 _SOURCE_FRAME = flags.DEFINE_integer(
   'source_frame', None, 'With a video --source: the frame to use (default: the most frontal).'
 )
+_SOURCE_VIEWS = flags.DEFINE_integer(
+  'source_views',
+  1,
+  'With a video --source: use this many of its frames as views of the person (the source frame '
+  'and the frames of the most different head poses).',
+)
 _DRIVING_FACE = flags.DEFINE_integer(
   'driving_face', 0, 'The face to follow in the driving clip: 0 the largest, 1 the next, ...'
 )
@@ -95,6 +101,7 @@ for _name in (
   'side_by_side',
   'batch_size',
   'source_frame',
+  'source_views',
   'driving_face',
   'prior_only',
   'identity_weights',
@@ -123,6 +130,7 @@ def main(argv) -> None:
     paste_back=_PASTE_BACK.value,
     side_by_side=_SIDE_BY_SIDE.value,
     source_frame=_SOURCE_FRAME.value,
+    source_views=_SOURCE_VIEWS.value,
     driving_face=_DRIVING_FACE.value,
     prior_only=_PRIOR_ONLY.value,
     report=_REPORT.value,

@@ -99,6 +99,7 @@ class Options:
   paste_back: bool = False
   side_by_side: bool = False
   source_frame: int | None = None
+  source_views: int = 1  # With a video source: this many of its frames as views (read_source).
   driving_face: int = 0
   prior_only: bool = False
   report: bool = False
@@ -292,12 +293,21 @@ def prepare_source(
 
 
 def read_source(
-  path: str | os.PathLike, landmarker: face.FaceLandmarker, source_frame: int | None
-) -> tuple[np.ndarray, np.ndarray, str]:
-  """(image, its landmarks in pixels, a description) of the source: an image, or one frame of a
-  video (`source_frame`, or the most frontal frame with a face)."""
+  path: str | os.PathLike,
+  landmarker: face.FaceLandmarker,
+  source_frame: int | None,
+  views: int = 1,
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
+  """[(image, its landmarks in pixels, a description)] of the source: an image, or `views`
+  frames of a video (the first: `source_frame`, or the most frontal frame with a face; the
+  others: the frames of the most different head poses, metrics.most_different_poses)."""
   path = pathlib.Path(path)
   if not media.is_video(path):
+    if views > 1:
+      raise ReenactError(
+        f'--source_views={views} samples views from a video --source; {path} is an image '
+        '(give more images with more --source flags).'
+      )
     image = _checked('--source', media.read_image, path)
     landmarker.reset()
     points = landmarker(image)
@@ -306,34 +316,46 @@ def read_source(
         f'--source {path}: no face found. Use a portrait with one clearly visible, roughly '
         'frontal face (at least ~30 pixels across).'
       )
-    return image, points, str(path)
+    return [(image, points, str(path))]
   _checked('--source', media.probe_video, path)
   landmarker.reset()
   canonical = face_topology.canonical_landmarks()
-  best = None  # (frontalness, index, frame, landmarks)
+  found = {}  # frame index -> (pose, landmarks in pixels)
   try:
     for index, frame in enumerate(media.read_frames(path)):
-      if source_frame is not None and index != source_frame:
+      if views == 1 and source_frame is not None and index != source_frame:
         continue
       points = landmarker(frame)
       if points is None:
         continue
       side = max(frame.shape[:2])
       normalised = crops.normalise_landmarks(points, (0, 0, side))[None]
-      yaw, pitch, _ = metrics.head_pose_angles(normalised, canonical, face_topology.STABLE)[0]
-      score = yaw**2 + pitch**2
-      if best is None or score < best[0]:
-        best = (score, index, frame, points)
-      if source_frame is not None:
+      found[index] = (
+        metrics.head_pose_angles(normalised, canonical, face_topology.STABLE)[0],
+        points,
+      )
+      if views == 1 and source_frame is not None:
         break
+    if source_frame is not None and source_frame not in found:
+      raise ReenactError(
+        f'--source {path}: no face found in frame {source_frame}. Choose another --source_frame '
+        'or video.'
+      )
+    if not found:
+      raise ReenactError(f'--source {path}: no face found in any frame. Choose another video.')
+    indices = sorted(found)
+    poses = np.stack([found[index][0] for index in indices])
+    if source_frame is None:
+      first = int(np.argmin(poses[:, 0] ** 2 + poses[:, 1] ** 2))  # The most frontal.
+    else:
+      first = indices.index(source_frame)
+    chosen = [indices[i] for i in [first, *metrics.most_different_poses(poses, first, views - 1)]]
+    frames = {
+      index: frame for index, frame in enumerate(media.read_frames(path)) if index in chosen
+    }
   except media.UnreadableInput as error:
     raise ReenactError(f'--source {path}: {error}.') from error
-  if best is None:
-    where = f'frame {source_frame}' if source_frame is not None else 'any frame'
-    raise ReenactError(
-      f'--source {path}: no face found in {where}. Choose another --source_frame or video.'
-    )
-  return best[2], best[3], f'{path} frame {best[1]}'
+  return [(frames[index], found[index][1], f'{path} frame {index}') for index in chosen]
 
 
 # ------------------------------------------------------------------------------ driving
@@ -744,9 +766,12 @@ def reenact(
 
   landmarker = _quiet(lambda: face.FaceLandmarker(face_index=options.driving_face))
   segmenter = _quiet(face.PersonSegmenter)
-  image, source_pixels, source_used = read_source(source_path, landmarker, options.source_frame)
+  if options.source_views < 1:
+    raise ReenactError(f'--source_views must be at least 1, got {options.source_views}.')
+  read = read_source(source_path, landmarker, options.source_frame, options.source_views)
+  (image, source_pixels, source_used), sampled = read[0], read[1:]
   renderer = renderer or load(workdir, options.step, prior_only=options.prior_only)
-  if extra_paths and isinstance(renderer, ExportRenderer):
+  if (extra_paths or sampled) and isinstance(renderer, ExportRenderer):
     raise ReenactError(
       'several --source images need the checkpoint (--workdir): the exported generator takes '
       'one source image.'
@@ -754,8 +779,9 @@ def reenact(
   size = renderer.image_size
   source = prepare_source(image, source_pixels, size, renderer.num_landmarks, segmenter)
   views = []  # The other views of the person, each cropped on its own face.
-  for path in extra_paths:
-    view_image, view_pixels, used = read_source(path, landmarker, None)
+  for view_image, view_pixels, used in sampled + [
+    read_source(path, landmarker, None)[0] for path in extra_paths
+  ]:
     views.append(
       (prepare_source(view_image, view_pixels, size, renderer.num_landmarks, segmenter), used)
     )

@@ -506,6 +506,27 @@ def test_a_video_source_uses_its_most_frontal_frame_and_absolute_motion_for_itse
   )
   assert fixed['source'].endswith('frame 3') and 0 <= chosen < NUM_FRAMES
 
+  # Three views of the video: its most frontal frame, then the most different head poses.
+  sampled = reenactment.reenact(
+    prior_run,
+    inputs['driving'],
+    inputs['driving'],
+    tmp_path / 'views.mp4',
+    reenactment.Options(prior_only=True, source_views=3, batch_size=BATCH_SIZE),
+    progress=False,
+  )
+  views = [int(view.rsplit(' ', 1)[1]) for view in sampled['extra_sources']]
+  assert sampled['source'] == summary['source'] and len(set(views + [chosen])) == 3
+  with pytest.raises(reenactment.ReenactError, match='samples views from a video'):
+    reenactment.reenact(
+      prior_run,
+      inputs['source'],
+      inputs['driving'],
+      tmp_path / 'image_views.mp4',
+      reenactment.Options(prior_only=True, source_views=2),
+      progress=False,
+    )
+
 
 def test_one_euro_filter_smooths_jitter_and_follows_motion():
   rng = np.random.default_rng(0)
