@@ -8,9 +8,10 @@ The command is `python -m reenact_jax.demo`. `run`:
    geometric prior alone, the baseline (OUTPUT/reenact_prior.mp4), each with its motion report
    (how well the output follows the driving clip: face found, correlations of mouth, eyes and
    head pose);
-3. evaluates both on the held-out carphone frames (L1, PSNR, SSIM, AKD, ...), and on four of
-   those frames with winks, one-sided smiles and an open mouth edited into their landmarks
-   (the fraction of each edit reproduced, evaluation.evaluate_expressions);
+3. evaluates both on the held-out carphone frames (L1, PSNR, SSIM, AKD, ...), with two source
+   views of that clip against one (evaluate's num_sources), and on four of those frames with
+   winks, one-sided smiles and an open mouth edited into their landmarks (the fraction of each
+   edit reproduced, evaluation.evaluate_expressions);
 4. drives the model with the clip with synthetic occluders (hands, objects) on half of its frames
    (OUTPUT/driving_occluded.mp4 -> OUTPUT/reenact_occluded.mp4), its report scored against the
    clip without them: how much each correlation loses (occluded_driving);
@@ -18,6 +19,7 @@ The command is `python -m reenact_jax.demo`. `run`:
    OUTPUT/contact_sheet.png (rows: driving | prior alone | model, at evenly spaced frames).
 """
 
+import functools
 import json
 import pathlib
 import time
@@ -91,6 +93,11 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
     for key, protocol, what in (
       ('held_out', evaluation.evaluate, 'on the held-out carphone frames'),
       ('expressions', evaluation.evaluate_expressions, 'winks, one-sided smiles, an open mouth'),
+      (
+        'two_sources',
+        functools.partial(evaluation.evaluate, num_sources=SOURCE_VIEWS),
+        f'with {SOURCE_VIEWS} source views of the held-out clip',
+      ),
     ):
       print(f'[demo] evaluating ({name}) {what}', flush=True)
       results[name][key] = protocol(
@@ -126,6 +133,10 @@ def run(config: ml_collections.ConfigDict, output: str) -> dict[str, str]:
   _print_summary(results)
   print('[demo] done:\n' + '\n'.join(f'  {name:14s} {path}' for name, path in outputs.items()))
   return outputs
+
+
+# Source views in the several-source evaluation (its first frame and the most different pose).
+SOURCE_VIEWS = 2
 
 
 # Synthetic occluders (hands, objects) on this fraction of the driving frames, in runs.
@@ -203,6 +214,14 @@ def _print_summary(results: dict) -> None:
       f'{_number(correlation["yaw"])} pitch {_number(correlation["pitch"])} roll '
       f'{_number(correlation["roll"])}, gaze error {_number(report.get("gaze_error"), 3)}; '
       f'held-out L1 {_number(held_out.get("l1"), 4)}'
+    )
+  for name in ('model', 'prior_only'):
+    views = results[name]['two_sources']
+    lines.append(
+      f'  {name:10s} held-out with {views["num_sources"]} source views vs 1: L1 '
+      f'{_number(views["metrics"].get("l1"), 4)} vs {_number(views["one_source"]["l1"], 4)}, '
+      f'SSIM {_number(views["metrics"].get("ssim"), 3)} vs '
+      f'{_number(views["one_source"]["ssim"], 3)}'
     )
   for name in ('model', 'prior_only'):
     edited = results[name]['expressions']['metrics']
