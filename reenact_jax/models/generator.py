@@ -825,24 +825,22 @@ def example_inputs(
   """Zero inputs of the generator's shapes (INPUT_NAMES, and EXTRA_SOURCE_NAMES for
   num_sources > 1), for initialisation and lowering."""
   size, points = generator.image_size, generator.num_landmarks
-  inputs = {}
-  for views, names in ((1, INPUT_NAMES), (num_sources - 1, EXTRA_SOURCE_NAMES)):
-    if views < 1:
-      continue
-    leading = (batch_size,) if names is INPUT_NAMES else (batch_size, views)
-    image = jnp.zeros((*leading, size, size, 3), jnp.float32)
-    landmarks = jnp.zeros((*leading, points, 3), jnp.float32)
-    mask = jnp.zeros((*leading, size, size, 1), jnp.float32)
-    if names is INPUT_NAMES:
-      inputs.update(
-        source=image,
-        source_landmarks=landmarks,
-        driving_landmarks=landmarks,
-        source_mask=mask,
-        source_matte=mask,
-      )
-    else:
-      inputs.update(extra_sources=image, extra_source_landmarks=landmarks, extra_source_mattes=mask)
+
+  def zeros(*shape):
+    return jnp.zeros(shape, jnp.float32)
+
+  inputs = {
+    'source': zeros(batch_size, size, size, 3),
+    'source_landmarks': zeros(batch_size, points, 3),
+    'driving_landmarks': zeros(batch_size, points, 3),
+    'source_mask': zeros(batch_size, size, size, 1),
+    'source_matte': zeros(batch_size, size, size, 1),
+  }
+  if num_sources > 1:
+    views = num_sources - 1
+    inputs['extra_sources'] = zeros(batch_size, views, size, size, 3)
+    inputs['extra_source_landmarks'] = zeros(batch_size, views, points, 3)
+    inputs['extra_source_mattes'] = zeros(batch_size, views, size, size, 1)
   return inputs
 
 
