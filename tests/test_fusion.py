@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from reenact_jax import face_topology, geometry, input_pipeline, models, records
+from reenact_jax import face_topology, geometry, input_pipeline, models, records, sharding, trainer
 from reenact_jax.models import fusion
+from tests import helpers
 
 
 def _turned(degrees: float) -> np.ndarray:
@@ -157,3 +158,31 @@ def test_training_pairs_get_other_frames_of_their_clip_as_views():
     np.testing.assert_array_equal(single['source'], example['source'])
     np.testing.assert_array_equal(single['driving'], example['driving'])
     assert 'extra_sources' not in single
+
+
+def test_a_train_step_with_two_views_trains_the_fusion_head_in_the_warp_phase():
+  config = helpers.config_with(**{'data.num_sources': 2, 'model.fusion_head': True})
+  setup = trainer.Setup(config)
+  batch = next(iter(input_pipeline.make_train_dataset(config)))
+  assert batch['extra_sources'].shape == (config.train.batch_size, 1, 32, 32, 3)
+  state = setup.init_state()
+  before = jax.tree.map(np.asarray, state.generator_params)
+  step = setup.compiled_train_step(warp_only=True)
+  state, metrics = step(state, sharding.global_batch(batch, setup.mesh), setup.perceptual[0])
+  after = jax.tree.map(np.asarray, state.generator_params)
+  assert np.isfinite(float(metrics['loss/total']))
+  changed = {
+    name: any(
+      np.any(a != b)
+      for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True)
+    )
+    for name in before
+  }
+  assert changed == {
+    'encoder': True,
+    'flow_net': True,
+    'projection': True,
+    'fusion': True,
+    'renderer': False,
+    'inpainter': False,
+  }, changed
