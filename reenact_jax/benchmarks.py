@@ -176,6 +176,9 @@ def _random_batch(generator: models.Generator, config) -> dict[str, np.ndarray]:
     local['extra_source_landmarks'] = local['source_landmarks'][:, None] + rng.normal(
       0, 0.02, local['extra_source_landmarks'].shape
     ).astype(np.float32)
+    local['extra_source_mattes'] = np.broadcast_to(
+      local['source_matte'][:, None], local['extra_source_mattes'].shape
+    ).copy()
   return local
 
 

@@ -167,11 +167,11 @@ def mouth_triangles() -> np.ndarray:
 
 
 @functools.cache
-def surface_triangles() -> np.ndarray:
-  """(T, 3) int32 triangles over all the landmarks (the Delaunay triangulation of the canonical
-  frontal face's x, y), each counter-clockwise in the canonical image: a surface whose
-  triangles face the camera in a frontal view (geometry.facing)."""
-  canonical = canonical_landmarks()[:, :2].astype(np.float64)
+def surface_triangles(num_landmarks: int = NUM_LANDMARKS) -> np.ndarray:
+  """(T, 3) int32 triangles over the first `num_landmarks` landmarks (the Delaunay
+  triangulation of the canonical frontal face's x, y), each counter-clockwise in the canonical
+  image: a surface whose triangles face the camera in a frontal view (geometry.facing)."""
+  canonical = canonical_landmarks()[:num_landmarks, :2].astype(np.float64)
   points = np.arange(len(canonical))
   empty = np.zeros((0,), np.int64)  # No outline: every triangle is kept.
   return np.asarray(_triangles(canonical, points, empty, keep_inside=False), np.int32)

@@ -356,7 +356,7 @@ def facing(landmarks: jax.Array) -> jax.Array:
   <= 0. Data only (no gradient).
   """
   points = jax.lax.stop_gradient(jnp.asarray(landmarks, jnp.float32))
-  triangles = face_topology.surface_triangles()
+  triangles = face_topology.surface_triangles(points.shape[1])
   a, b, c = (points[:, triangles[:, i]] for i in range(3))  # (B, T, 3) each
   normal = jnp.cross(b - a, c - a)  # z: twice the signed image area (x right, y down)
   area = jnp.linalg.norm(normal, axis=-1)  # twice the 3D area

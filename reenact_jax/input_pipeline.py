@@ -244,8 +244,7 @@ class MakePair(grain.transforms.Map):
 
   def indices(self, pair_index: int) -> tuple[int, int, np.random.Generator, list[int]]:
     """Frame indices of the pair's source and driving frame, its augmentation RNG, and the
-    frame indices of its extra source views (num_sources - 1 other frames of the clip, drawn
-    after the rest: with one source the draws are as they were)."""
+    frame indices of its extra source views (num_sources - 1 other frames of the clip)."""
     rng = np.random.default_rng([self._seed, int(pair_index)])
     identity = self._identities[rng.integers(len(self._identities))]
     clips = self._by_identity[identity]
@@ -259,11 +258,15 @@ class MakePair(grain.transforms.Map):
       driving = int(rng.integers(clip.num_frames))
     extras = []
     if self._num_sources > 1:
-      # Other frames than the source where the clip has them (the same frame adds no view).
-      others = np.delete(np.arange(clip.num_frames), source)
-      picked = rng.choice(
-        others, size=self._num_sources - 1, replace=len(others) < self._num_sources - 1
-      )
+      # Other frames than the source and the driving frame where the clip has them (the same
+      # frame adds no view; the driving frame itself would be a copy of the target), drawn from
+      # their own RNG: the pair's other draws are those of one source.
+      others = np.setdiff1d(np.arange(clip.num_frames), [source, driving])
+      if len(others) == 0:
+        others = np.delete(np.arange(clip.num_frames), source)
+      views = np.random.default_rng([self._seed, int(pair_index), 1])
+      count = self._num_sources - 1
+      picked = views.choice(others, size=count, replace=len(others) < count)
       extras = [clip.first + int(frame) for frame in picked]
     return clip.first + source, clip.first + driving, rng, extras
 

@@ -350,11 +350,24 @@ def read_source(
     else:
       first = indices.index(source_frame)
     chosen = [indices[i] for i in [first, *metrics.most_different_poses(poses, first, views - 1)]]
-    frames = {
-      index: frame for index, frame in enumerate(media.read_frames(path)) if index in chosen
-    }
+    if len(chosen) < views:
+      logging.warning(
+        '--source %s: %d frames with a face, fewer than --source_views=%d; using them all.',
+        path,
+        len(chosen),
+        views,
+      )
+    frames = {}  # The chosen frames, decoded again (the first pass keeps landmarks only).
+    for index, frame in enumerate(media.read_frames(path)):
+      if index in chosen:
+        frames[index] = frame
+      if len(frames) == len(chosen):
+        break
   except media.UnreadableInput as error:
     raise ReenactError(f'--source {path}: {error}.') from error
+  if len(frames) < len(chosen):
+    missing = sorted(set(chosen) - set(frames))
+    raise ReenactError(f'--source {path}: frames {missing} could not be read again.')
   return [(frames[index], found[index][1], f'{path} frame {index}') for index in chosen]
 
 

@@ -242,8 +242,11 @@ class Setup:
 def _check_setup_fits(setup: Setup, config: ml_collections.ConfigDict) -> None:
   mine = traverse_util.flatten_dict(checkpointing.config_to_json(setup.config), sep='.')
   theirs = traverse_util.flatten_dict(checkpointing.config_to_json(config), sep='.')
-  # A Setup does not depend on the loop's settings nor on the data.
-  ignored = checkpointing.LOOP_KEYS | {key for key in mine | theirs if key.startswith('data.')}
+  # A Setup does not depend on the loop's settings nor on the data (but its batch has the
+  # source views).
+  ignored = checkpointing.LOOP_KEYS | {
+    key for key in mine | theirs if key.startswith('data.') and key != 'data.num_sources'
+  }
   if config.optim.schedule == 'cosine' and not config.optim.decay_steps:
     ignored -= {'total_steps', 'train.total_steps'}  # The schedule's length.
   differ = sorted(

@@ -1,13 +1,24 @@
 """Several source views of one person (models.fusion): which view shows what, and that one view
 given twice is the same as one view."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import tiny
-from reenact_jax import face_topology, geometry, input_pipeline, models, records, sharding, trainer
+from reenact_jax import (
+  augmentation,
+  face_topology,
+  geometry,
+  input_pipeline,
+  models,
+  records,
+  sharding,
+  trainer,
+)
 from reenact_jax.models import fusion
 from tests import helpers
 
@@ -145,15 +156,25 @@ class _Frames:
 
 
 def test_training_pairs_get_other_frames_of_their_clip_as_views():
-  plain = input_pipeline.MakePair(_Frames(), seed=4, augment=None)
-  several = input_pipeline.MakePair(_Frames(), seed=4, augment=None, num_sources=3)
+  # Flips and colour jitter (no scale, which would move the landmarks' z, the frame index).
+  augment = dataclasses.replace(
+    augmentation.Augmentation.from_config(tiny.get_config().data),
+    scale_jitter=0.0,
+    translate_jitter=0.0,
+  )
+  assert augment.flip and augment.color_jitter
+  plain = input_pipeline.MakePair(_Frames(), seed=4, augment=augment)
+  several = input_pipeline.MakePair(_Frames(), seed=4, augment=augment, num_sources=3)
   for index in range(40):
     example = several.map(index)
-    extras = example['extra_source_landmarks'][:, 0, 2].astype(int)
-    source = int(example['source_landmarks'][0, 2])
+    extras = example['extra_source_landmarks'][:, 0, 2].round().astype(int)
+    source = int(round(example['source_landmarks'][0, 2]))
+    driving = int(round(example['driving_landmarks'][0, 2]))
     assert example['extra_sources'].shape == (2, 8, 8, 3)
-    assert source not in extras and all((e < 6) == (source < 6) for e in extras)
-    # The source and driving frames are drawn as with one source.
+    # Other frames of the clip: not the source, not the target itself.
+    assert source not in extras and driving not in extras
+    assert all((e < 6) == (source < 6) for e in extras)
+    # The pair's frames and augmentation are drawn as with one source.
     single = plain.map(index)
     np.testing.assert_array_equal(single['source'], example['source'])
     np.testing.assert_array_equal(single['driving'], example['driving'])
@@ -186,3 +207,13 @@ def test_a_train_step_with_two_views_trains_the_fusion_head_in_the_warp_phase():
     'renderer': False,
     'inpainter': False,
   }, changed
+
+
+def test_facing_works_without_the_irises():
+  # A model of the 468 mesh landmarks (no irises) triangulates those alone.
+  without = np.asarray(geometry.facing(jnp.asarray(_turned(60)[None, :468])))[0]
+  with_irises = np.asarray(geometry.facing(jnp.asarray(_turned(60)[None])))[0]
+  assert without.shape == (468,)
+  right = face_topology.canonical_landmarks()[:468, 0] > 0
+  assert without[right].mean() > 0.6 and without[~right].mean() < 0.05
+  assert np.abs(without - with_irises[:468]).mean() < 0.1

@@ -205,19 +205,18 @@ def _moved_layer(source: jax.Array, weights: jax.Array, flow: jax.Array):
 
 def _fused_layer(views: SourceViews, whole_person: bool):
   """_moved_layer's (image, weights, inside) of the views' heads (or whole persons) moved by their
-  flows and blended per pixel by views.weights, each view only where its samples fall on it.
-
-  The layer's weight is the views' weights' mean of their moved layers; a pixel is inside when
-  any view samples inside its source (the others fill what the primary view cannot see).
+  flows and blended per pixel: each view's image by its weight (views.weights) where its moved
+  layer lands and its samples fall on its source; the layer's weight and `inside` are the views'
+  weighted means of theirs.
   """
   layer = jnp.clip(views.heads + views.rests, 0.0, 1.0) if whole_person else views.heads
   image, moved, inside = _moved_layer(views.images.astype(jnp.float32), layer, views.flows)
   batch, count = views.weights.shape[:2]
   image, moved, inside = (x.reshape(batch, count, *x.shape[1:]) for x in (image, moved, inside))
-  shown = views.weights * inside
-  # Where no view samples inside, the primary's image (its border pixels), as with one view.
+  shown = views.weights * inside * moved
+  # Where no view shows anything, the primary's image (its border pixels), as with one view.
   fused = (jnp.sum(shown * image, 1) + 1e-3 * image[:, 0]) / (jnp.sum(shown, 1) + 1e-3)
-  return fused, jnp.sum(views.weights * moved, 1), jnp.max(inside, 1)
+  return fused, jnp.sum(views.weights * moved, 1), jnp.sum(views.weights * inside, 1)
 
 
 def _motion(flow: jax.Array, size, *, grow: bool = True) -> jax.Array:
@@ -526,15 +525,16 @@ class Generator(nn.Module):
     learned = flow - prior.flow
     visibility = visibility + self.visibility_sharpness * prior.confidence
     warped_volume = warp.warp_3d(source_volume, flow).astype(self.dtype)
+    primary_volume = warped_volume
     weights = None
     if count > 1:
       logits, facing, confidence = self._fusion_logits(landmarks, to_views, count, size)
       if self.fusion_head:
         logits = logits + self.fusion(warped_volume, facing, confidence)
       weights = fusion.view_weights(logits, count)  # (B, K, D, h, w, 1)
-      warped_volume = jnp.sum(
-        weights * warped_volume.reshape(batch, count, *warped_volume.shape[1:]), axis=1
-      ).astype(self.dtype)
+      views_volume = warped_volume.reshape(batch, count, *warped_volume.shape[1:])
+      primary_volume = views_volume[:, 0]
+      warped_volume = jnp.sum(weights.astype(self.dtype) * views_volume, axis=1)
       seen = fusion.pixel_weights(weights, visibility, size, size)
       occlusion = jnp.sum(seen * occlusion.reshape(batch, count, *occlusion.shape[1:]), axis=1)
 
@@ -551,15 +551,16 @@ class Generator(nn.Module):
     }
     if with_cycle:
       # Same flow network, roles swapped: the warped volume is now the "source", its head is the
-      # source head moved by the flow, and the prior maps source space back into driving space
-      # (back to the primary view's pose, with several views).
+      # source head moved by the flow, and the prior maps source space back into driving space.
+      # With several views, the primary's own warped volume goes back to the primary source
+      # (the fused one would hold the other views against it there).
       head_flow_small = geometry.project_flow(
         primary(prior.head_flow + learned), primary(visibility), size, size
       )
       driving_head = warp.warp_2d(primary(prior.source_head)[..., None], head_flow_small)[..., 0]
       reverse = self._prior(driving_landmarks, source_landmarks, driving_head)
-      reverse_flow, _, _ = self.flow_net(warped_volume, reverse.flow, reverse.confidence)
-      cycled_volume = warp.warp_3d(warped_volume, reverse_flow).astype(self.dtype)
+      reverse_flow, _, _ = self.flow_net(primary_volume, reverse.flow, reverse.confidence)
+      cycled_volume = warp.warp_3d(primary_volume, reverse_flow).astype(self.dtype)
       _, outputs['projected_cycle'] = self.projection(cycled_volume)
     flows_2d = image_flow(self, prior.head_flow + learned, visibility, landmarks, to_views)
     flow_2d = primary(flows_2d)
