@@ -51,8 +51,18 @@ def test_pixel_weights_take_the_view_that_sees_each_side():
   # Driving frontal; the primary view turned to show its right side, the other its left.
   views = jnp.asarray(np.stack([_turned(50), _turned(-50)]))
   driving = jnp.asarray(np.stack([_turned(0)] * 2))
+  # Both views are as far from the driving pose: their motions to it weigh the same.
+  _, _, head_flow = geometry.initial_flow(
+    views,
+    driving,
+    depth=16,
+    height=32,
+    width=32,
+    sigma=0.08,
+    stable_indices=face_topology.STABLE.reshape(-1),
+  )
   logits, _, confidence = fusion.geometric_logits(
-    views, driving, 2, depth=16, height=32, width=32, sigma=0.08, sharpness=8.0
+    views, driving, head_flow, 2, depth=16, height=32, width=32, sigma=0.08, sharpness=8.0
   )
   weights = fusion.view_weights(logits, 2)
   pixels = np.asarray(fusion.pixel_weights(weights, 8.0 * confidence, 32, 32))[0, :, :, :, 0]

@@ -19,6 +19,11 @@ from reenact_jax import geometry
 # view takes over only where it sees the surface clearly better, not to blend two near-equal
 # views (a ghost of two slightly misaligned warps).
 PRIMARY_MARGIN = 0.25
+# A view whose face must move this far (normalised image units, the image spans 2) to reach the
+# driving pose loses as much as one that sees the surface at a cosine 1 lower: of two views that
+# both see a part, the one that needs less warping shows it (no resampling blur, no stretch), and
+# a driving pose equal to a view's is that view itself.
+MOTION_SCALE = 0.25
 # Width of the learned head (per voxel, on each view's warped features).
 HEAD_FEATURES = 16
 
@@ -26,6 +31,7 @@ HEAD_FEATURES = 16
 def geometric_logits(
   source_landmarks: jax.Array,
   driving_landmarks: jax.Array,
+  head_flow: jax.Array,
   num_sources: int,
   *,
   depth: int,
@@ -37,9 +43,11 @@ def geometric_logits(
   """(logits, facing, confidence), each (B K, D, H, W, 1), views flattened source-major inside
   each example (index b K + k; k = 0 the primary view).
 
-  logits = sharpness * (facing + primary * (1 - confidence * (1 - PRIMARY_MARGIN))), with facing
-  the views' geometry.facing spread by geometry.landmark_field (its confidence: 1 on the face, 0
-  away from it). Data only (no gradient).
+  logits = sharpness * (facing + primary * (1 - confidence * (1 - PRIMARY_MARGIN))
+                        - confidence * |head_flow_xy| / MOTION_SCALE),
+  with facing the views' geometry.facing spread by geometry.landmark_field (its confidence: 1 on
+  the face, 0 away from it) and head_flow (B K, D, H, W, 3) each view's prior head flow (how far
+  its face moves to the driving pose). Data only (no gradient).
   """
   faces = geometry.facing(source_landmarks)[..., None]  # (B K, N, 1)
   field, confidence = geometry.landmark_field(
@@ -48,7 +56,9 @@ def geometric_logits(
   primary = (jnp.arange(source_landmarks.shape[0]) % num_sources == 0).astype(jnp.float32)
   primary = primary[:, None, None, None, None]
   bias = primary * (1.0 - confidence * (1.0 - PRIMARY_MARGIN))
-  return sharpness * (field + bias), field, confidence
+  flow = jax.lax.stop_gradient(head_flow[..., :2].astype(jnp.float32))
+  motion = jnp.sqrt(jnp.sum(jnp.square(flow), axis=-1, keepdims=True) + 1e-12) / MOTION_SCALE
+  return sharpness * (field + bias - confidence * motion), field, confidence
 
 
 class FusionHead(nn.Module):

@@ -430,10 +430,11 @@ class Generator(nn.Module):
           f'num_landmarks={points} (check the config matches the data).'
         )
 
-  def _fusion_logits(self, landmarks, to_views, count: int, size: int):
+  def _fusion_logits(self, landmarks, to_views, head_flow, count: int, size: int):
     return fusion.geometric_logits(
       landmarks,
       to_views,
+      head_flow,
       count,
       depth=self.volume_depth,
       height=size,
@@ -528,7 +529,9 @@ class Generator(nn.Module):
     primary_volume = warped_volume
     weights = None
     if count > 1:
-      logits, facing, confidence = self._fusion_logits(landmarks, to_views, count, size)
+      logits, facing, confidence = self._fusion_logits(
+        landmarks, to_views, prior.head_flow, count, size
+      )
       if self.fusion_head:
         logits = logits + self.fusion(warped_volume, facing, confidence)
       weights = fusion.view_weights(logits, count)  # (B, K, D, h, w, 1)
@@ -910,6 +913,7 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
     logits, _, _ = fusion.geometric_logits(
       landmarks,
       to_views,
+      prior.head_flow,
       count,
       depth=generator.volume_depth,
       height=size,
