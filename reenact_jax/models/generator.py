@@ -319,6 +319,32 @@ def stacked_views(
   )
 
 
+def by_view(x: jax.Array, count: int) -> jax.Array:
+  """(B K, ...) views flattened view-major (stacked_views) -> (B, K, ...)."""
+  return x.reshape(-1, count, *x.shape[1:])
+
+
+def primary_view(x: jax.Array, count: int) -> jax.Array:
+  """The primary view's part (B, ...) of a (B K, ...) array."""
+  return x if count == 1 else by_view(x, count)[:, 0]
+
+
+def fusion_logits(generator: 'Generator', landmarks, to_views, head_flow, count: int):
+  """fusion.geometric_logits of the views at the generator's volume size."""
+  size = generator.image_size // VOLUME_STRIDE
+  return fusion.geometric_logits(
+    landmarks,
+    to_views,
+    head_flow,
+    count,
+    depth=generator.volume_depth,
+    height=size,
+    width=size,
+    sigma=generator.landmark_sigma,
+    sharpness=generator.fusion_sharpness,
+  )
+
+
 class Generator(nn.Module):
   """Reenacts the source with the driving landmarks' pose and expression.
 
@@ -430,19 +456,6 @@ class Generator(nn.Module):
           f'num_landmarks={points} (check the config matches the data).'
         )
 
-  def _fusion_logits(self, landmarks, to_views, head_flow, count: int, size: int):
-    return fusion.geometric_logits(
-      landmarks,
-      to_views,
-      head_flow,
-      count,
-      depth=self.volume_depth,
-      height=size,
-      width=size,
-      sigma=self.landmark_sigma,
-      sharpness=self.fusion_sharpness,
-    )
-
   def _prior(self, from_landmarks, to_landmarks, source_head) -> Prior:
     return geometric_prior(
       from_landmarks,
@@ -515,7 +528,7 @@ class Generator(nn.Module):
       extra_source_landmarks,
       extra_source_mattes,
     )
-    batch, count = source.shape[0], images.shape[0] // source.shape[0]
+    count = images.shape[0] // source.shape[0]
     to_views = jnp.repeat(driving_landmarks, count, axis=0) if count > 1 else driving_landmarks
     source_volume = self.encoder(images)
     size = source_volume.shape[2]
@@ -529,20 +542,18 @@ class Generator(nn.Module):
     primary_volume = warped_volume
     weights = None
     if count > 1:
-      logits, facing, confidence = self._fusion_logits(
-        landmarks, to_views, prior.head_flow, count, size
-      )
+      logits, facing, confidence = fusion_logits(self, landmarks, to_views, prior.head_flow, count)
       if self.fusion_head:
         logits = logits + self.fusion(warped_volume, facing, confidence)
       weights = fusion.view_weights(logits, count)  # (B, K, D, h, w, 1)
-      views_volume = warped_volume.reshape(batch, count, *warped_volume.shape[1:])
+      views_volume = by_view(warped_volume, count)
       primary_volume = views_volume[:, 0]
       warped_volume = jnp.sum(weights.astype(self.dtype) * views_volume, axis=1)
       seen = fusion.pixel_weights(weights, visibility, size, size)
-      occlusion = jnp.sum(seen * occlusion.reshape(batch, count, *occlusion.shape[1:]), axis=1)
+      occlusion = jnp.sum(seen * by_view(occlusion, count), axis=1)
 
-    def primary(x):  # The primary view's part of a (B K, ...) array.
-      return x if count == 1 else x.reshape(batch, count, *x.shape[1:])[:, 0]
+    def primary(x):
+      return primary_view(x, count)
 
     projected_features, projected = self.projection(warped_volume)
     outputs = {
@@ -893,11 +904,10 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
     matte,
     *(inputs.get(name) for name in EXTRA_SOURCE_NAMES),
   )
-  batch, count = source.shape[0], images.shape[0] // source.shape[0]
+  count = images.shape[0] // source.shape[0]
   driving = inputs['driving_landmarks']
   to_views = jnp.repeat(driving, count, axis=0) if count > 1 else driving
   heads, rests = person_parts(landmarks, mattes.astype(jnp.float32))
-  size = generator.image_size // VOLUME_STRIDE
   prior = geometric_prior(
     landmarks,
     to_views,
@@ -910,24 +920,12 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
   flows_2d = image_flow(generator, prior.head_flow, visibility, landmarks, to_views)
   views = None
   if count > 1:
-    logits, _, _ = fusion.geometric_logits(
-      landmarks,
-      to_views,
-      prior.head_flow,
-      count,
-      depth=generator.volume_depth,
-      height=size,
-      width=size,
-      sigma=generator.landmark_sigma,
-      sharpness=generator.fusion_sharpness,
-    )
+    logits, _, _ = fusion_logits(generator, landmarks, to_views, prior.head_flow, count)
     pixels = fusion.pixel_weights(
       fusion.view_weights(logits, count), visibility, generator.image_size, generator.image_size
     )
     views = SourceViews(images, heads, rests, flows_2d, pixels)
-    flows_2d = flows_2d.reshape(batch, count, *flows_2d.shape[1:])[:, 0]
-    heads = heads.reshape(batch, count, *heads.shape[1:])[:, 0]
-    rests = rests.reshape(batch, count, *rests.shape[1:])[:, 0]
+    flows_2d, heads, rests = (primary_view(x, count) for x in (flows_2d, heads, rests))
   hole = geometry.hole_of(matte)
   fill = background_fill(source, hole)
   warped = warp_person(
