@@ -1,6 +1,9 @@
 """Every test process sees 8 fake CPU devices, so sharded code paths run as on a pod slice."""
 
+import fcntl
 import os
+import pathlib
+import shutil
 
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (
@@ -36,17 +39,32 @@ def tiny_setup():
   return trainer.Setup(tiny.get_config())
 
 
+def _run_shared_dir(tmp_path_factory) -> pathlib.Path:
+  """A directory that every pytest-xdist worker of this test run sees (the run's own temporary
+  directory without xdist)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
 @pytest.fixture(scope='session')
-def tiny_workdir(tmp_path_factory, tiny_setup):
-  """A run directory holding a 3-step checkpoint of configs/tiny.py (trained once per session)."""
+def tiny_workdir(tmp_path_factory, request):
+  """A run directory holding a 3-step checkpoint of configs/tiny.py, trained once per test run:
+  the first worker that needs it trains it while the others wait for it (its two compiled train
+  steps are most of a worker's time otherwise)."""
   from configs import tiny
   from reenact_jax import trainer
 
-  workdir = tmp_path_factory.mktemp('tiny_run')
-  config = tiny.get_config()
-  config.train.total_steps = 3
-  config.train.image_log_every = 0
-  trainer.train_and_evaluate(config, str(workdir), setup=tiny_setup)
+  shared = _run_shared_dir(tmp_path_factory)
+  workdir, done = shared / 'tiny_run', shared / 'tiny_run.done'
+  with open(shared / 'tiny_run.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(workdir, ignore_errors=True)  # A worker that failed halfway.
+      config = tiny.get_config()
+      config.train.total_steps = 3
+      config.train.image_log_every = 0
+      trainer.train_and_evaluate(config, str(workdir), setup=request.getfixturevalue('tiny_setup'))
+      done.touch()
   return workdir
 
 

@@ -144,7 +144,7 @@ def test_an_untrained_generator_shows_the_geometric_prior(setup):
   # inside (model.paint_from_warped), or from grey as runs saved before it did.
   _, generator, params, inputs, apply, outputs = setup
   assert generator.paint_from_warped
-  prior = jax.jit(lambda x: models.prior_render(generator, x))(inputs)
+  prior = _prior_render(generator, inputs)
   unseen = np.asarray(
     models.unseen_mouth(inputs['source_landmarks'], inputs['driving_landmarks'], outputs['flow_2d'])
   )
@@ -154,7 +154,7 @@ def test_an_untrained_generator_shows_the_geometric_prior(setup):
   in_mouth = np.broadcast_to(unseen > 0.5, difference.shape)
   assert difference[in_mouth].mean() < 0.02
   grey = generator.clone(paint_from_warped=False)
-  from_grey = grey.apply({'params': params}, **inputs)['output']
+  from_grey = jax.jit(grey.apply)({'params': params}, **inputs)['output']
   from_grey = np.abs(np.asarray(from_grey) - np.asarray(prior['output']))
   assert from_grey[in_mouth].mean() > 0.1
   outside = np.broadcast_to(unseen == 0.0, difference.shape)  # Elsewhere grey is 2% at most.
@@ -412,6 +412,11 @@ def _astronaut(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return crop, landmarks, matte
 
 
+def _prior_render(generator, inputs):
+  """models.prior_render compiled as one program (run op by op it takes several times longer)."""
+  return jax.jit(lambda x: models.prior_render(generator, x))(inputs)
+
+
 def _prior_inputs(source, source_landmarks, driving_landmarks, matte) -> dict[str, jax.Array]:
   """Generator inputs of one example (batch 1, float32) from a source (H, W, 3) in [0, 1], its
   and the driver's landmarks (N, 3) and its person matte (H, W, 1); an empty face mask
@@ -439,7 +444,7 @@ def test_a_closing_eye_closes_in_the_output_with_the_eye_mesh():
   dark = {}
   for eye_mesh in (False, True):
     generator = models.make_generator(config.model, size).clone(eye_mesh=eye_mesh)
-    output = np.asarray(models.prior_render(generator, inputs)['output'][0])
+    output = np.asarray(_prior_render(generator, inputs)['output'][0])
     dark[eye_mesh] = _dark_iris_pixels(output, landmarks, size)
   source_dark = _dark_iris_pixels(crop / 255.0, landmarks, size)
   assert source_dark > 20
@@ -470,7 +475,7 @@ def test_the_prior_shows_a_dark_inside_where_the_mouth_opens_wider_than_the_sour
     'source_matte': jnp.ones((1, size, size, 1)),
   }
   generator = models.make_generator(config_with().model, size)
-  outputs = models.prior_render(generator, inputs)
+  outputs = _prior_render(generator, inputs)
   unseen = np.asarray(models.unseen_mouth(canonical, opened, outputs['flow_2d']))[0, ..., 0]
   image = np.asarray(outputs['warped_source'])[0]
   gap = unseen > 0.99
@@ -498,7 +503,7 @@ def test_an_opening_mouth_keeps_the_teeth_under_the_upper_lip_with_the_mouth_mes
   teeth, dark = {}, {}
   for mouth_mesh in (False, True):
     generator = models.make_generator(config_with().model, size).clone(mouth_mesh=mouth_mesh)
-    output = np.asarray(models.prior_render(generator, inputs)['output'][0])
+    output = np.asarray(_prior_render(generator, inputs)['output'][0])
     teeth[mouth_mesh], dark[mouth_mesh] = _teeth_pixels(output, driving, size)
   assert teeth[False] > 1.05 * source_teeth  # Stretched into the opening.
   assert 0.7 * source_teeth < teeth[True] <= source_teeth
