@@ -63,7 +63,7 @@ def _logged_steps(workdir):
   return [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()]
 
 
-@pytest.mark.slow  # ~50 s: two short runs and a resume (make test stays within 10 minutes).
+@pytest.mark.slow  # ~50 s: two short runs and a resume.
 def test_a_truncated_newest_checkpoint_is_set_aside_and_the_one_before_resumes(
   tmp_path, tiny_setup, caplog
 ):
@@ -171,6 +171,7 @@ COMMANDS = {
 WITH_CONFIG = ('reenact_jax.train', 'reenact_jax.benchmark', 'reenact_jax.demo')
 
 
+@pytest.mark.slow  # ~30 s: a start of every command.
 def test_flag_and_config_errors_are_one_line_with_exit_code_2_in_every_command():
   # (command, arguments, what the line must name)
   cases = [

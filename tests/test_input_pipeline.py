@@ -315,6 +315,7 @@ if __name__ == '__main__':
 """
 
 
+@pytest.mark.slow  # ~25 s: grain worker processes start.
 def test_worker_processes_give_the_same_stream_and_resume_exactly(tmp_path):
   script = tmp_path / 'workers.py'
   script.write_text(_WORKERS_SCRIPT)

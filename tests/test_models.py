@@ -229,6 +229,7 @@ def test_fill_keeps_known_colours_and_fills_holes_from_their_border():
   np.testing.assert_array_equal(filled[known[..., 0] == 1.0], image[known[..., 0] == 1.0])
 
 
+@pytest.mark.slow  # ~25 s: a bfloat16 generator compiled.
 def test_bfloat16_compute_keeps_float32_params(setup):
   _, _, params, inputs, _, outputs32 = setup
   config16 = _config(compute_dtype='bfloat16')

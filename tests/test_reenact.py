@@ -421,6 +421,7 @@ def _write_video(path, frames, rate, audio: bool = False):
       container.mux(sound.encode(None))
 
 
+@pytest.mark.slow  # ~25 s: a cut clip written, tracked and reenacted.
 def test_prior_alone_follows_a_clip_with_a_cut_and_keeps_its_audio(prior_run, inputs, tmp_path):
   """The geometric prior (no weights) reenacts the astronaut with a clip of two shots (carphone,
   then a slowly zooming shot of the astronaut herself): the cut is found, the motion re-anchored,
@@ -482,6 +483,7 @@ def test_small_face_in_a_large_photo_is_found_and_upscaled(prior_run, inputs, tm
   assert 20 < summary['source_face_pixels'] < 45 and summary['frames'] == NUM_FRAMES
 
 
+@pytest.mark.slow  # ~40 s: a video source decoded, tracked and reenacted twice.
 def test_a_video_source_uses_its_most_frontal_frame_and_absolute_motion_for_itself(
   prior_run, inputs, tmp_path
 ):
@@ -662,6 +664,7 @@ def test_an_occluded_driving_face_is_filled_in_and_scored_against_the_clean_clip
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~25 s: a two-view render compiled (test_fusion checks the views in process).
 def test_several_source_views_render_with_a_checkpoint_and_are_refused_by_an_export(
   tiny_workdir, artifact, inputs, tmp_path
 ):

@@ -143,6 +143,7 @@ def test_resume_is_exact(tmp_path, tiny_setup):
   assert list((tmp_path / 'straight' / 'tensorboard').glob('events.out.tfevents.*'))
 
 
+@pytest.mark.slow  # ~20 s: a run of its own config.
 def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_setup):
   config = _tiny_config(**{'train.total_steps': 1})
   trainer.train_and_evaluate(config, str(tmp_path), setup=tiny_setup)
