@@ -492,6 +492,7 @@ def test_gaze_error_measures_how_the_output_gaze_moves_against_the_drivers():
   assert 0 < metrics.gaze_error(driving, half) < metrics.gaze_error(driving, frozen)
 
 
+@pytest.mark.slow  # ~15 s: an evaluation of its own.
 def test_expressions_protocol_scores_what_the_output_reproduces(carphone_cache_64, tmp_path):
   """evaluate --expressions on the demo's held-out frames: an output that ignores the driving
   landmarks (the source shown as it is) reproduces none of any edit, exactly; the geometric

@@ -107,7 +107,8 @@ def _twice(inputs):
   }
 
 
-@pytest.mark.parametrize('fusion_head', [False, True])
+# The learned head's case compiles a generator of its own (~35 s): in the slow suite.
+@pytest.mark.parametrize('fusion_head', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_one_view_given_twice_renders_as_one_view(fusion_head):
   config = tiny.get_config()
   config.model.fusion_head = fusion_head

@@ -596,6 +596,7 @@ def test_cuts_are_found_between_shots_not_within_them():
   assert motion.shot_starts(np.concatenate([signatures, other])) == [0, 20]
 
 
+@pytest.mark.slow  # ~20 s: an occluded clip written, tracked and reenacted.
 def test_an_occluded_driving_face_is_filled_in_and_scored_against_the_clean_clip(
   prior_run, inputs, tmp_path
 ):

@@ -242,6 +242,7 @@ def test_batch_that_does_not_divide_over_the_devices_is_a_clear_error():
     trainer.Setup(_tiny_config(**{'train.batch_size': 4}))
 
 
+@pytest.mark.slow  # ~12 s: a run of its own.
 def test_logs_written_locally_are_copied_to_the_run_directory(tmp_path, tiny_setup):
   # What a gs:// workdir does (object stores cannot append), with a local stand-in for the store.
   workdir = tmp_path / 'store' / 'run'
