@@ -2,6 +2,7 @@
 given twice is the same as one view."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from reenact_jax import (
   augmentation,
   face_topology,
   geometry,
+  inference,
   input_pipeline,
   models,
   records,
@@ -89,15 +91,6 @@ def _inputs(config, rng):
   }
 
 
-def _compiled(generator):
-  """(init, render, prior_render) of `generator`, each compiled as one program: run op by op, the
-  tiny generator's init alone takes over a minute on 2 cores."""
-  init = jax.jit(lambda rng: models.init_params(generator, rng))
-  render = jax.jit(lambda params, inputs: models.render(generator, params, inputs))
-  prior = jax.jit(lambda inputs: models.prior_render(generator, inputs))
-  return init, render, prior
-
-
 def _twice(inputs):
   return {
     **inputs,
@@ -113,8 +106,10 @@ def test_one_view_given_twice_renders_as_one_view(fusion_head):
   config = tiny.get_config()
   config.model.fusion_head = fusion_head
   generator = models.make_generator(config.model, config.image_size)
-  init, render, prior_render = _compiled(generator)
-  params = init(jax.random.key(0, impl='rbg'))
+  # Compiled (as inference.render_fn compiles the renders): run op by op, the tiny generator's
+  # init alone takes over a minute on 2 cores.
+  params = jax.jit(functools.partial(models.init_params, generator))(jax.random.key(0, impl='rbg'))
+  render, prior_render = (inference.render_fn(generator, prior_only=p) for p in (False, True))
   assert ('fusion' in params) == fusion_head
   inputs = _inputs(config, np.random.default_rng(0))
   if fusion_head:  # A trained head: its logits are no longer 0.
@@ -123,8 +118,8 @@ def test_one_view_given_twice_renders_as_one_view(fusion_head):
   two = render(params, _twice(inputs))
   for name in ('output', 'alpha', 'warped_source', 'projected', 'occlusion', 'flow_2d'):
     np.testing.assert_allclose(two[name], one[name], atol=2e-5, err_msg=name)
-  prior_one = prior_render(inputs)
-  prior_two = prior_render(_twice(inputs))
+  prior_one = prior_render(None, inputs)
+  prior_two = prior_render(None, _twice(inputs))
   np.testing.assert_allclose(prior_two['output'], prior_one['output'], atol=2e-5)
 
 
@@ -144,15 +139,15 @@ def test_another_view_shows_its_pixels_where_it_sees_better():
     'source_landmarks': views[:, 0],
     'driving_landmarks': jnp.asarray(_turned(0)[None, : config.model.num_landmarks]),
   }
-  _, _, prior_render = _compiled(generator)
-  one = np.asarray(prior_render(inputs)['output'])[0]
+  prior_render = inference.render_fn(generator, prior_only=True)
+  one = np.asarray(prior_render(None, inputs)['output'])[0]
   both = {
     **inputs,
     'extra_sources': jnp.asarray(blue[None, None]),
     'extra_source_landmarks': views[:, 1:],
     'extra_source_mattes': inputs['source_matte'][:, None],
   }
-  two = np.asarray(prior_render(both)['output'])[0]
+  two = np.asarray(prior_render(None, both)['output'])[0]
   rows = slice(28, 40)
   # The primary (red) view turned its left cheek away: there the blue view shows; the right
   # cheek stays red, and with one view the whole face is red.

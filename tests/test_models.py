@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from reenact_jax import crops, face_topology, geometry, models
+from reenact_jax import crops, face_topology, geometry, inference, models
 from reenact_jax.models import layers
 from tests.helpers import config_with
 
@@ -414,8 +414,9 @@ def _astronaut(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _prior_render(generator, inputs):
-  """models.prior_render compiled as one program (run op by op it takes several times longer)."""
-  return jax.jit(lambda x: models.prior_render(generator, x))(inputs)
+  """models.prior_render compiled (inference.render_fn): run op by op it takes several times
+  longer."""
+  return inference.render_fn(generator, prior_only=True)(None, inputs)
 
 
 def _prior_inputs(source, source_landmarks, driving_landmarks, matte) -> dict[str, jax.Array]:

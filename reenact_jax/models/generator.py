@@ -5,6 +5,7 @@ holds only plain Python fields.
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -552,8 +553,7 @@ class Generator(nn.Module):
       seen = fusion.pixel_weights(weights, visibility, size, size)
       occlusion = jnp.sum(seen * by_view(occlusion, count), axis=1)
 
-    def primary(x):
-      return primary_view(x, count)
+    primary = functools.partial(primary_view, count=count)
 
     projected_features, projected = self.projection(warped_volume)
     outputs = {
