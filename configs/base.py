@@ -66,6 +66,10 @@ def get_config() -> ml_collections.ConfigDict:
   # the mouth's dark inside included, not from grey, and keeps the driving face (oval and unseen
   # mouth) as the person, never the background (False: as runs saved before).
   model.paint_from_warped = True
+  # The person's outline is the moved source person where the warp has the source's pixels; the
+  # renderer's alpha only where it has none (False: as runs saved before, the renderer's alpha
+  # everywhere).
+  model.alpha_from_warp = True
   model.renderer_channels = (128, 64)  # Decoder widths after the bottleneck (each one 2× up).
   # Renderer encoder: 2× downsampling residual blocks from H/4 to the bottleneck (widths
   # projection_channels * 2^i); its decoder climbs back to H/4 with skip connections, then

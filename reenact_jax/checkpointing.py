@@ -31,6 +31,7 @@ ADDED_KEYS = {
   'model.mouth_mesh': False,
   'model.neck_follows': False,
   'model.paint_from_warped': False,
+  'model.alpha_from_warp': False,
   'model.volume_conv_lowering': 'xla',
   'model.fusion_sharpness': 8.0,
   'model.fusion_head': False,

@@ -169,11 +169,25 @@ def test_an_untrained_generator_shows_the_geometric_prior(setup):
       'head': {**params['renderer']['head'], 'bias': bias.at[4].set(-30.0)},
     },
   }
+  # With model.alpha_from_warp the outline is the moved person wherever the warp has the
+  # source's pixels (the prior's alpha there), whatever the renderer's alpha.
+  assert generator.alpha_from_warp
   dropped = apply({'params': dropping}, **inputs, with_cycle=True)
   alpha = np.asarray(dropped['alpha'])
   face = np.asarray(models.driving_face(inputs['driving_landmarks'], alpha.shape[1]))
   assert np.all(alpha[unseen > 0.5] > 0.5) and np.all(alpha[face == 1.0] == 1.0)
-  assert np.median(alpha[face == 0.0]) < 1e-6
+  valid = np.asarray(prior['validity']) > 0.999
+  person = valid & (np.asarray(prior['alpha']) > 0.5) & (face == 0.0)
+  assert person.sum() > 50
+  np.testing.assert_allclose(
+    alpha[valid & (face == 0.0)], prior['alpha'][valid & (face == 0.0)], atol=2e-3
+  )
+  # Runs saved before it: the renderer's alpha everywhere, here ~0 off the driving face.
+  learned = jax.jit(generator.clone(alpha_from_warp=False).apply)({'params': dropping}, **inputs)
+  learned = learned['alpha']
+  learned = np.asarray(learned)
+  assert np.all(learned[face == 1.0] == 1.0) and np.median(learned[face == 0.0]) < 1e-6
+  assert np.median(learned[person]) < 1e-6
   # The inpainter starts as the classical fill (its output differs only through the tiny initial
   # flow correction, which moves where the head uncovers the background).
   background = np.abs(np.asarray(outputs['background']) - np.asarray(prior['background']))

@@ -383,6 +383,9 @@ class Generator(nn.Module):
   # The renderer paints from the warped source, not grey, and the driving face is always the
   # person (its alpha at least the face oval and the unseen mouth).
   paint_from_warped: bool = False
+  # The person's outline (alpha) is the moved source person wherever the warp has the source's
+  # pixels; the renderer's own alpha decides only where it has none (off the source).
+  alpha_from_warp: bool = False
   volume_convs: str = '3d'  # '3d' or '2+1d' (layers.VolumeConv).
   volume_conv_lowering: str = 'xla'  # 'xla' or 'depth_in_channels' (layers.VolumeConv).
   remat: bool = False
@@ -608,6 +611,10 @@ class Generator(nn.Module):
     foreground, alpha = self.renderer(
       projected_features, occlusion, warped_image, validity, warped.person
     )
+    if self.alpha_from_warp:
+      # A briefly trained renderer's alpha trims the outline the warp already knows (a strip
+      # of hair at the head's edge), and the face models read the face from its outline too.
+      alpha = warped.person * warped.validity + (1.0 - warped.validity) * alpha
     if self.paint_from_warped:
       # The driving face (its oval, the unseen mouth in it) is always the person, never the
       # background: a renderer trained where invalid pixels are mostly off the person drops it.
@@ -827,6 +834,7 @@ def make_generator(model_config: ml_collections.ConfigDict, image_size: int) -> 
     neck_follows=bool(m.neck_follows),
     mouth_mesh=bool(m.mouth_mesh),
     paint_from_warped=bool(m.paint_from_warped),
+    alpha_from_warp=bool(m.alpha_from_warp),
     volume_convs=str(m.volume_convs),
     volume_conv_lowering=str(m.volume_conv_lowering),
     remat=bool(m.remat),
