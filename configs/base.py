@@ -99,10 +99,6 @@ def get_config() -> ml_collections.ConfigDict:
   # The renderer's foreground against the warped source pixels on the driving face, where the
   # warp is valid (it paints only what the warp cannot show).
   loss.keep_source = 3.0
-  # Extra L1 weight on the driving eyes (steps.EYE_LOSS_REACH), where keep_source does not hold
-  # the renderer to the warped source: a blink closes lids the source's open eye does not show
-  # (0: as runs saved before, the eyes weigh as any pixel and keep the warped source).
-  loss.eye_l1 = 4.0
   loss.alpha = 1.0
   loss.inpaint = 5.0
   loss.gan = 1.0

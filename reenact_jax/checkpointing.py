@@ -36,7 +36,6 @@ ADDED_KEYS = {
   'model.fusion_sharpness': 8.0,
   'model.fusion_head': False,
   'data.num_sources': 1,
-  'loss.eye_l1': 0.0,
 }
 # Model keys that change how the model runs, not its parameters: free to change on resume.
 SHAPE_FREE_MODEL_KEYS = frozenset(

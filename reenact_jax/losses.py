@@ -72,29 +72,12 @@ def resize_to(images: jax.Array, height: int, width: int) -> jax.Array:
 
 
 def keep_source_weight(
-  *,
-  validity: jax.Array,
-  driving_mask: jax.Array,
-  moved_occluder: jax.Array,
-  eyes: jax.Array | None = None,
+  *, validity: jax.Array, driving_mask: jax.Array, moved_occluder: jax.Array
 ) -> jax.Array:
   """Where the renderer must keep the warped source: valid pixels of the driving face, except
   where a synthetic occluder pasted on the source lands (moved_occluder: its coverage warped
-  like the source), which the driving frame does not show and the renderer must paint over,
-  and except the driving eyes (`eyes` (B, H, W, 1) in [0, 1], geometry.eye_zone, when given):
-  a blink closes lids over what the source's open eye shows."""
-  weight = _f32(validity) * _f32(driving_mask) * (1.0 - jnp.clip(_f32(moved_occluder), 0.0, 1.0))
-  return weight if eyes is None else weight * (1.0 - jnp.clip(_f32(eyes), 0.0, 1.0))
-
-
-def reconstruction_weight(
-  *, unsupervised: jax.Array, eyes: jax.Array | None = None, eye_weight: float = 0.0
-) -> jax.Array:
-  """(B, H, W, 1) the L1 weight of each output pixel: 0 where the driving frame must not
-  supervise it (unsupervised_mouth), 1 + eye_weight on the driving eyes (`eyes` in [0, 1],
-  geometry.eye_zone: a few pixels that decide whether a blink or a glance is seen), else 1."""
-  weight = 1.0 - _f32(unsupervised)
-  return weight if eyes is None else weight * (1.0 + eye_weight * jnp.clip(_f32(eyes), 0.0, 1.0))
+  like the source), which the driving frame does not show and the renderer must paint over."""
+  return _f32(validity) * _f32(driving_mask) * (1.0 - jnp.clip(_f32(moved_occluder), 0.0, 1.0))
 
 
 def cyclic_warp(

@@ -50,11 +50,6 @@ GENERATOR_TERMS = (
 )
 
 
-# loss.eye_l1 weighs the driving eyes within this many eye widths of their landmarks
-# (geometry.eye_zone): the lids and the skin just around them.
-EYE_LOSS_REACH = 0.3
-
-
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
   flow: float
@@ -65,7 +60,6 @@ class LossWeights:
   perceptual_projected: float
   l1: float
   keep_source: float
-  eye_l1: float
   alpha: float
   inpaint: float
   gan: float
@@ -138,17 +132,7 @@ def _generator_losses(
     )
     terms['perceptual'] = perceptual_fn(perceptual_params, output, target)
     # A weight, not the target: |output - output| would still pass abs's subgradient (1) at 0.
-    eyes = None
-    if weights.eye_l1:
-      size = output.shape[1]
-      eyes = geometry.eye_zone(batch['driving_landmarks'], EYE_LOSS_REACH, size, size)
-    terms['l1'] = losses.l1(
-      prediction=output,
-      target=batch['driving'],
-      weight=losses.reconstruction_weight(
-        unsupervised=unsupervised, eyes=eyes, eye_weight=weights.eye_l1
-      ),
-    )
+    terms['l1'] = losses.l1(prediction=output, target=batch['driving'], weight=1.0 - unsupervised)
     # The renderer keeps the source's own pixels on the face where the warp reaches them, so
     # that it paints only what the warp cannot show (a minutes-trained renderer paints blurred).
     terms['keep_source'] = losses.weighted_l1(
@@ -162,7 +146,6 @@ def _generator_losses(
         moved_occluder=warp.warp_2d(
           batch['source_occluder'], jax.lax.stop_gradient(outputs['flow_2d'])
         ),
-        eyes=eyes,
       ),
     )
     terms['alpha'] = losses.alpha_matte(alpha=outputs['alpha'], matte=batch['driving_matte'])

@@ -191,27 +191,3 @@ def test_the_renderer_need_not_keep_a_source_occluder_the_driving_frame_does_not
     validity=validity, driving_mask=face, moved_occluder=jnp.zeros_like(occluder)
   )
   np.testing.assert_array_equal(none, validity * face)
-
-
-def test_the_eyes_weigh_more_in_l1_and_need_not_keep_the_warped_source():
-  # loss.eye_l1: an error on the driving eyes costs (1 + eye_l1) times the same error elsewhere
-  # in L1, and keep_source does not hold the renderer to the warped (open) eye there.
-  eyes = jnp.zeros((1, 6, 6, 1)).at[:, 1, 1:3].set(1.0)
-  unseen = jnp.zeros((1, 6, 6, 1)).at[:, 4, 4].set(1.0)
-  weight = losses.reconstruction_weight(unsupervised=unseen, eyes=eyes, eye_weight=4.0)
-  target = jnp.zeros((1, 6, 6, 3))
-
-  def l1_of_error_at(row, column):
-    prediction = target.at[:, row, column].set(0.5)
-    return float(losses.l1(prediction=prediction, target=target, weight=weight))
-
-  assert l1_of_error_at(1, 1) == pytest.approx(5.0 * l1_of_error_at(3, 3))
-  assert l1_of_error_at(4, 4) == 0.0  # The unseen mouth stays unsupervised.
-  np.testing.assert_array_equal(
-    losses.reconstruction_weight(unsupervised=unseen), 1.0 - unseen
-  )  # Without eyes: as before.
-  face = jnp.ones((1, 6, 6, 1))
-  keep = losses.keep_source_weight(
-    validity=face, driving_mask=face, moved_occluder=jnp.zeros_like(face), eyes=eyes
-  )
-  np.testing.assert_array_equal(keep, 1.0 - eyes)
