@@ -15,9 +15,12 @@ L1, cyclic warp, alpha, inpainting and GAN losses train the model.
 
 Sizes are chosen for 2 CPU cores. The volume's 3D convolutions are factorised ('2+1d'): XLA:CPU's
 3D convolutions are slow, and `python -m reenact_jax.benchmark --config=configs/demo.py
---what=step` measured 583 ms per phase-2 step with them (1578 ms with '3d'; batch 4, 20 GFLOP
-per step); in the demo, with the input pipeline beside it, a phase-2 step takes ~0.7 s and a
-phase-1 step ~0.3 s, so 700 steps train in about 8 minutes after compiling.
+--what=step` measured 583 ms per phase-2 step with them (1578 ms with '3d'; batch 4, 21 GFLOP
+per step) on one 2-core machine, and 0.8-1.7 s for the same step on a slower one. In the demo,
+with the input pipeline beside it, 700 steps took 494 s (phase-2 steps ~0.7 s, phase-1 ~0.3 s)
+on the first and 1003 s (~1.35 s and ~0.8 s) on the second, preparation and compiling
+included. 450 steps fit the second machine's 15 minutes (636 s of training) but followed the
+driver's eye opening clearly worse (0.32 against 0.39-0.44 with 700 steps).
 """
 
 from configs import base
