@@ -183,9 +183,8 @@ def test_an_untrained_generator_shows_the_geometric_prior(setup):
     alpha[valid & (face == 0.0)], prior['alpha'][valid & (face == 0.0)], atol=2e-3
   )
   # Runs saved before it: the renderer's alpha everywhere, here ~0 off the driving face.
-  learned = jax.jit(generator.clone(alpha_from_warp=False).apply)({'params': dropping}, **inputs)
-  learned = learned['alpha']
-  learned = np.asarray(learned)
+  apply_learned = jax.jit(generator.clone(alpha_from_warp=False).apply)
+  learned = np.asarray(apply_learned({'params': dropping}, **inputs)['alpha'])
   assert np.all(learned[face == 1.0] == 1.0) and np.median(learned[face == 0.0]) < 1e-6
   assert np.median(learned[person]) < 1e-6
   # The inpainter starts as the classical fill (its output differs only through the tiny initial

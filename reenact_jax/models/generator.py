@@ -97,6 +97,12 @@ class Warped:
   still_rest: jax.Array  # (B, H, W, 1) the part of the source's rest that stays where it is.
   background: jax.Array  # (B, H, W, 3) the source with `fill` where the person moved away from.
 
+  @property
+  def alpha(self) -> jax.Array:
+    """(B, H, W, 1) the person's outline as the warp knows it: the moved person where its
+    pixels come from the source, 0 where they would come from off it."""
+    return self.person * self.validity
+
 
 @dataclasses.dataclass(frozen=True)
 class SourceViews:
@@ -614,7 +620,7 @@ class Generator(nn.Module):
     if self.alpha_from_warp:
       # A briefly trained renderer's alpha trims the outline the warp already knows (a strip
       # of hair at the head's edge), and the face models read the face from its outline too.
-      alpha = warped.person * warped.validity + (1.0 - warped.validity) * alpha
+      alpha = warped.alpha + (1.0 - warped.validity) * alpha
     if self.paint_from_warped:
       # The driving face (its oval, the unseen mouth in it) is always the person, never the
       # background: a renderer trained where invalid pixels are mostly off the person drops it.
@@ -943,7 +949,7 @@ def prior_render(generator: Generator, inputs: dict[str, jax.Array]) -> dict[str
     warped.image,
     unseen_mouth(inputs['source_landmarks'], inputs['driving_landmarks'], warped.flow_2d),
   )
-  alpha = warped.person * warped.validity
+  alpha = warped.alpha
   return {
     'output': alpha * image + (1.0 - alpha) * warped.background,
     'foreground': image,
